@@ -1,0 +1,98 @@
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+import { ConfigError } from '../protocols/errors.js';
+import type { MembershipConfig } from '../protocols/membership/config.js';
+import { validateMembershipConfig } from '../protocols/membership/config.js';
+import { LOG_LEVELS, type LogLevel } from './log.js';
+
+export { ConfigError };
+
+/** Options of one Shoal peer. Every field has a default; `validatePeerOptions` checks them. */
+export interface PeerOptions {
+  /** Where the peer keeps its identity and data. Default `./shoal-data`, like etcd's `<name>.etcd` in the working directory. */
+  dataDir: string;
+  /** Multiaddrs to listen on. Default `/ip4/127.0.0.1/tcp/4001`: loopback only until the operator opens it up; `/tcp/0` picks a free port. */
+  listen: string[];
+  /** Full multiaddrs (with `/p2p/<peer id>`) of peers to join through. Default none: the peer starts a new cluster. */
+  join: string[];
+  /** HOST:PORT of the HTTP API, or `off`. Default `127.0.0.1:7070`; port 0 picks a free port. */
+  http: string;
+  /** Path of a libp2p private-network key (`shoal keygen`). Default none: an open network. */
+  swarmKeyFile: string | null;
+  /** Log level. Default `info`. */
+  logLevel: LogLevel;
+  /** Failure-detector and gossip settings (protocols/membership/config.ts has the defaults and reasons). */
+  membership: Partial<MembershipConfig>;
+  /** Cap of the join retry backoff, ms. Default 5000: a seed that comes up late is found within seconds. */
+  joinBackoffMaxMs: number;
+}
+
+export const DEFAULT_PEER_OPTIONS: PeerOptions = {
+  dataDir: './shoal-data',
+  listen: ['/ip4/127.0.0.1/tcp/4001'],
+  join: [],
+  http: '127.0.0.1:7070',
+  swarmKeyFile: null,
+  logLevel: 'info',
+  membership: {},
+  joinBackoffMaxMs: 5000,
+};
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** Parse `HOST:PORT` (IPv6 as `[::1]:7070`); throws ConfigError naming `field`. */
+export function parseHostPort(value: string, field: string): HostPort {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(value);
+  if (m === null) throw new ConfigError(field, `expected HOST:PORT, got ${JSON.stringify(value)}`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new ConfigError(field, `port ${port} is out of range 0-65535`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+function parseMultiaddr(value: string, field: string): Multiaddr {
+  try {
+    return multiaddr(value);
+  } catch (err) {
+    throw new ConfigError(field, `not a multiaddr: ${JSON.stringify(value)} (${(err as Error).message})`);
+  }
+}
+
+/** A listen address must name an IP and a TCP port. */
+export function validateListenAddr(value: string, field = 'listen'): Multiaddr {
+  const ma = parseMultiaddr(value, field);
+  const protos = ma.protoNames();
+  if (!['ip4', 'ip6'].includes(protos[0] ?? '') || protos[1] !== 'tcp' || protos.length !== 2) {
+    throw new ConfigError(field, `expected /ip4/<addr>/tcp/<port> or /ip6/<addr>/tcp/<port>, got ${value}`);
+  }
+  return ma;
+}
+
+/** A join address must be a full address: transport plus `/p2p/<peer id>`. */
+export function validateJoinAddr(value: string, field = 'join'): Multiaddr {
+  const ma = parseMultiaddr(value, field);
+  const protos = ma.protoNames();
+  if (!protos.includes('tcp')) throw new ConfigError(field, `${value} has no /tcp/<port>`);
+  if (protos[protos.length - 1] !== 'p2p' || ma.getPeerId() === null) {
+    throw new ConfigError(field, `${value} must end with /p2p/<peer id> (the full address a peer prints at start)`);
+  }
+  return ma;
+}
+
+/** Merge with defaults and validate every field; throws ConfigError naming the first bad one. */
+export function validatePeerOptions(partial: Partial<PeerOptions>): PeerOptions {
+  const o: PeerOptions = { ...DEFAULT_PEER_OPTIONS, ...partial };
+  if (typeof o.dataDir !== 'string' || o.dataDir.length === 0) throw new ConfigError('dataDir', 'must be a non-empty path');
+  if (!Array.isArray(o.listen) || o.listen.length === 0) throw new ConfigError('listen', 'needs at least one address');
+  o.listen.forEach((a) => validateListenAddr(a));
+  if (!Array.isArray(o.join)) throw new ConfigError('join', 'must be a list of multiaddrs');
+  o.join.forEach((a) => validateJoinAddr(a));
+  if (o.http !== 'off') parseHostPort(o.http, 'http');
+  if (!LOG_LEVELS.includes(o.logLevel)) throw new ConfigError('logLevel', `must be one of ${LOG_LEVELS.join(', ')}`);
+  if (!Number.isFinite(o.joinBackoffMaxMs) || o.joinBackoffMaxMs < 100) {
+    throw new ConfigError('joinBackoffMaxMs', 'must be a number >= 100');
+  }
+  validateMembershipConfig(o.membership);
+  return o;
+}

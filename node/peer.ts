@@ -1,0 +1,210 @@
+import { readFile } from 'node:fs/promises';
+import { multiaddr } from '@multiformats/multiaddr';
+import type { MemberView } from '../protocols/membership/types.js';
+import { validateMembershipConfig } from '../protocols/membership/config.js';
+import type { KvStore } from '../storage/kv-store.js';
+import { openDiskStore } from '../storage/level-store.js';
+import { validatePeerOptions, type PeerOptions } from './config.js';
+import { createHost, fullAddrs, type Host } from './host.js';
+import { startHttpServer, type HttpServer } from './http/server.js';
+import { loadOrCreatePrivateKey, nextIncarnation } from './identity.js';
+import { LoadSampler } from './load-sampler.js';
+import { createLogger, type Logger } from './log.js';
+import { MembershipService } from './membership-service.js';
+import { PeerStartError } from './errors.js';
+import { validateSwarmKey } from './swarm-key.js';
+
+export interface PeerStatus {
+  peerId: string;
+  addrs: string[];
+  incarnation: number;
+  members: Array<Omit<MemberView, 'load' | 'self'> & { self: boolean; load: MemberView['load'] }>;
+}
+
+/** A running Shoal peer. */
+export interface Peer {
+  readonly peerId: string;
+  /** Full multiaddrs others can join, each with `/p2p/<peer id>`. */
+  readonly addrs: string[];
+  /** HOST:PORT of the HTTP API, or null when it is off. */
+  readonly httpAddress: string | null;
+  status(): PeerStatus;
+  /** Leave gracefully: announce `left`, stop libp2p and HTTP, close the database. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Start a peer: open the data dir, load or create its identity, start libp2p,
+ * join through `join` (retrying with backoff), gossip membership and serve HTTP.
+ * Throws ConfigError for bad options and PeerStartError (with `code`) when the
+ * peer cannot start (data dir locked or unwritable, address in use, bad swarm key).
+ */
+export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log?: Logger } = {}): Promise<Peer> {
+  const opts = validatePeerOptions(options);
+  const membershipConfig = validateMembershipConfig(opts.membership);
+  let swarmKey: Uint8Array | null = null;
+  if (opts.swarmKeyFile !== null) {
+    let bytes: Uint8Array;
+    try {
+      bytes = await readFile(opts.swarmKeyFile);
+    } catch (err) {
+      throw new PeerStartError('SWARM_KEY', `cannot read swarm key ${opts.swarmKeyFile}: ${(err as Error).message}`);
+    }
+    swarmKey = validateSwarmKey(bytes, opts.swarmKeyFile);
+  }
+
+  let store: KvStore;
+  try {
+    store = await openDiskStore(opts.dataDir);
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    throw new PeerStartError(e.code === 'LOCKED' ? 'DATA_DIR_LOCKED' : 'DATA_DIR', e.message);
+  }
+
+  const cleanup: Array<() => Promise<void> | void> = [() => store.close()];
+  const undo = async (): Promise<void> => {
+    for (const f of cleanup.reverse()) await Promise.resolve().then(f).catch(() => {});
+  };
+  try {
+    const meta = store.sublevel('meta');
+    const { key } = await loadOrCreatePrivateKey(meta);
+    const incarnation = await nextIncarnation(meta);
+    const host = await createHost({ privateKey: key, listen: opts.listen, swarmKey });
+    const peerId = host.peerId.toString();
+    const log = (deps.log ?? createLogger(opts.logLevel)).child({ peer: peerId });
+    try {
+      await host.start();
+    } catch (err) {
+      await Promise.resolve()
+        .then(() => host.stop())
+        .catch(() => {});
+      // libp2p's message spans several lines with a stack; keep one line for the operator.
+      const msg = (err as Error).message;
+      const inUse = /EADDRINUSE|address already in use/i.test(msg);
+      const reason = inUse ? 'address already in use' : (/Error: ([^\n]+)/.exec(msg)?.[1] ?? msg.split('\n')[0]);
+      throw new PeerStartError(inUse ? 'ADDRESS_IN_USE' : 'LISTEN', `cannot listen on ${opts.listen.join(', ')}: ${reason}`);
+    }
+    cleanup.push(() => host.stop());
+
+    const load = new LoadSampler();
+    cleanup.push(() => load.stop());
+    const membership = new MembershipService({
+      host,
+      meta,
+      incarnation,
+      config: membershipConfig,
+      tickIntervalMs: membershipConfig.tickIntervalMs,
+      load,
+      log,
+    });
+    membership.start();
+    cleanup.push(() => membership.stop());
+
+    const joiner = new Joiner(host, opts.join, opts.joinBackoffMaxMs, log);
+    joiner.start();
+    cleanup.push(() => joiner.stop());
+
+    const peer: PeerImpl = new PeerImpl(host, membership, log, undo);
+    if (opts.http !== 'off') {
+      const http = await startHttpServer(opts.http, { status: () => peer.status(), counters: () => membership.counters }, log).catch(
+        (err: Error & { code?: string }) => {
+          const inUse = err.code === 'EADDRINUSE';
+          throw new PeerStartError(inUse ? 'ADDRESS_IN_USE' : 'HTTP', `cannot serve HTTP on ${opts.http}: ${err.message}`);
+        },
+      );
+      peer.http = http;
+      cleanup.push(() => http.close());
+    }
+    log.info('peer started', { addrs: peer.addrs, incarnation, http: peer.httpAddress });
+    return peer;
+  } catch (err) {
+    await undo();
+    throw err;
+  }
+}
+
+class PeerImpl implements Peer {
+  http: HttpServer | null = null;
+  private stopping: Promise<void> | null = null;
+
+  constructor(
+    private readonly host: Host,
+    private readonly membership: MembershipService,
+    private readonly log: Logger,
+    private readonly undo: () => Promise<void>,
+  ) {}
+
+  get peerId(): string {
+    return this.host.peerId.toString();
+  }
+
+  get addrs(): string[] {
+    return fullAddrs(this.host);
+  }
+
+  get httpAddress(): string | null {
+    return this.http?.address ?? null;
+  }
+
+  status(): PeerStatus {
+    return {
+      peerId: this.peerId,
+      addrs: this.addrs,
+      incarnation: this.membership.core.incarnation,
+      members: this.membership.members(),
+    };
+  }
+
+  stop(): Promise<void> {
+    if (this.stopping === null) {
+      this.stopping = (async () => {
+        this.log.info('leaving');
+        await this.membership.leave().catch(() => {});
+        await this.membership.flush();
+        await this.undo();
+        this.log.info('stopped');
+      })();
+    }
+    return this.stopping;
+  }
+}
+
+/** Dials the `--join` addresses with exponential backoff until one answers. */
+class Joiner {
+  private timer: NodeJS.Timeout | null = null;
+  private attempt = 0;
+  private stopped = false;
+
+  constructor(
+    private readonly host: Host,
+    private readonly addrs: string[],
+    private readonly backoffMaxMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    if (this.addrs.length > 0) void this.tryOnce();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+  }
+
+  private async tryOnce(): Promise<void> {
+    this.attempt++;
+    for (const a of this.addrs) {
+      if (this.stopped) return;
+      try {
+        await this.host.dial(multiaddr(a), { signal: AbortSignal.timeout(5000) });
+        this.log.info('joined', { via: a, attempt: this.attempt });
+        return;
+      } catch (err) {
+        this.log.warn('join attempt failed', { via: a, attempt: this.attempt, err });
+      }
+    }
+    if (this.stopped) return;
+    const delayMs = Math.min(this.backoffMaxMs, 250 * 2 ** Math.min(this.attempt - 1, 10));
+    this.timer = setTimeout(() => void this.tryOnce(), delayMs);
+  }
+}

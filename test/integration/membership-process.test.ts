@@ -1,0 +1,93 @@
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { makeTempDir, ProcessPeer, removeDir, stateOf, waitFor } from './harness.js';
+
+/** Every peer in `observers` shows `target` in `state` (checked over HTTP). */
+async function allSee(observers: ProcessPeer[], target: string, pred: (m: { state: string; incarnation: number } | undefined) => boolean): Promise<boolean> {
+  const statuses = await Promise.all(observers.map((o) => o.status()));
+  return statuses.every((s) => pred(s.members.find((m) => m.peerId === target)));
+}
+
+describe('membership: 4 shoal processes, killed, frozen and restarted', function () {
+  this.timeout(120_000);
+  let dir: string;
+  let peers: ProcessPeer[] = [];
+
+  before(async () => {
+    dir = await makeTempDir();
+    const seed = await ProcessPeer.start(join(dir, 'p0'));
+    peers.push(seed);
+    const rest = await Promise.all([1, 2, 3].map((i) => ProcessPeer.start(join(dir, `p${i}`), { join: [seed.joinAddr] })));
+    peers.push(...rest);
+    const ids = peers.map((p) => p.peerId);
+    await waitFor(
+      'all 4 to see 4 alive',
+      async () => {
+        const st = await Promise.all(peers.map((p) => p.status()));
+        return st.every((s) => ids.every((id) => stateOf(s, id) === 'alive'));
+      },
+      { timeoutMs: 20_000 },
+    );
+  });
+
+  after(async () => {
+    await Promise.all(peers.map((p) => p.destroy()));
+    await removeDir(dir);
+  });
+
+  it('SIGKILL: the rest see the peer dead', async () => {
+    const victim = peers[3] as ProcessPeer;
+    victim.signal('SIGKILL');
+    await victim.waitExit();
+    const rest = peers.slice(0, 3);
+    await waitFor('dead at every other peer', () => allSee(rest, victim.peerId, (m) => m?.state === 'dead'), { timeoutMs: 15_000 });
+  });
+
+  it('SIGKILLed peer restarted on the same data dir returns with the same peer id', async () => {
+    const old = peers[3] as ProcessPeer;
+    const again = await ProcessPeer.start(old.dataDir, { join: [(peers[0] as ProcessPeer).joinAddr] });
+    peers[3] = again;
+    assert.equal(again.peerId, old.peerId);
+    await waitFor('alive again at every peer', () => allSee(peers, again.peerId, (m) => m?.state === 'alive'), { timeoutMs: 15_000 });
+  });
+
+  it('SIGSTOP: suspect then dead; SIGCONT: alive again with a higher incarnation', async () => {
+    const frozen = peers[2] as ProcessPeer;
+    const rest = peers.filter((p) => p !== frozen);
+    const before = (await (peers[0] as ProcessPeer).status()).members.find((m) => m.peerId === frozen.peerId);
+    assert.ok(before);
+    frozen.signal('SIGSTOP');
+    try {
+      // Record what each observer shows over time: suspect must come before dead.
+      const seen = new Map<string, string[]>();
+      await waitFor(
+        'dead at every other peer',
+        async () => {
+          const st = await Promise.all(rest.map((o) => o.status()));
+          st.forEach((s) => {
+            const trail = seen.get(s.peerId) ?? [];
+            const state = stateOf(s, frozen.peerId) ?? 'unknown';
+            if (trail[trail.length - 1] !== state) trail.push(state);
+            seen.set(s.peerId, trail);
+          });
+          return st.every((s) => stateOf(s, frozen.peerId) === 'dead');
+        },
+        { timeoutMs: 15_000, intervalMs: 25 },
+      );
+      // Every observer shows it suspect (for about suspicionTimeoutMs) before dead.
+      const trails = [...seen.values()];
+      assert.ok(
+        trails.every((t) => t.indexOf('suspect') >= 0 && t.indexOf('suspect') < t.indexOf('dead')),
+        `suspect must precede dead; trails: ${JSON.stringify(trails)}`,
+      );
+      assert.ok(trails.every((t) => !t.slice(0, t.indexOf('dead')).includes('unknown')));
+    } finally {
+      frozen.signal('SIGCONT');
+    }
+    await waitFor(
+      'alive again with a higher incarnation at every peer',
+      () => allSee(peers, frozen.peerId, (m) => m?.state === 'alive' && m.incarnation > before.incarnation),
+      { timeoutMs: 15_000 },
+    );
+  });
+});
