@@ -65,7 +65,8 @@ export interface KeyRange {
 export interface KvStore {
   /**
    * `'open'` while the store serves requests; `'closed'` after {@link close} (of this view or of
-   * the store it belongs to).
+   * the store it belongs to). A sublevel is `'opening'` until the next turn of the event loop
+   * after `sublevel()` creates it; operations wait for it meanwhile.
    */
   readonly status: StoreStatus;
 

@@ -116,9 +116,12 @@ export class LevelStore implements KvStore {
       throw describeOpenError(error, location);
     }
     const store = new LevelStore(db, location, options.copyValues ?? true);
-    await store.#own.open().catch((error: unknown) => {
+    try {
+      await store.#own.open();
+    } catch (error) {
+      await db.close().catch(() => {});
       throw toStorageError(error, location);
-    });
+    }
     return store;
   }
 
@@ -343,9 +346,8 @@ function toStorageError(error: unknown, location: string): unknown {
  * `LEVEL_IO_ERROR`, or a Node file system error from creating the directory.
  */
 function describeOpenError(error: unknown, location: string): StorageError {
-  const hasCause =
-    errorCode(error) === 'LEVEL_DATABASE_NOT_OPEN' && error instanceof Error && error.cause !== undefined;
-  const cause = hasCause ? (error as Error).cause : error;
+  const wrapped = errorCode(error) === 'LEVEL_DATABASE_NOT_OPEN' && error instanceof Error;
+  const cause = wrapped && error.cause !== undefined ? error.cause : error;
   const code = errorCode(cause);
   if (code === 'LEVEL_LOCKED') {
     return new StorageError(
