@@ -2,6 +2,7 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { ConfigError } from '../protocols/errors.js';
 import type { MembershipConfig } from '../protocols/membership/config.js';
 import { validateMembershipConfig } from '../protocols/membership/config.js';
+import { resolveRaftConfig, type RaftConfig } from '../protocols/raft/config.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
 
 export { ConfigError };
@@ -24,6 +25,12 @@ export interface PeerOptions {
   membership: Partial<MembershipConfig>;
   /** Cap of the join retry backoff, ms. Default 5000: a seed that comes up late is found within seconds. */
   joinBackoffMaxMs: number;
+  /** Raft voters the coordinator keeps; other peers are learners. Default 3 (5 survives two failures). */
+  voters: number;
+  /** A voter dead this long is replaced by a live learner, ms. Default 30000: a restart should not reshuffle the voters. */
+  replaceVoterAfterMs: number;
+  /** Raft timing (protocols/raft/config.ts has the defaults and reasons). */
+  raft: Partial<RaftConfig>;
 }
 
 export const DEFAULT_PEER_OPTIONS: PeerOptions = {
@@ -35,6 +42,9 @@ export const DEFAULT_PEER_OPTIONS: PeerOptions = {
   logLevel: 'info',
   membership: {},
   joinBackoffMaxMs: 5000,
+  voters: 3,
+  replaceVoterAfterMs: 30_000,
+  raft: {},
 };
 
 export interface HostPort {
@@ -93,6 +103,11 @@ export function validatePeerOptions(partial: Partial<PeerOptions>): PeerOptions 
   if (!Number.isFinite(o.joinBackoffMaxMs) || o.joinBackoffMaxMs < 100) {
     throw new ConfigError('joinBackoffMaxMs', 'must be a number >= 100');
   }
+  if (!Number.isInteger(o.voters) || o.voters < 1 || o.voters > 9) throw new ConfigError('voters', 'must be an integer from 1 to 9');
+  if (!Number.isFinite(o.replaceVoterAfterMs) || o.replaceVoterAfterMs < 1000) {
+    throw new ConfigError('replaceVoterAfterMs', 'must be a number >= 1000');
+  }
   validateMembershipConfig(o.membership);
+  resolveRaftConfig(o.raft);
   return o;
 }

@@ -10,15 +10,16 @@ import { startHttpServer, type HttpServer } from './http/server.js';
 import { loadOrCreatePrivateKey, nextIncarnation } from './identity.js';
 import { LoadSampler } from './load-sampler.js';
 import { createLogger, type Logger } from './log.js';
-import { MembershipService } from './membership-service.js';
+import { MembershipService, type MembershipCounters } from './membership-service.js';
+import { Coordinator, type CoordinatorStatus } from './coordinator.js';
 import { PeerStartError } from './errors.js';
 import { validateSwarmKey } from './swarm-key.js';
 
-export interface PeerStatus {
+export interface PeerStatus extends CoordinatorStatus {
   peerId: string;
   addrs: string[];
   incarnation: number;
-  members: Array<Omit<MemberView, 'load' | 'self'> & { self: boolean; load: MemberView['load'] }>;
+  members: MemberView[];
 }
 
 /** A running Shoal peer. */
@@ -86,6 +87,22 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     }
     cleanup.push(() => host.stop());
 
+    // Bind the HTTP port before anything is written for the cluster, so a port in use fails fast.
+    let peer: PeerImpl | null = null;
+    let http: HttpServer | null = null;
+    if (opts.http !== 'off') {
+      http = await startHttpServer(
+        opts.http,
+        { status: () => peer?.status() ?? null, counters: () => peer?.counters ?? null },
+        log,
+      ).catch((err: Error & { code?: string }) => {
+        const inUse = err.code === 'EADDRINUSE';
+        throw new PeerStartError(inUse ? 'ADDRESS_IN_USE' : 'HTTP', `cannot serve HTTP on ${opts.http}: ${err.message}`);
+      });
+      const h = http;
+      cleanup.push(() => h.close());
+    }
+
     const load = new LoadSampler();
     cleanup.push(() => load.stop());
     const membership = new MembershipService({
@@ -100,21 +117,26 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     membership.start();
     cleanup.push(() => membership.stop());
 
+    const coordinator = await Coordinator.open({
+      host,
+      store,
+      membership,
+      bootstrap: opts.join.length === 0,
+      voters: opts.voters,
+      replaceVoterAfterMs: opts.replaceVoterAfterMs,
+      raft: opts.raft,
+      sync: true,
+      log,
+    });
+    await coordinator.start();
+    cleanup.push(() => coordinator.stop());
+
     const joiner = new Joiner(host, opts.join, opts.joinBackoffMaxMs, log);
     joiner.start();
     cleanup.push(() => joiner.stop());
 
-    const peer: PeerImpl = new PeerImpl(host, membership, log, undo);
-    if (opts.http !== 'off') {
-      const http = await startHttpServer(opts.http, { status: () => peer.status(), counters: () => membership.counters }, log).catch(
-        (err: Error & { code?: string }) => {
-          const inUse = err.code === 'EADDRINUSE';
-          throw new PeerStartError(inUse ? 'ADDRESS_IN_USE' : 'HTTP', `cannot serve HTTP on ${opts.http}: ${err.message}`);
-        },
-      );
-      peer.http = http;
-      cleanup.push(() => http.close());
-    }
+    peer = new PeerImpl(host, membership, coordinator, log, undo);
+    peer.http = http;
     log.info('peer started', { addrs: peer.addrs, incarnation, http: peer.httpAddress });
     return peer;
   } catch (err) {
@@ -130,12 +152,17 @@ class PeerImpl implements Peer {
   constructor(
     private readonly host: Host,
     private readonly membership: MembershipService,
+    readonly coordinator: Coordinator,
     private readonly log: Logger,
     private readonly undo: () => Promise<void>,
   ) {}
 
   get peerId(): string {
     return this.host.peerId.toString();
+  }
+
+  get counters(): MembershipCounters {
+    return this.membership.counters;
   }
 
   get addrs(): string[] {
@@ -151,6 +178,7 @@ class PeerImpl implements Peer {
       peerId: this.peerId,
       addrs: this.addrs,
       incarnation: this.membership.core.incarnation,
+      ...this.coordinator.status(),
       members: this.membership.members(),
     };
   }
@@ -159,7 +187,15 @@ class PeerImpl implements Peer {
     if (this.stopping === null) {
       this.stopping = (async () => {
         this.log.info('leaving');
+        // Hand over the coordinator role first, so the cluster does not wait out an election.
+        await this.coordinator.transferLeadershipAway().catch(() => {});
         await this.membership.leave().catch(() => {});
+        // The coordinator removes a peer that left; wait (bounded) for that while others remain.
+        const st = this.coordinator.status();
+        const others = [...st.voters, ...st.learners].filter((id) => id !== this.peerId);
+        if (others.length > 0 && st.coordinator !== null && st.coordinator !== this.peerId) {
+          await this.coordinator.waitRemoved(3000);
+        }
         await this.membership.flush();
         await this.undo();
         this.log.info('stopped');

@@ -5,9 +5,10 @@ import type { Logger } from '../log.js';
 import type { MembershipCounters } from '../membership-service.js';
 import type { PeerStatus } from '../peer.js';
 
+/** Handlers answer null while the peer is still starting (the API answers 503 then). */
 export interface HttpHandlers {
-  status(): PeerStatus;
-  counters(): MembershipCounters;
+  status(): PeerStatus | null;
+  counters(): MembershipCounters | null;
 }
 
 export interface HttpServer {
@@ -56,7 +57,19 @@ function metricsText(counters: MembershipCounters, status: PeerStatus): string {
 export async function startHttpServer(hostPort: string, handlers: HttpHandlers, log: Logger): Promise<HttpServer> {
   const { host, port } = parseHostPort(hostPort, 'http');
   const routes = new Map<string, Map<string, Route>>([
-    ['/v1/status', new Map([['GET', (_q, s) => sendJson(s, 200, handlers.status())]])],
+    [
+      '/v1/status',
+      new Map([
+        [
+          'GET',
+          (_q, s) => {
+            const status = handlers.status();
+            if (status === null) return sendError(s, 503, 'starting', 'the peer is starting', { 'retry-after': '1' });
+            sendJson(s, 200, status);
+          },
+        ],
+      ]),
+    ],
     ['/healthz', new Map([['GET', (_q, s) => sendJson(s, 200, { ok: true })]])],
     [
       '/metrics',
@@ -64,7 +77,10 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
         [
           'GET',
           (_q, s) => {
-            const text = metricsText(handlers.counters(), handlers.status());
+            const counters = handlers.counters();
+            const status = handlers.status();
+            if (counters === null || status === null) return sendError(s, 503, 'starting', 'the peer is starting', { 'retry-after': '1' });
+            const text = metricsText(counters, status);
             s.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
             s.end(text);
           },

@@ -1,0 +1,137 @@
+import type { ConfState, Entry, EntryType, HardState, RecoveredState, Snapshot } from '../protocols/raft/types.js';
+import type { BatchOp, KvStore } from './kv-store.js';
+import { StorageError } from './storage-error.js';
+
+/**
+ * The durable side of Raft: hard state (term, vote, commit), the log and the
+ * latest snapshot, in one KvStore view (a `raft` sublevel of the data dir).
+ * Every `persist` is one atomic batch, so a crash leaves either all of a
+ * Ready's state or none of it.
+ *
+ * Keys: `hard` (JSON), `snap` (header + data), `e<16 hex digits of index>` (header + data).
+ */
+export interface RaftStorage {
+  /** What the core was told to keep: feed it to `new RaftNode({ storage })`. */
+  load(): Promise<RecoveredState>;
+  /**
+   * Persist a Ready's durable parts. `entries` may overwrite stored entries from
+   * their first index on (a stale suffix is removed); a `snapshot` replaces the
+   * stored one and drops the entries it covers. `sync` fsyncs before resolving.
+   */
+  persist(p: { hardState?: HardState; entries: Entry[]; snapshot?: Snapshot }, opts: { sync: boolean }): Promise<void>;
+  /**
+   * Keep a snapshot this peer took itself (`RaftNode.compact`): the entries it
+   * covers are dropped, the later ones stay.
+   */
+  saveCompaction(snapshot: Snapshot, opts: { sync: boolean }): Promise<void>;
+  /** Highest stored entry index (or the snapshot index when the log is empty). */
+  readonly lastIndex: number;
+}
+
+const HARD = 'hard';
+const SNAP = 'snap';
+const ENTRY_PREFIX = 'e';
+const ENTRY_END = 'f';
+
+function entryKey(index: number): string {
+  return ENTRY_PREFIX + index.toString(16).padStart(16, '0');
+}
+
+/** header length (4 bytes BE) | header JSON | data */
+function frame(header: unknown, data: Uint8Array): Uint8Array {
+  const head = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(4 + head.length + data.length);
+  new DataView(out.buffer).setUint32(0, head.length);
+  out.set(head, 4);
+  out.set(data, 4 + head.length);
+  return out;
+}
+
+function unframe<T>(bytes: Uint8Array, where: string, location: string): { header: T; data: Uint8Array } {
+  try {
+    const len = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0);
+    if (4 + len > bytes.length) throw new Error('header longer than record');
+    const header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(4, 4 + len))) as T;
+    return { header, data: bytes.slice(4 + len) };
+  } catch (err) {
+    throw new StorageError('CORRUPT', location, `raft ${where} in ${location} is unreadable: ${(err as Error).message}`, err);
+  }
+}
+
+export class LevelRaftStorage implements RaftStorage {
+  private last = 0;
+  private snapshotIndex = 0;
+
+  constructor(private readonly store: KvStore) {}
+
+  get lastIndex(): number {
+    return this.last;
+  }
+
+  async load(): Promise<RecoveredState> {
+    const loc = this.store.location;
+    const hardBytes = await this.store.get(HARD);
+    const hardState: HardState =
+      hardBytes === undefined ? { term: 0, vote: null, commit: 0 } : unframe<HardState>(hardBytes, 'hard state', loc).header;
+    let snapshot: Snapshot | undefined;
+    const snapBytes = await this.store.get(SNAP);
+    if (snapBytes !== undefined) {
+      const { header, data } = unframe<{ index: number; term: number; config: ConfState }>(snapBytes, 'snapshot', loc);
+      snapshot = { index: header.index, term: header.term, config: header.config, data };
+    }
+    this.snapshotIndex = snapshot?.index ?? 0;
+    const entries: Entry[] = [];
+    let expect = this.snapshotIndex + 1;
+    for await (const [key, value] of this.store.iterate({ gt: entryKey(this.snapshotIndex), lt: ENTRY_END })) {
+      const { header, data } = unframe<{ term: number; type: EntryType }>(value, `entry ${key}`, loc);
+      const index = parseInt(key.slice(1), 16);
+      if (index !== expect) {
+        throw new StorageError('CORRUPT', loc, `raft log in ${loc} has a gap: expected entry ${expect}, found ${index}`);
+      }
+      entries.push({ index, term: header.term, type: header.type, data });
+      expect++;
+    }
+    this.last = expect - 1;
+    return { hardState, snapshot, entries };
+  }
+
+  async persist(p: { hardState?: HardState; entries: Entry[]; snapshot?: Snapshot }, opts: { sync: boolean }): Promise<void> {
+    const ops: BatchOp[] = [];
+    let last = this.last;
+    let snapshotIndex = this.snapshotIndex;
+    if (p.snapshot !== undefined) {
+      // A snapshot from the leader replaces the whole log (the core discarded its entries).
+      const s = p.snapshot;
+      ops.push({ type: 'put', key: SNAP, value: frame({ index: s.index, term: s.term, config: s.config }, s.data) });
+      for (let i = snapshotIndex + 1; i <= last; i++) ops.push({ type: 'del', key: entryKey(i) });
+      last = s.index;
+      snapshotIndex = s.index;
+    }
+    if (p.entries.length > 0) {
+      const first = (p.entries[0] as Entry).index;
+      const newLast = (p.entries[p.entries.length - 1] as Entry).index;
+      if (first > last + 1) {
+        throw new Error(`raft storage: entries start at ${first} but the log ends at ${last} (a gap)`);
+      }
+      for (const e of p.entries) ops.push({ type: 'put', key: entryKey(e.index), value: frame({ term: e.term, type: e.type }, e.data) });
+      for (let i = newLast + 1; i <= last; i++) ops.push({ type: 'del', key: entryKey(i) });
+      last = newLast;
+    }
+    if (p.hardState !== undefined) ops.push({ type: 'put', key: HARD, value: frame(p.hardState, new Uint8Array(0)) });
+    if (ops.length === 0) return;
+    await this.store.batch(ops, { sync: opts.sync });
+    this.last = last;
+    this.snapshotIndex = snapshotIndex;
+  }
+
+  async saveCompaction(snapshot: Snapshot, opts: { sync: boolean }): Promise<void> {
+    if (snapshot.index <= this.snapshotIndex) return;
+    if (snapshot.index > this.last) throw new Error(`raft storage: compaction at ${snapshot.index} beyond the log end ${this.last}`);
+    const ops: BatchOp[] = [
+      { type: 'put', key: SNAP, value: frame({ index: snapshot.index, term: snapshot.term, config: snapshot.config }, snapshot.data) },
+    ];
+    for (let i = this.snapshotIndex + 1; i <= snapshot.index; i++) ops.push({ type: 'del', key: entryKey(i) });
+    await this.store.batch(ops, { sync: opts.sync });
+    this.snapshotIndex = snapshot.index;
+  }
+}
