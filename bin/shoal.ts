@@ -10,6 +10,7 @@ import { createPeer } from '../node/peer.js';
 import { newSwarmKey } from '../node/swarm-key.js';
 import { LOG_LEVELS } from '../node/log.js';
 import { DEFAULT_MEMBERSHIP_CONFIG } from '../protocols/membership/config.js';
+import { DEFAULT_RAFT_CONFIG } from '../protocols/raft/config.js';
 import type { PeerStatus } from '../node/peer.js';
 
 /** Usage errors exit 2; runtime failures exit 1. */
@@ -54,6 +55,12 @@ Options:
   --acceptable-pause-ms N   heartbeat pause tolerated before phi rises (default ${m.acceptableHeartbeatPauseMs})
   --min-std-deviation-ms N  floor of the inter-arrival standard deviation (default ${m.minStdDeviationMs})
   --suspicion-timeout-ms N  how long a member stays suspect before it is dead (default ${m.suspicionTimeoutMs})
+  --voters N                Raft voters the coordinator keeps; the other peers are learners
+                            (default ${DEFAULT_PEER_OPTIONS.voters}; 5 survives two failures)
+  --replace-voter-after-ms N a voter dead this long is replaced by a live learner
+                            (default ${DEFAULT_PEER_OPTIONS.replaceVoterAfterMs})
+  --election-timeout-ms N   minimum Raft election timeout; the actual one is random in [N, 2N)
+                            (default ${DEFAULT_RAFT_CONFIG.electionTicks * DEFAULT_RAFT_CONFIG.tickIntervalMs})
   -h, --help                this help
 
 Logs are JSON lines on stderr; the peer id and join addresses are printed on stdout.
@@ -113,6 +120,9 @@ async function cmdStart(argv: string[]): Promise<number> {
       'acceptable-pause-ms': { type: 'string' },
       'min-std-deviation-ms': { type: 'string' },
       'suspicion-timeout-ms': { type: 'string' },
+      voters: { type: 'string' },
+      'replace-voter-after-ms': { type: 'string' },
+      'election-timeout-ms': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -141,6 +151,24 @@ async function cmdStart(argv: string[]): Promise<number> {
   setNum('suspicionTimeoutMs', '--suspicion-timeout-ms', values['suspicion-timeout-ms']);
 
   const options: Partial<PeerOptions> = { membership };
+  const voters = intFlag(values.voters, '--voters');
+  if (voters !== undefined) {
+    if (!Number.isInteger(voters) || voters > 9) throw new UsageError(`--voters: expected an integer from 1 to 9, got ${values.voters}`);
+    options.voters = voters;
+  }
+  const replaceAfter = intFlag(values['replace-voter-after-ms'], '--replace-voter-after-ms');
+  if (replaceAfter !== undefined) {
+    if (replaceAfter < 1000) throw new UsageError('--replace-voter-after-ms: must be at least 1000');
+    options.replaceVoterAfterMs = replaceAfter;
+  }
+  const election = intFlag(values['election-timeout-ms'], '--election-timeout-ms');
+  if (election !== undefined) {
+    const tick = DEFAULT_RAFT_CONFIG.tickIntervalMs;
+    if (!Number.isInteger(election / tick) || election / tick < 2) {
+      throw new UsageError(`--election-timeout-ms: must be a multiple of ${tick} and at least ${2 * tick}`);
+    }
+    options.raft = { electionTicks: election / tick };
+  }
   if (values.listen !== undefined) options.listen = values.listen;
   if (values.join !== undefined) options.join = values.join;
   if (values['data-dir'] !== undefined) options.dataDir = values['data-dir'];
@@ -201,7 +229,13 @@ export function formatStatusTable(status: PeerStatus): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
   const fmt = (r: string[]): string => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] as number))).join('  ');
   const counts = ['alive', 'suspect', 'dead', 'left'].map((s) => `${status.members.filter((x) => x.state === s).length} ${s}`);
-  return [`peer ${status.peerId}  (${counts.join(', ')}; * = this peer)`, fmt(header), ...rows.map(fmt)].join('\n') + '\n';
+  const short = (id: string | null): string => (id === null ? 'none' : id);
+  const coord = [
+    `coordinator ${short(status.coordinator)}  term ${status.term}  role ${status.role}  commit ${status.commitIndex}  map version ${status.clusterMapVersion}`,
+    `voters   ${status.voters.join(', ') || '-'}`,
+    `learners ${status.learners.join(', ') || '-'}`,
+  ];
+  return [`peer ${status.peerId}  (${counts.join(', ')}; * = this peer)`, ...coord, '', fmt(header), ...rows.map(fmt)].join('\n') + '\n';
 }
 
 async function fetchJson(hostPort: string, path: string, timeoutMs: number): Promise<unknown> {

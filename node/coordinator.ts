@@ -13,7 +13,7 @@ import { LevelRaftStorage } from '../storage/raft-store.js';
 import type { Host } from './host.js';
 import type { Logger } from './log.js';
 import type { MembershipService } from './membership-service.js';
-import { StreamChannel } from './stream-channel.js';
+import { StreamChannel, type ChannelCounters } from './stream-channel.js';
 
 export { NotLeaderError, ProposalDroppedError };
 
@@ -185,6 +185,11 @@ export class Coordinator {
 
   mapView(): ClusterMapView {
     return this.map.view();
+  }
+
+  /** Frames sent, received, dropped and streams reset on /shoal/raft/1.0.0. */
+  get channelCounters(): ChannelCounters {
+    return this.channel.counters;
   }
 
   get isLeader(): boolean {

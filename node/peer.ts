@@ -6,12 +6,14 @@ import type { KvStore } from '../storage/kv-store.js';
 import { openDiskStore } from '../storage/level-store.js';
 import { validatePeerOptions, type PeerOptions } from './config.js';
 import { createHost, fullAddrs, type Host } from './host.js';
-import { startHttpServer, type HttpServer } from './http/server.js';
+import { HttpError, startHttpServer, type HttpServer } from './http/server.js';
 import { loadOrCreatePrivateKey, nextIncarnation } from './identity.js';
 import { LoadSampler } from './load-sampler.js';
 import { createLogger, type Logger } from './log.js';
 import { MembershipService, type MembershipCounters } from './membership-service.js';
 import { Coordinator, type CoordinatorStatus } from './coordinator.js';
+import type { ClusterCommand } from '../protocols/cluster-map/types.js';
+import type { ChannelCounters } from './stream-channel.js';
 import { PeerStartError } from './errors.js';
 import { validateSwarmKey } from './swarm-key.js';
 
@@ -93,7 +95,15 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     if (opts.http !== 'off') {
       http = await startHttpServer(
         opts.http,
-        { status: () => peer?.status() ?? null, counters: () => peer?.counters ?? null },
+        {
+          status: () => peer?.status() ?? null,
+          counters: () => peer?.counters ?? null,
+          clusterMap: () => peer?.coordinator.mapView() ?? null,
+          updateMember: async (peerId, change) => {
+            if (peer === null) throw new HttpError(503, 'starting', 'the peer is starting', { 'retry-after': '1' });
+            return proposeOverHttp(peer.coordinator, { type: 'update-member', peerId, capacity: change.capacity });
+          },
+        },
         log,
       ).catch((err: Error & { code?: string }) => {
         const inUse = err.code === 'EADDRINUSE';
@@ -161,8 +171,8 @@ class PeerImpl implements Peer {
     return this.host.peerId.toString();
   }
 
-  get counters(): MembershipCounters {
-    return this.membership.counters;
+  get counters(): { membership: MembershipCounters; raft: ChannelCounters } {
+    return { membership: this.membership.counters, raft: this.coordinator.channelCounters };
   }
 
   get addrs(): string[] {
@@ -242,5 +252,33 @@ class Joiner {
     if (this.stopped) return;
     const delayMs = Math.min(this.backoffMaxMs, 250 * 2 ** Math.min(this.attempt - 1, 10));
     this.timer = setTimeout(() => void this.tryOnce(), delayMs);
+  }
+}
+
+/** Propose a map command on this peer (it must be the coordinator) and map failures to HTTP answers. */
+async function proposeOverHttp(coordinator: Coordinator, cmd: ClusterCommand): Promise<number> {
+  try {
+    await coordinator.propose(cmd);
+    return coordinator.status().clusterMapVersion;
+  } catch (err) {
+    const e = err as Error & { leader?: string | null; reason?: string };
+    switch (e.name) {
+      case 'NotLeaderError':
+        throw new HttpError(
+          503,
+          'not_coordinator',
+          e.leader ? `this peer is not the coordinator; send the request to ${e.leader}` : 'no coordinator is elected yet',
+          { 'retry-after': '1', ...(e.leader ? { 'x-shoal-coordinator': e.leader } : {}) },
+        );
+      case 'CommandRejectedError':
+        if (e.reason === 'unknown-member') throw new HttpError(404, 'not_found', e.message);
+        if (e.reason === 'invalid-member') throw new HttpError(400, 'bad_request', e.message);
+        throw new HttpError(409, 'rejected', e.message);
+      case 'ProposalDroppedError':
+      case 'ProposalTimeoutError':
+        throw new HttpError(503, 'unavailable', e.message, { 'retry-after': '1' });
+      default:
+        throw err;
+    }
   }
 }

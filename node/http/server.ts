@@ -3,12 +3,17 @@ import type { AddressInfo } from 'node:net';
 import { parseHostPort } from '../config.js';
 import type { Logger } from '../log.js';
 import type { MembershipCounters } from '../membership-service.js';
+import type { ChannelCounters } from '../stream-channel.js';
 import type { PeerStatus } from '../peer.js';
+import type { ClusterMapView } from '../../protocols/cluster-map/types.js';
 
 /** Handlers answer null while the peer is still starting (the API answers 503 then). */
 export interface HttpHandlers {
   status(): PeerStatus | null;
-  counters(): MembershipCounters | null;
+  counters(): { membership: MembershipCounters; raft: ChannelCounters } | null;
+  clusterMap(): ClusterMapView | null;
+  /** Change a member's capacity through the coordinator; resolves to the new map version. Throws HttpError. */
+  updateMember(peerId: string, change: { capacity: number }): Promise<number>;
 }
 
 export interface HttpServer {
@@ -17,7 +22,6 @@ export interface HttpServer {
   close(): Promise<void>;
 }
 
-type Route = (req: IncomingMessage, res: ServerResponse) => void;
 
 /** An error body is always JSON `{ error, message }`. */
 export function sendError(res: ServerResponse, status: number, error: string, message: string, headers: Record<string, string> = {}): void {
@@ -30,7 +34,7 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
   res.end(text);
 }
 
-function metricsText(counters: MembershipCounters, status: PeerStatus): string {
+function metricsText({ membership: counters, raft }: { membership: MembershipCounters; raft: ChannelCounters }, status: PeerStatus): string {
   const byState = new Map<string, number>();
   for (const m of status.members) byState.set(m.state, (byState.get(m.state) ?? 0) + 1);
   const lines = [
@@ -49,62 +53,130 @@ function metricsText(counters: MembershipCounters, status: PeerStatus): string {
     '# HELP shoal_members Members in the local table by state.',
     '# TYPE shoal_members gauge',
     ...['alive', 'suspect', 'dead', 'left'].map((s) => `shoal_members{state="${s}"} ${byState.get(s) ?? 0}`),
+    '# HELP shoal_raft_frames_sent_total Raft messages sent.',
+    '# TYPE shoal_raft_frames_sent_total counter',
+    `shoal_raft_frames_sent_total ${raft.framesSent}`,
+    '# HELP shoal_raft_frames_received_total Raft messages received.',
+    '# TYPE shoal_raft_frames_received_total counter',
+    `shoal_raft_frames_received_total ${raft.framesReceived}`,
+    '# HELP shoal_raft_frames_dropped_total Raft messages dropped (queue full or peer unreachable).',
+    '# TYPE shoal_raft_frames_dropped_total counter',
+    `shoal_raft_frames_dropped_total ${raft.framesDropped}`,
+    '# HELP shoal_raft_streams_reset_total Inbound raft streams reset for a bad frame.',
+    '# TYPE shoal_raft_streams_reset_total counter',
+    `shoal_raft_streams_reset_total ${raft.streamsReset}`,
+    '# HELP shoal_raft_term Current Raft term.',
+    '# TYPE shoal_raft_term gauge',
+    `shoal_raft_term ${status.term}`,
+    '# HELP shoal_raft_commit_index Raft commit index.',
+    '# TYPE shoal_raft_commit_index gauge',
+    `shoal_raft_commit_index ${status.commitIndex}`,
+    '# HELP shoal_raft_is_leader 1 on the coordinator.',
+    '# TYPE shoal_raft_is_leader gauge',
+    `shoal_raft_is_leader ${status.role === 'leader' ? 1 : 0}`,
   ];
   return lines.join('\n') + '\n';
+}
+
+/** A handler; `params` holds the path's captured segments. Thrown HttpErrors become JSON errors. */
+type Handler = (req: IncomingMessage, res: ServerResponse, params: string[]) => void | Promise<void>;
+
+/** An error with its HTTP answer. */
+export class HttpError extends Error {
+  override readonly name = 'HttpError';
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+    readonly extra: Record<string, unknown> = {},
+  ) {
+    super(message);
+  }
+}
+
+/** Largest JSON request body, bytes. */
+const MAX_JSON_BODY_BYTES = 64 * 1024;
+
+/** Read and parse a JSON body (bounded); 400 or 413 on bad input. */
+export async function readJsonBody(req: IncomingMessage, maxBytes = MAX_JSON_BODY_BYTES): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > maxBytes) throw new HttpError(413, 'too_large', `request body over ${maxBytes} bytes`);
+    chunks.push(chunk);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+  } catch {
+    throw new HttpError(400, 'bad_request', 'request body is not valid JSON');
+  }
+}
+
+function notStarting<T>(value: T | null): T {
+  if (value === null) throw new HttpError(503, 'starting', 'the peer is starting', { 'retry-after': '1' });
+  return value;
 }
 
 /** Serve the HTTP API on HOST:PORT. Resolves once listening; rejects with the listen error (e.g. EADDRINUSE). */
 export async function startHttpServer(hostPort: string, handlers: HttpHandlers, log: Logger): Promise<HttpServer> {
   const { host, port } = parseHostPort(hostPort, 'http');
-  const routes = new Map<string, Map<string, Route>>([
-    [
-      '/v1/status',
-      new Map([
-        [
-          'GET',
-          (_q, s) => {
-            const status = handlers.status();
-            if (status === null) return sendError(s, 503, 'starting', 'the peer is starting', { 'retry-after': '1' });
-            sendJson(s, 200, status);
-          },
-        ],
-      ]),
-    ],
-    ['/healthz', new Map([['GET', (_q, s) => sendJson(s, 200, { ok: true })]])],
-    [
-      '/metrics',
-      new Map([
-        [
-          'GET',
-          (_q, s) => {
-            const counters = handlers.counters();
-            const status = handlers.status();
-            if (counters === null || status === null) return sendError(s, 503, 'starting', 'the peer is starting', { 'retry-after': '1' });
-            const text = metricsText(counters, status);
-            s.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
-            s.end(text);
-          },
-        ],
-      ]),
-    ],
-  ]);
+  const routes: Array<{ pattern: RegExp; methods: Record<string, Handler> }> = [
+    { pattern: /^\/v1\/status$/, methods: { GET: (_q, s) => sendJson(s, 200, notStarting(handlers.status())) } },
+    { pattern: /^\/healthz$/, methods: { GET: (_q, s) => sendJson(s, 200, { ok: true }) } },
+    {
+      pattern: /^\/metrics$/,
+      methods: {
+        GET: (_q, s) => {
+          const text = metricsText(notStarting(handlers.counters()), notStarting(handlers.status()));
+          s.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+          s.end(text);
+        },
+      },
+    },
+    { pattern: /^\/v1\/cluster$/, methods: { GET: (_q, s) => sendJson(s, 200, notStarting(handlers.clusterMap())) } },
+    {
+      pattern: /^\/v1\/cluster\/members\/([^/]{1,256})$/,
+      methods: {
+        PUT: async (req, s, [peerId]) => {
+          const body = await readJsonBody(req);
+          const capacity = (body as { capacity?: unknown } | null)?.capacity;
+          if (typeof body !== 'object' || body === null || Array.isArray(body) || typeof capacity !== 'number' || !Number.isFinite(capacity) || capacity <= 0) {
+            throw new HttpError(400, 'bad_request', 'expected a JSON body { "capacity": <positive number> }');
+          }
+          const version = await handlers.updateMember(decodeURIComponent(peerId as string), { capacity });
+          sendJson(s, 200, { ok: true, clusterMapVersion: version });
+        },
+      },
+    },
+  ];
 
   const server: Server = createServer((req, res) => {
+    const fail = (err: unknown): void => {
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      if (err instanceof HttpError) return sendError(res, err.status, err.code, err.message, err.headers);
+      log.error('http handler failed', { err });
+      sendError(res, 500, 'internal', 'internal error');
+    };
     try {
       const path = new URL(req.url ?? '/', 'http://x').pathname;
-      const methods = routes.get(path);
-      if (methods === undefined) return sendError(res, 404, 'not_found', `no route ${path}`);
-      const route = methods.get(req.method ?? '');
-      if (route === undefined) {
+      let match: RegExpExecArray | null = null;
+      const route = routes.find((r) => (match = r.pattern.exec(path)) !== null);
+      if (route === undefined || match === null) return sendError(res, 404, 'not_found', `no route ${path}`);
+      const handler = route.methods[req.method ?? ''];
+      if (handler === undefined) {
         return sendError(res, 405, 'method_not_allowed', `${req.method} is not allowed on ${path}`, {
-          allow: [...methods.keys()].join(', '),
+          allow: Object.keys(route.methods).join(', '),
         });
       }
-      route(req, res);
+      const params = (match as RegExpExecArray).slice(1);
+      Promise.resolve(handler(req, res, params)).catch(fail);
     } catch (err) {
-      log.error('http handler failed', { err });
-      if (!res.headersSent) sendError(res, 500, 'internal', 'internal error');
-      else res.destroy();
+      fail(err);
     }
   });
   server.keepAliveTimeout = 5000;
