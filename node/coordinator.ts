@@ -375,6 +375,12 @@ export class Coordinator {
           cmd = { type: 'update-member', peerId: m.peerId, status };
           break;
         }
+        // A restarted peer may listen elsewhere: keep its addresses current in the map.
+        const addrs = m.addrs.slice(0, 16);
+        if (m.state === 'alive' && addrs.length > 0 && addrs.join(' ') !== info.addrs.join(' ')) {
+          cmd = { type: 'update-member', peerId: m.peerId, addrs };
+          break;
+        }
       }
     }
     if (cmd === null) return;

@@ -20,6 +20,13 @@ const RECONNECT_INTERVAL_MS = 1000;
 const MAX_RECONNECT_DIALS = 8;
 /** Bound on one dial. */
 const DIAL_TIMEOUT_MS = 5000;
+/**
+ * A connection open this long whose peer has not announced the membership topic is
+ * repaired (hang up, redial). gossipsub keeps a stale outbound stream when a peer
+ * restarts with the same id before the old connection's close is processed, and then
+ * never talks to the new incarnation over that connection.
+ */
+const GOSSIP_SILENT_CONNECTION_MS = 3000;
 
 export interface MembershipCounters {
   received: number;
@@ -62,6 +69,9 @@ export class MembershipService {
   private tickTimer: NodeJS.Timeout | null = null;
   private lastReconnectMs = 0;
   private readonly dialing = new Set<string>();
+  /** Peers whose connection was repaired, with when, so a peer that never subscribes is not redialed in a loop. */
+  private readonly repairedAt = new Map<string, number>();
+  private readonly repairing = new Set<string>();
   private stopped = false;
   private persistChain: Promise<void> = Promise.resolve();
 
@@ -124,6 +134,7 @@ export class MembershipService {
     if (now - this.lastReconnectMs >= RECONNECT_INTERVAL_MS) {
       this.lastReconnectMs = now;
       this.reconnect();
+      this.repairSilentConnections(now);
     }
   }
 
@@ -200,6 +211,34 @@ export class MembershipService {
       this.counters.publishFailed++;
       if (!this.stopped) this.log.debug('publish failed', { kind: m.kind, err });
     }
+  }
+
+  /** Hang up and redial connections over which gossipsub never learned the peer's subscription. */
+  private repairSilentConnections(now: number): void {
+    const subscribed = new Set(this.host.services.pubsub.getSubscribers(MEMBERSHIP_TOPIC).map((p) => p.toString()));
+    const wallNow = Date.now();
+    for (const conn of this.host.getConnections()) {
+      const id = conn.remotePeer.toString();
+      if (conn.status !== 'open' || subscribed.has(id) || this.repairing.has(id)) continue;
+      if (wallNow - conn.timeline.open < GOSSIP_SILENT_CONNECTION_MS) continue;
+      const last = this.repairedAt.get(id);
+      if (last !== undefined && now - last < 30_000) continue;
+      this.repairedAt.set(id, now);
+      this.repairing.add(id);
+      this.log.info('repairing a connection without gossip', { remote: id });
+      const peerId = conn.remotePeer;
+      void (async () => {
+        try {
+          await this.host.hangUp(peerId);
+          await this.host.dial(peerId, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) });
+        } catch (err) {
+          this.log.debug('repair dial failed', { remote: id, err });
+        } finally {
+          this.repairing.delete(id);
+        }
+      })();
+    }
+    if (this.repairedAt.size > 1024) this.repairedAt.clear();
   }
 
   /** Dial members that are alive or suspect but not connected (learned from gossip, or dropped). */

@@ -141,7 +141,12 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     await coordinator.start();
     cleanup.push(() => coordinator.stop());
 
-    const joiner = new Joiner(host, opts.join, opts.joinBackoffMaxMs, log);
+    const self = host.peerId.toString();
+    const mapAddrs = (): string[] =>
+      Object.entries(coordinator.mapView().members)
+        .filter(([id, m]) => id !== self && m.status !== 'left')
+        .flatMap(([, m]) => m.addrs);
+    const joiner = new Joiner(host, opts.join, mapAddrs, opts.joinBackoffMaxMs, log);
     joiner.start();
     cleanup.push(() => joiner.stop());
 
@@ -215,35 +220,57 @@ class PeerImpl implements Peer {
   }
 }
 
-/** Dials the `--join` addresses with exponential backoff until one answers. */
+/**
+ * Dials the `--join` addresses with exponential backoff until one answers; afterwards,
+ * whenever the peer finds itself with no connection at all, it joins again, through the
+ * `--join` addresses and the addresses of the members in its copy of the cluster map (so
+ * a restarted peer whose only seed died still finds the others).
+ */
 class Joiner {
   private timer: NodeJS.Timeout | null = null;
+  private watch: NodeJS.Timeout | null = null;
   private attempt = 0;
   private stopped = false;
+  private joining = false;
 
   constructor(
     private readonly host: Host,
-    private readonly addrs: string[],
+    private readonly joinAddrs: string[],
+    private readonly knownAddrs: () => string[],
     private readonly backoffMaxMs: number,
     private readonly log: Logger,
   ) {}
 
+  private get addrs(): string[] {
+    return [...new Set([...this.joinAddrs, ...this.knownAddrs()])];
+  }
+
   start(): void {
     if (this.addrs.length > 0) void this.tryOnce();
+    this.watch = setInterval(() => {
+      if (!this.joining && this.host.getConnections().length === 0 && this.addrs.length > 0) {
+        this.log.warn('no connections left; joining again');
+        this.attempt = 0;
+        void this.tryOnce();
+      }
+    }, 5000);
   }
 
   stop(): void {
     this.stopped = true;
     if (this.timer !== null) clearTimeout(this.timer);
+    if (this.watch !== null) clearInterval(this.watch);
   }
 
   private async tryOnce(): Promise<void> {
+    this.joining = true;
     this.attempt++;
     for (const a of this.addrs) {
       if (this.stopped) return;
       try {
-        await this.host.dial(multiaddr(a), { signal: AbortSignal.timeout(5000) });
+        await this.host.dial(multiaddr(a), { signal: AbortSignal.timeout(2000) });
         this.log.info('joined', { via: a, attempt: this.attempt });
+        this.joining = false;
         return;
       } catch (err) {
         this.log.warn('join attempt failed', { via: a, attempt: this.attempt, err });
@@ -254,7 +281,6 @@ class Joiner {
     this.timer = setTimeout(() => void this.tryOnce(), delayMs);
   }
 }
-
 /** Propose a map command on this peer (it must be the coordinator) and map failures to HTTP answers. */
 async function proposeOverHttp(coordinator: Coordinator, cmd: ClusterCommand): Promise<number> {
   try {

@@ -19,7 +19,12 @@ export interface RaftConfig {
   electionTicks: number;
   /** Heartbeat interval, ticks. Default 1: an order of magnitude below the election timeout. */
   heartbeatTicks: number;
-  /** Campaign with a pre-vote round first. Default true: a partitioned peer cannot inflate terms. */
+  /**
+   * Campaign with a pre-vote round first. Default true: a partitioned peer cannot inflate terms.
+   * With both `preVote` and `checkQuorum` off (plain Raft), a removed voter that missed its own
+   * removal keeps campaigning with higher terms and can stall the cluster (Raft dissertation
+   * §4.2.3); keep at least one of them on when membership changes.
+   */
   preVote: boolean;
   /**
    * A leader steps down when it has not heard from a quorum within an election timeout, and

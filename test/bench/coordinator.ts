@@ -3,7 +3,7 @@
 // installed (see ../shared/anchors/etcd/README.md) it measures etcd side by side in the same run.
 import '../../node/polyfill.js';
 import { execFile } from 'node:child_process';
-import { cp, mkdtemp } from 'node:fs/promises';
+import { cp, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +18,8 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '10' },
     seconds: { type: 'string', default: '5' },
     'no-etcd': { type: 'boolean', default: false },
+    /** Start the next round as soon as Raft is stable, without waiting for the restarted peer's membership (a harsher test). */
+    'no-settle': { type: 'boolean', default: false },
   },
 });
 const rounds = Number(values.rounds);
@@ -59,16 +61,29 @@ async function shoalFailover(dir: string, peers: ProcessPeer[]): Promise<number[
     const rest = peers.filter((p) => p !== victim);
     const t0 = performance.now();
     victim.signal('SIGKILL');
-    await waitFor(
-      'a new coordinator that committed an entry',
-      async () => (await statuses(rest)).some((s) => s !== null && s.role === 'leader' && s.term > before.term && s.commitIndex > before.commitIndex),
-      { timeoutMs: 30_000, intervalMs: 5 },
-    );
+    try {
+      await waitFor(
+        'a new coordinator that committed an entry',
+        async () => (await statuses(rest)).some((s) => s !== null && s.role === 'leader' && s.term > before.term && s.commitIndex > before.commitIndex),
+        { timeoutMs: 30_000, intervalMs: 5 },
+      );
+    } catch (err) {
+      const dump = (await statuses(rest)).map((s) => s && { peer: s.peerId, role: s.role, term: s.term, commit: s.commitIndex, coordinator: s.coordinator, voters: s.voters, learners: s.learners, members: s.members.map((m) => [m.peerId, m.state]) });
+      process.stderr.write(`killed ${victim.peerId} (term ${before.term}, commit ${before.commitIndex}); survivors: ${JSON.stringify(dump, null, 1)}\n`);
+      for (const p of rest) await writeFile(join(tmpdir(), `shoal-bench-${p.peerId.slice(-6)}.log`), p.stderr);
+      throw err;
+    }
     times.push(performance.now() - t0);
     process.stderr.write(`shoal round ${r + 1}/${rounds}: new coordinator committed after ${Math.round(times[times.length - 1] as number)} ms\n`);
     await victim.waitExit();
-    const again = await ProcessPeer.start(victim.dataDir, { join: [(rest[0] as ProcessPeer).joinAddr] });
+    const again = await ProcessPeer.start(victim.dataDir, { join: [(rest[0] as ProcessPeer).joinAddr], extraArgs: ['--log-level', process.env.SHOAL_BENCH_LOG ?? 'warn'] });
     peers[peers.indexOf(victim)] = again;
+    // Next round only once the restarted peer is a full member again (seen alive by all).
+    if (!values['no-settle']) await waitFor(
+      'the restarted peer alive at every peer',
+      async () => (await statuses(peers)).every((s) => s !== null && peers.every((p) => s.members.find((m) => m.peerId === p.peerId)?.state === 'alive')),
+      { timeoutMs: 30_000, intervalMs: 20 },
+    );
   }
   void dir;
   return times;

@@ -1,0 +1,146 @@
+/**
+ * Replication options, their defaults (in one place) and their validation. Times are in ms of the
+ * `nowMs` the shell passes in; the core never reads a clock.
+ */
+import { ConfigError } from '../errors.js';
+
+/** Largest key, UTF-8 bytes (DESIGN §7). */
+export const MAX_KEY_BYTES = 1024;
+/** Largest value, bytes (DESIGN §7). */
+export const MAX_VALUE_BYTES = 1024 * 1024;
+/** Most ops in one group (also the codec's limit). */
+export const MAX_OPS_PER_GROUP = 1024;
+/** Bytes a logged op costs beyond its key and value when sizing groups and messages (framing, version). */
+export const OP_OVERHEAD_BYTES = 64;
+
+export interface ReplicationConfig {
+  /**
+   * Writes are refused while the in-sync set is smaller, and a group commits only once at least
+   * this many replicas (the primary included) hold it. Default 2 (DESIGN §7): one failure never
+   * loses an acknowledged write. The shell passes the cluster setting.
+   */
+  minInSync: number;
+  /**
+   * A replica in the in-sync set that has not acknowledged a group (or the reconciliation point)
+   * this long after it was sent is reported for removal. Default 500: several round trips plus an
+   * fsync and a GC pause; shorter shrinks the set on every hiccup, longer stalls all writes of the
+   * shard behind a dead backup.
+   */
+  ackTimeoutMs: number;
+  /**
+   * The primary sends each replica an append (new groups, a retransmission from the replica's
+   * last acknowledged group, or an empty heartbeat carrying the commit point) at least this
+   * often. Default 50: lost messages are repaired well within `ackTimeoutMs`.
+   */
+  heartbeatIntervalMs: number;
+  /**
+   * A replica that is not in-sync (or sees a gap) and has heard nothing useful from the primary
+   * asks it for catch-up this often. Default 200: cheap, and a restarted replica rejoins quickly.
+   */
+  catchUpRetryMs: number;
+  /**
+   * An in-sync change request still needed is repeated this often (the shell forwards requests
+   * best effort). Default 300: a few coordinator heartbeats.
+   */
+  coordinatorRetryMs: number;
+  /** A snapshot for a replica whose needed groups were trimmed is offered again after this. Default 2000. */
+  snapshotRetryMs: number;
+  /**
+   * Most writes accepted but not yet sequenced into a group. Default 4096: four full groups;
+   * beyond it writes are refused with OverloadedError instead of queueing without bound.
+   */
+  maxPendingWrites: number;
+  /**
+   * Most groups sequenced but not yet committed. Default 1: writes that arrive while a group is
+   * in flight are batched into the next group (PacificA group commit); more pipelines groups at
+   * the cost of more work lost on a failover.
+   */
+  maxGroupsInFlight: number;
+  /** Most ops per group. Default 1024 (the codec's limit). */
+  maxOpsPerGroup: number;
+  /**
+   * Most bytes of keys and values (plus OP_OVERHEAD_BYTES per op) in one group; a single larger op
+   * still forms a group of its own. Default 4 MiB: four maximal values; bounds one storage batch.
+   */
+  maxGroupBytes: number;
+  /** Most groups in one append message (the catch-up batch). Default 64. */
+  maxGroupsPerAppend: number;
+  /**
+   * Most group bytes in one append message (at least one group is always sent). Default 4 MiB: an
+   * encoded message stays well under the codec's 16 MiB.
+   */
+  maxAppendBytes: number;
+  /**
+   * Most out-of-order appends a backup holds while waiting for the gap to fill. Default 16: covers
+   * ordinary reordering; a longer gap is repaired by catch-up instead.
+   */
+  maxBufferedAppends: number;
+  /**
+   * Committed and applied groups kept in the log (memory and disk) for lagging replicas. Default
+   * 256; a replica further behind gets a snapshot.
+   */
+  logRetainGroups: number;
+  /** Byte bound of the same window. Default 32 MiB. */
+  logRetainBytes: number;
+  /**
+   * Applied groups whose versions the core still remembers, so that a version the shell read just
+   * before an apply completed is still corrected. Default 32: far more than one read can straddle;
+   * an older read gets StaleVersionError.
+   */
+  versionHistoryGroups: number;
+}
+
+export const DEFAULT_REPLICATION_CONFIG: Readonly<ReplicationConfig> = Object.freeze({
+  minInSync: 2,
+  ackTimeoutMs: 500,
+  heartbeatIntervalMs: 50,
+  catchUpRetryMs: 200,
+  coordinatorRetryMs: 300,
+  snapshotRetryMs: 2000,
+  maxPendingWrites: 4096,
+  maxGroupsInFlight: 1,
+  maxOpsPerGroup: MAX_OPS_PER_GROUP,
+  maxGroupBytes: 4 * 1024 * 1024,
+  maxGroupsPerAppend: 64,
+  maxAppendBytes: 4 * 1024 * 1024,
+  maxBufferedAppends: 16,
+  logRetainGroups: 256,
+  logRetainBytes: 32 * 1024 * 1024,
+  versionHistoryGroups: 32,
+});
+
+function requireInteger(field: keyof ReplicationConfig, value: unknown, min: number, max: number): void {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(field, `must be an integer in [${min}, ${max}], got ${String(value)}`);
+  }
+}
+
+/** Throws `ConfigError` naming the first bad field. */
+export function validateReplicationConfig(config: ReplicationConfig): void {
+  requireInteger('minInSync', config.minInSync, 1, 64);
+  requireInteger('ackTimeoutMs', config.ackTimeoutMs, 1, 600_000);
+  requireInteger('heartbeatIntervalMs', config.heartbeatIntervalMs, 1, 600_000);
+  if (config.heartbeatIntervalMs >= config.ackTimeoutMs) {
+    throw new ConfigError('heartbeatIntervalMs', 'must be smaller than ackTimeoutMs (a lost append must be resent before the timeout)');
+  }
+  requireInteger('catchUpRetryMs', config.catchUpRetryMs, 1, 600_000);
+  requireInteger('coordinatorRetryMs', config.coordinatorRetryMs, 1, 600_000);
+  requireInteger('snapshotRetryMs', config.snapshotRetryMs, 1, 3_600_000);
+  requireInteger('maxPendingWrites', config.maxPendingWrites, 1, 1_000_000);
+  requireInteger('maxGroupsInFlight', config.maxGroupsInFlight, 1, 1024);
+  requireInteger('maxOpsPerGroup', config.maxOpsPerGroup, 1, MAX_OPS_PER_GROUP);
+  requireInteger('maxGroupBytes', config.maxGroupBytes, 1, 64 * 1024 * 1024);
+  requireInteger('maxGroupsPerAppend', config.maxGroupsPerAppend, 1, 1024);
+  requireInteger('maxAppendBytes', config.maxAppendBytes, 1, 8 * 1024 * 1024);
+  requireInteger('maxBufferedAppends', config.maxBufferedAppends, 0, 1024);
+  requireInteger('logRetainGroups', config.logRetainGroups, 0, 1_000_000);
+  requireInteger('logRetainBytes', config.logRetainBytes, 0, 4 * 1024 * 1024 * 1024);
+  requireInteger('versionHistoryGroups', config.versionHistoryGroups, 0, 1_000_000);
+}
+
+/** Defaults overlaid with `overrides`, validated. */
+export function resolveReplicationConfig(overrides: Partial<ReplicationConfig> = {}): ReplicationConfig {
+  const config: ReplicationConfig = { ...DEFAULT_REPLICATION_CONFIG, ...overrides };
+  validateReplicationConfig(config);
+  return config;
+}
