@@ -34,46 +34,35 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
   res.end(text);
 }
 
-function metricsText({ membership: counters, raft }: { membership: MembershipCounters; raft: ChannelCounters }, status: PeerStatus): string {
+type MetricType = 'counter' | 'gauge';
+
+/** One Prometheus metric family: HELP, TYPE and its samples (label string → value). */
+function family(name: string, type: MetricType, help: string, samples: Array<[string, number]>): string[] {
+  return [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...samples.map(([labels, v]) => `${name}${labels} ${v}`)];
+}
+
+function metricsText({ membership: m, raft }: { membership: MembershipCounters; raft: ChannelCounters }, status: PeerStatus): string {
   const byState = new Map<string, number>();
-  for (const m of status.members) byState.set(m.state, (byState.get(m.state) ?? 0) + 1);
+  for (const mem of status.members) byState.set(mem.state, (byState.get(mem.state) ?? 0) + 1);
+  const states = ['alive', 'suspect', 'dead', 'left'];
   const lines = [
-    '# HELP shoal_membership_messages_received_total Membership messages accepted from the topic.',
-    '# TYPE shoal_membership_messages_received_total counter',
-    `shoal_membership_messages_received_total ${counters.received}`,
-    '# HELP shoal_membership_messages_rejected_total Membership messages dropped as malformed or forged.',
-    '# TYPE shoal_membership_messages_rejected_total counter',
-    `shoal_membership_messages_rejected_total ${counters.rejected}`,
-    '# HELP shoal_membership_messages_published_total Membership messages published.',
-    '# TYPE shoal_membership_messages_published_total counter',
-    `shoal_membership_messages_published_total ${counters.published}`,
-    '# HELP shoal_member_transitions_total Transitions of other members into a state, as this peer saw them.',
-    '# TYPE shoal_member_transitions_total counter',
-    ...Object.entries(counters.transitions).map(([s, n]) => `shoal_member_transitions_total{to="${s}"} ${n}`),
-    '# HELP shoal_members Members in the local table by state.',
-    '# TYPE shoal_members gauge',
-    ...['alive', 'suspect', 'dead', 'left'].map((s) => `shoal_members{state="${s}"} ${byState.get(s) ?? 0}`),
-    '# HELP shoal_raft_frames_sent_total Raft messages sent.',
-    '# TYPE shoal_raft_frames_sent_total counter',
-    `shoal_raft_frames_sent_total ${raft.framesSent}`,
-    '# HELP shoal_raft_frames_received_total Raft messages received.',
-    '# TYPE shoal_raft_frames_received_total counter',
-    `shoal_raft_frames_received_total ${raft.framesReceived}`,
-    '# HELP shoal_raft_frames_dropped_total Raft messages dropped (queue full or peer unreachable).',
-    '# TYPE shoal_raft_frames_dropped_total counter',
-    `shoal_raft_frames_dropped_total ${raft.framesDropped}`,
-    '# HELP shoal_raft_streams_reset_total Inbound raft streams reset for a bad frame.',
-    '# TYPE shoal_raft_streams_reset_total counter',
-    `shoal_raft_streams_reset_total ${raft.streamsReset}`,
-    '# HELP shoal_raft_term Current Raft term.',
-    '# TYPE shoal_raft_term gauge',
-    `shoal_raft_term ${status.term}`,
-    '# HELP shoal_raft_commit_index Raft commit index.',
-    '# TYPE shoal_raft_commit_index gauge',
-    `shoal_raft_commit_index ${status.commitIndex}`,
-    '# HELP shoal_raft_is_leader 1 on the coordinator.',
-    '# TYPE shoal_raft_is_leader gauge',
-    `shoal_raft_is_leader ${status.role === 'leader' ? 1 : 0}`,
+    ...family('shoal_membership_messages_received_total', 'counter', 'Membership messages accepted from the topic.', [['', m.received]]),
+    ...family('shoal_membership_messages_rejected_total', 'counter', 'Membership messages dropped as malformed or forged.', [['', m.rejected]]),
+    ...family('shoal_membership_messages_published_total', 'counter', 'Membership messages published.', [['', m.published]]),
+    ...family(
+      'shoal_member_transitions_total',
+      'counter',
+      'Transitions of other members into a state, as this peer saw them.',
+      Object.entries(m.transitions).map(([state, n]) => [`{to="${state}"}`, n]),
+    ),
+    ...family('shoal_members', 'gauge', 'Members in the local table by state.', states.map((st) => [`{state="${st}"}`, byState.get(st) ?? 0])),
+    ...family('shoal_raft_frames_sent_total', 'counter', 'Raft messages sent.', [['', raft.framesSent]]),
+    ...family('shoal_raft_frames_received_total', 'counter', 'Raft messages received.', [['', raft.framesReceived]]),
+    ...family('shoal_raft_frames_dropped_total', 'counter', 'Raft messages dropped (queue full or peer unreachable).', [['', raft.framesDropped]]),
+    ...family('shoal_raft_streams_reset_total', 'counter', 'Inbound raft streams reset for a bad frame.', [['', raft.streamsReset]]),
+    ...family('shoal_raft_term', 'gauge', 'Current Raft term.', [['', status.term]]),
+    ...family('shoal_raft_commit_index', 'gauge', 'Raft commit index.', [['', status.commitIndex]]),
+    ...family('shoal_raft_is_leader', 'gauge', '1 on the coordinator.', [['', status.role === 'leader' ? 1 : 0]]),
   ];
   return lines.join('\n') + '\n';
 }

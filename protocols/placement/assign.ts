@@ -134,23 +134,23 @@ function chooseReplicaSets(ring: Ring, shardCount: number, perShard: number, cap
   const origin = Array.from({ length: shardCount }, (_, shard) => shardPoint(shard));
   const start = origin.map((point) => ring.firstVnodeAtOrAfter(point));
   const steps = new Array<number>(shardCount).fill(0);
-  const distanceOf = (shard: number): number =>
-    clockwise(origin[shard]!, ring.points[(start[shard]! + steps[shard]!) % size]!);
+  // distance[shard]: from the shard's point to the virtual node its walk is at.
+  const distance = origin.map((point, shard) => clockwise(point, ring.points[start[shard]!]!));
 
-  const queue = new IndexMinHeap((a, b) => {
-    const da = distanceOf(a);
-    const db = distanceOf(b);
-    return da < db || (da === db && a < b);
-  });
+  const queue = new IndexMinHeap((a, b) => distance[a]! < distance[b]! || (distance[a] === distance[b] && a < b));
   for (let shard = 0; shard < shardCount; shard++) queue.push(shard);
   for (let shard = queue.pop(); shard !== undefined; shard = queue.pop()) {
-    const peer = ring.owners[(start[shard]! + steps[shard]!) % size]!;
+    const index = (start[shard]! + steps[shard]!) % size;
+    const peer = ring.owners[index]!;
     if (!holds(chosen[shard]!, peer) && load[peer]! < caps[peer]!) {
-      chosen[shard]!.push({ peer, distance: distanceOf(shard) });
+      chosen[shard]!.push({ peer, distance: distance[shard]! });
       load[peer]!++;
     }
     steps[shard]!++;
-    if (chosen[shard]!.length < perShard && steps[shard]! < size) queue.push(shard);
+    if (chosen[shard]!.length < perShard && steps[shard]! < size) {
+      distance[shard] = clockwise(origin[shard]!, ring.points[(index + 1) % size]!);
+      queue.push(shard);
+    }
   }
 
   const candidates = new CandidateLists(ring, origin, start);

@@ -35,7 +35,11 @@ function fmix32(h: number): number {
  * Blocks are read little-endian regardless of the host, so the result is the same everywhere.
  */
 export function murmur3x86_32(bytes: Uint8Array, seed = 0): number {
-  const length = bytes.length;
+  return murmur3Prefix(bytes, bytes.length, seed);
+}
+
+/** murmur3x86_32 of the first `length` bytes, without allocating a subarray view. */
+export function murmur3Prefix(bytes: Uint8Array, length: number, seed: number): number {
   const blockEnd = length - (length & 3);
   let h = seed >>> 0;
   for (let i = 0; i < blockEnd; i += 4) {

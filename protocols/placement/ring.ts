@@ -6,7 +6,7 @@
  * Everything is derived from the member list alone, sorted by peer id first, so every peer that
  * knows the same members builds the same ring.
  */
-import { hashKey, murmur3x86_32 } from './hash.js';
+import { hashKey, murmur3Prefix } from './hash.js';
 import {
   validateMembers,
   validatePlacementOptions,
@@ -14,6 +14,7 @@ import {
   validateShard,
   validateShardCount,
   vnodeCountFor,
+  PLACEMENT_LIMITS,
   type PlacementMember,
   type PlacementOptions,
 } from './config.js';
@@ -51,12 +52,24 @@ function vnodePointsOf(peerId: string, count: number): Uint32Array {
   buffer.set(prefix);
   const points = new Uint32Array(count);
   for (let index = 0; index < count; index++) {
-    const digits = String(index);
-    for (let d = 0; d < digits.length; d++) buffer[prefix.length + d] = digits.charCodeAt(d);
-    points[index] = murmur3x86_32(buffer.subarray(0, prefix.length + digits.length), VNODE_SEED);
+    const end = writeDecimal(buffer, prefix.length, index);
+    points[index] = murmur3Prefix(buffer, end, VNODE_SEED);
   }
   return points;
 }
+
+/** Write the ASCII decimal digits of a non-negative integer at `offset`; returns the end. */
+function writeDecimal(buffer: Uint8Array, offset: number, value: number): number {
+  let digits = 1;
+  for (let rest = value; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+  for (let i = digits - 1, rest = value; i >= 0; i--, rest = Math.floor(rest / 10)) {
+    buffer[offset + i] = 0x30 + (rest % 10);
+  }
+  return offset + digits;
+}
+
+/** Positions in a ring's sort keys: one per virtual node. */
+const TIE_RANGE = PLACEMENT_LIMITS.maxTotalVnodes;
 
 export class Ring {
   /** The members, sorted by peer id; `owners` indexes into this. */
@@ -76,27 +89,27 @@ export class Ring {
   static fromSortedMembers(members: readonly PlacementMember[], vnodesPerUnitCapacity: number): Ring {
     const counts = members.map((m) => vnodeCountFor(m.capacity, vnodesPerUnitCapacity));
     const total = counts.reduce((sum, c) => sum + c, 0);
-    const rawPoints = new Uint32Array(total);
+    // Sort keys `point * 2^20 + k`, k being the position in member-then-vnode order (< 2^20 by
+    // PLACEMENT_LIMITS.maxTotalVnodes): exact in a double, so a native numeric sort orders the
+    // points and breaks a tie of two equal points (rare: ~0.1% of 20-peer rings have one) by peer
+    // then vnode index, never by chance.
+    const keys = new Float64Array(total);
     const rawOwners = new Uint32Array(total);
-    const rawIndex = new Uint32Array(total);
     let k = 0;
     members.forEach((m, owner) => {
-      const points = vnodePointsOf(m.peerId, counts[owner]!);
-      for (let v = 0; v < points.length; v++, k++) {
-        rawPoints[k] = points[v]!;
+      for (const point of vnodePointsOf(m.peerId, counts[owner]!)) {
+        keys[k] = point * TIE_RANGE + k;
         rawOwners[k] = owner;
-        rawIndex[k] = v;
+        k++;
       }
     });
-    // Sort positions; a tie of two 32-bit points (rare: ~0.1% of 20-peer rings have one) is
-    // broken by peer order then vnode index, never by the sort's own stability.
-    const order = Array.from({ length: total }, (_, i) => i);
-    order.sort((a, b) => rawPoints[a]! - rawPoints[b]! || rawOwners[a]! - rawOwners[b]! || rawIndex[a]! - rawIndex[b]!);
+    keys.sort();
     const points = new Uint32Array(total);
     const owners = new Uint32Array(total);
-    order.forEach((from, to) => {
-      points[to] = rawPoints[from]!;
-      owners[to] = rawOwners[from]!;
+    keys.forEach((key, i) => {
+      const position = key % TIE_RANGE;
+      points[i] = (key - position) / TIE_RANGE;
+      owners[i] = rawOwners[position]!;
     });
     return new Ring(members, points, owners);
   }
