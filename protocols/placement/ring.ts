@@ -43,8 +43,8 @@ export function vnodePoint(peerId: string, index: number): number {
 const utf8 = new TextEncoder();
 
 /**
- * vnodePoint(peerId, 0..count-1), encoding the peer id once: building rings is the bulk of
- * assignReplicas' work, and this is ~5x faster than encoding each string.
+ * vnodePoint(peerId, 0..count-1), encoding the peer id once and reusing one buffer: building the
+ * ring is a large part of assignReplicas' work.
  */
 function vnodePointsOf(peerId: string, count: number): Uint32Array {
   const prefix = utf8.encode(`${peerId}#`);
@@ -71,6 +71,10 @@ function writeDecimal(buffer: Uint8Array, offset: number, value: number): number
 /** Positions in a ring's sort keys: one per virtual node. */
 const TIE_RANGE = PLACEMENT_LIMITS.maxTotalVnodes;
 
+/**
+ * An immutable ring built by buildRing(). `points`/`owners` are exposed read-only for the
+ * assignment walk; do not modify them.
+ */
 export class Ring {
   /** The members, sorted by peer id; `owners` indexes into this. */
   readonly members: readonly PlacementMember[];
@@ -85,7 +89,7 @@ export class Ring {
     this.owners = owners;
   }
 
-  /** Use buildRing(); this skips validation of already-validated input. */
+  /** @internal Use buildRing(); this trusts `members` to be validated and sorted by peer id. */
   static fromSortedMembers(members: readonly PlacementMember[], vnodesPerUnitCapacity: number): Ring {
     const counts = members.map((m) => vnodeCountFor(m.capacity, vnodesPerUnitCapacity));
     const total = counts.reduce((sum, c) => sum + c, 0);
@@ -112,11 +116,6 @@ export class Ring {
       owners[i] = rawOwners[position]!;
     });
     return new Ring(members, points, owners);
-  }
-
-  /** Peer ids on the ring, sorted. */
-  get peerIds(): string[] {
-    return this.members.map((m) => m.peerId);
   }
 
   /** Index of the first virtual node at or clockwise after `point` (wrapping past the top). */
