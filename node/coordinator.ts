@@ -6,7 +6,7 @@ import { decodeRaftMessage, encodeRaftMessage, RAFT_PROTOCOL_ID } from '../proto
 import type { RaftConfig } from '../protocols/raft/config.js';
 import { NotLeaderError, ProposalDroppedError } from '../protocols/raft/errors.js';
 import { bootstrapStorage, RaftNode, type Ready } from '../protocols/raft/raft.js';
-import type { ConfChange, RaftMessage, RecoveredState } from '../protocols/raft/types.js';
+import type { ConfChange, HardState, RaftMessage, RecoveredState } from '../protocols/raft/types.js';
 import { SeededRandom } from '../protocols/random.js';
 import type { KvStore } from '../storage/kv-store.js';
 import { LevelRaftStorage } from '../storage/raft-store.js';
@@ -97,6 +97,8 @@ export class Coordinator {
   private readonly waiters = new Map<number, Waiter>();
   private readonly deadSince = new Map<string, number>();
   private lastLeader: string | null = null;
+  /** The hard state last written, to tell a term or vote change (synced) from a commit-only one. */
+  private persistedHard: HardState;
 
   private constructor(
     private readonly opts: CoordinatorOptions,
@@ -104,6 +106,7 @@ export class Coordinator {
     recovered: RecoveredState,
   ) {
     this.self = opts.host.peerId.toString();
+    this.persistedHard = recovered.hardState;
     this.node = new RaftNode({
       id: this.self,
       config: opts.raft,
@@ -286,7 +289,16 @@ export class Coordinator {
 
   private async handleReady(rd: Ready): Promise<void> {
     if (rd.snapshot !== undefined || rd.entries.length > 0 || rd.hardState !== undefined) {
-      await this.storage.persist({ hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot }, { sync: this.opts.sync });
+      // fsync only what Raft's safety rests on: entries, snapshots, term and vote. A commit
+      // index alone can be relearned from the leader (etcd's MustSync rule); syncing it put a
+      // second fsync on every follower's path of every proposal.
+      const hs = rd.hardState;
+      const mustSync =
+        rd.entries.length > 0 ||
+        rd.snapshot !== undefined ||
+        (hs !== undefined && (hs.term !== this.persistedHard.term || hs.vote !== this.persistedHard.vote));
+      await this.storage.persist({ hardState: hs, entries: rd.entries, snapshot: rd.snapshot }, { sync: this.opts.sync && mustSync });
+      if (hs !== undefined) this.persistedHard = hs;
     }
     for (const m of rd.messages) this.send(m);
     if (rd.snapshot !== undefined) this.map.restore(rd.snapshot.data);
