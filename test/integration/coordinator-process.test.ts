@@ -85,6 +85,57 @@ describe('coordinator: 5 shoal processes, coordinator killed and restarted', fun
       { timeoutMs: 20_000 },
     );
   });
+
+  it('SIGSTOP of the coordinator: the rest elect another; after SIGCONT the old one follows it', async () => {
+    const before = await (peers[0] as ProcessPeer).status();
+    const frozen = peers.find((p) => p.peerId === before.coordinator) as ProcessPeer;
+    const rest = peers.filter((p) => p !== frozen);
+    frozen.signal('SIGSTOP');
+    let next: PeerStatus;
+    try {
+      next = await waitFor(
+        'a new coordinator among the others',
+        async () => {
+          const st = await statuses(rest);
+          const leader = st.find((s) => s.role === 'leader' && s.term > before.term);
+          return leader !== undefined && st.every((s) => s.coordinator === leader.peerId) ? leader : null;
+        },
+        { timeoutMs: 15_000 },
+      );
+    } finally {
+      frozen.signal('SIGCONT');
+    }
+    await waitFor(
+      'the thawed peer to step down and follow the new coordinator',
+      async () => {
+        const s = await frozen.status();
+        return s.role === 'follower' && s.coordinator === next.peerId && s.term >= next.term;
+      },
+      { timeoutMs: 15_000 },
+    );
+  });
+
+  it('the bootstrap peer restarted with its first command (no --join) finds the cluster through its map', async () => {
+    const seed = peers[0] as ProcessPeer;
+    seed.signal('SIGKILL');
+    await seed.waitExit();
+    const again = await ProcessPeer.start(seed.dataDir);
+    peers[0] = again;
+    assert.equal(again.peerId, seed.peerId);
+    await waitFor(
+      'the restarted seed to see every peer alive and follow the coordinator',
+      async () => {
+        const s = await again.status();
+        const other = await (peers[1] as ProcessPeer).status();
+        return (
+          s.coordinator !== null &&
+          s.coordinator === other.coordinator &&
+          peers.every((p) => s.members.find((m) => m.peerId === p.peerId)?.state === 'alive')
+        );
+      },
+      { timeoutMs: 30_000 },
+    );
+  });
 });
 
 describe('coordinator: a voter that stays dead is replaced by a live learner', function () {
