@@ -76,9 +76,9 @@ export class NotInSyncError extends Error {
   }
 }
 
-/** A write request the shell should have refused (key or value too large, bad expectVersion). */
-export class InvalidWriteError extends Error {
-  override readonly name = 'InvalidWriteError';
+/** A request the shell should have refused (key or value too large, bad expectVersion or version read). */
+export class InvalidRequestError extends Error {
+  override readonly name = 'InvalidRequestError';
   constructor(
     readonly field: string,
     message: string,

@@ -25,7 +25,7 @@
  * - `write(nowMs, request)`: a client write at the primary. The shell first reads the key's
  *   version from its durable data and passes it with `durableAtSeq` (see WriteRequest and
  *   versions.ts). Throws NotPrimaryError, NotEnoughReplicasError, OverloadedError,
- *   StaleVersionError (read again, retry) or InvalidWriteError; otherwise the answer comes later in
+ *   StaleVersionError (read again, retry) or InvalidRequestError; otherwise the answer comes later in
  *   `Ready.answers`.
  * - `read(nowMs, key, consistency)`: authorizes a read (throws NotPrimaryError or NotInSyncError);
  *   the shell then reads its durable data.
@@ -53,6 +53,9 @@
  * 4. Optionally delete op-log groups up to `trimLogThroughSeq`.
  * 5. Call `advance(nowMs, ready)`. `ready()` must not be called again before `advance`; inputs may
  *    be given in between.
+ *
+ * When `role` becomes `removed` (the assignment no longer lists this peer) the core ignores
+ * everything but a newer assignment or epoch; the shell may delete the shard's data.
  *
  * Lease renewals should carry `progress()` (epoch, lastSeq): the coordinator promotes the in-sync
  * replica with the highest lastSeq, and only after the old primary's lease has expired on its own
@@ -84,7 +87,7 @@ import { resolveReplicationConfig, type ReplicationConfig, MAX_VALUE_BYTES } fro
 import {
   assertReplication,
   IndeterminateWriteError,
-  InvalidWriteError,
+  InvalidRequestError,
   NotEnoughReplicasError,
   NotInSyncError,
   NotPrimaryError,
@@ -168,8 +171,6 @@ interface PrimaryState {
   queueVersions: Map<string, KeyVersion>;
   /** Sealed, uncommitted groups, ascending. */
   inflight: InflightGroup[];
-  /** Replicas we asked to add at `epoch`: counted for commits from the moment we ask. */
-  pendingExpand: Set<ReplicaId>;
   /** Last time each still-wanted coordinator request was emitted, by `kind:replica`. */
   requestSentAtMs: Map<string, number>;
 }
@@ -181,6 +182,12 @@ export class ReplicaCore {
 
   /** Highest epoch accepted (durable through Ready.hardState). */
   private epochValue: number;
+  /**
+   * Replicas this primary asked the coordinator, at `epochValue`, to add to the in-sync set:
+   * counted for commits from the moment of asking until the epoch changes. Durable (hard state):
+   * the coordinator may apply the request after we crash and restart at the same epoch.
+   */
+  private expanding = new Set<ReplicaId>();
   private hardStateDirty = false;
   private assignment: ShardAssignment | null = null;
   /** The primary at `epochValue`, as far as known. */
@@ -242,6 +249,7 @@ export class ReplicaCore {
     this.log = new ReplicaLog(trimSeq, trimEpoch, groups);
     assertReplication(this.log.lastSeq >= r.appliedSeq, 'recovered log ends before the applied sequence');
     this.epochValue = Math.max(r.epoch, this.log.lastEpoch);
+    if (this.epochValue === r.epoch) for (const id of r.expanding ?? []) this.expanding.add(id);
     this.commitSeq = r.appliedSeq;
     this.applyingSeq = r.appliedSeq;
     this.appliedSeq = r.appliedSeq;
@@ -366,7 +374,7 @@ export class ReplicaCore {
     if (ps.queue.length >= this.config.maxPendingWrites) throw new OverloadedError(this.config.maxPendingWrites);
     if (request.durableAtSeq < this.overlay.floorSeq) throw new StaleVersionError(request.durableAtSeq, this.overlay.floorSeq);
     if (request.durableAtSeq > this.log.lastSeq) {
-      throw new InvalidWriteError('durableAtSeq', `${request.durableAtSeq} is beyond the last sequence ${this.log.lastSeq}`);
+      throw new InvalidRequestError('durableAtSeq', `${request.durableAtSeq} is beyond the last sequence ${this.log.lastSeq}`);
     }
     const current = ps.queueVersions.get(op.key) ?? this.overlay.lookup(op.key, request.durable);
     let logged: LoggedOp | null;
@@ -392,7 +400,7 @@ export class ReplicaCore {
    * set (possibly stale by the groups not yet applied).
    */
   read(nowMs: number, key: string, consistency: ReadConsistency): void {
-    if (keyBytes(key) < 0) throw new InvalidWriteError('key', 'longer than the key limit');
+    if (keyBytes(key) < 0) throw new InvalidRequestError('key', 'longer than the key limit');
     if (consistency === 'strong') {
       this.checkServing(nowMs);
       const ps = this.primary!;
@@ -488,7 +496,7 @@ export class ReplicaCore {
       answers: this.answers,
       coordinatorRequests: this.requests,
     };
-    if (this.hardStateDirty) rd.hardState = { epoch: this.epochValue };
+    if (this.hardStateDirty) rd.hardState = { epoch: this.epochValue, expanding: [...this.expanding] };
     if (this.truncateAfterSeq !== undefined) rd.truncateLogAfterSeq = this.truncateAfterSeq;
     if (this.trimThroughSeq !== undefined) rd.trimLogThroughSeq = this.trimThroughSeq;
     this.hardStateDirty = false;
@@ -523,6 +531,7 @@ export class ReplicaCore {
 
   private adoptEpoch(epoch: number, primary: ReplicaId | null): void {
     this.epochValue = epoch;
+    this.expanding.clear();
     this.hardStateDirty = true;
     this.primaryHint = primary;
     this.buffered.clear();
@@ -563,7 +572,6 @@ export class ReplicaCore {
       queue: [],
       queueVersions: new Map(),
       inflight: [],
-      pendingExpand: new Set(),
       requestSentAtMs: new Map(),
     };
     this.primary = ps;
@@ -579,7 +587,6 @@ export class ReplicaCore {
       ps.epoch = this.epochValue;
       // Everything in our log now predates the new epoch; replicas hold nothing of ours beyond it.
       ps.epochStartSeq = this.log.lastSeq;
-      ps.pendingExpand.clear();
       ps.requestSentAtMs.clear();
     }
     this.syncFollowers();
@@ -629,21 +636,21 @@ export class ReplicaCore {
 
   private validateWrite(request: WriteRequest): void {
     const op = request.op;
-    if (typeof op.key !== 'string' || keyBytes(op.key) < 0) throw new InvalidWriteError('op.key', 'must be a string of at most 1 KiB');
+    if (typeof op.key !== 'string' || keyBytes(op.key) < 0) throw new InvalidRequestError('op.key', 'must be a string of at most 1 KiB');
     if (op.kind !== 'delete') {
       if (!(op.value instanceof Uint8Array) || op.value.byteLength > MAX_VALUE_BYTES) {
-        throw new InvalidWriteError('op.value', 'must be bytes, at most 1 MiB');
+        throw new InvalidRequestError('op.value', 'must be bytes, at most 1 MiB');
       }
     }
     if (op.kind === 'cas' && !(Number.isSafeInteger(op.expectVersion) && op.expectVersion >= 0)) {
-      throw new InvalidWriteError('op.expectVersion', 'must be a non-negative integer');
+      throw new InvalidRequestError('op.expectVersion', 'must be a non-negative integer');
     }
     const d = request.durable;
     if (!Number.isSafeInteger(d.version) || d.version < 0 || (d.version === 0 && d.present)) {
-      throw new InvalidWriteError('durable', 'must be a version ≥ 0 (a present key has version ≥ 1)');
+      throw new InvalidRequestError('durable', 'must be a version ≥ 0 (a present key has version ≥ 1)');
     }
     if (!Number.isSafeInteger(request.durableAtSeq) || request.durableAtSeq < 0) {
-      throw new InvalidWriteError('durableAtSeq', 'must be a non-negative integer');
+      throw new InvalidRequestError('durableAtSeq', 'must be a non-negative integer');
     }
   }
 
@@ -694,7 +701,7 @@ export class ReplicaCore {
       }
     }
     for (const f of ps.followers.values()) this.maybeExpand(nowMs, f);
-    for (const r of ps.pendingExpand) {
+    for (const r of this.expanding) {
       wanted.set(`expand:${r}`, { kind: 'expand-in-sync', shard: this.shard, from: this.id, replica: r, epoch: this.epochValue });
     }
     for (const key of [...ps.requestSentAtMs.keys()]) if (!wanted.has(key)) ps.requestSentAtMs.delete(key);
@@ -725,18 +732,23 @@ export class ReplicaCore {
   }
 
   /**
-   * A replica outside the in-sync set that matches our log up to the commit point (Kafka's high
-   * watermark) and answers promptly is counted for every later commit from now on and proposed
-   * for the in-sync set. Safe the moment we ask: it holds every committed group, and no group
-   * commits any more without it.
+   * A replica outside the in-sync set that matches our log up to every group that may be
+   * committed (our commit point — Kafka's high watermark — and, for a new primary, its whole
+   * reconciliation tail, which the previous primary may have acknowledged) and answers promptly is
+   * counted for every later commit from now on and proposed for the in-sync set. Safe the moment
+   * we ask: it holds every committed group, and no group commits any more without it.
    */
   private maybeExpand(nowMs: number, f: FollowerProgress): void {
     const ps = this.primary!;
     const a = this.assignment!;
-    if (a.inSync.includes(f.id) || ps.pendingExpand.has(f.id)) return;
-    if (!this.isServing(nowMs) || this.commitSeq < ps.reconcileSeq) return;
-    if (f.probing || f.matchSeq < this.commitSeq || nowMs - f.lastAckAtMs >= this.config.ackTimeoutMs) return;
-    ps.pendingExpand.add(f.id);
+    if (a.inSync.includes(f.id) || this.expanding.has(f.id)) return;
+    if (!this.isServing(nowMs)) return;
+    // Up to reconcileSeq, groups may have been committed (and acknowledged) by the previous
+    // primary even though our commit point has not reached them yet.
+    const mustHoldSeq = Math.max(this.commitSeq, ps.reconcileSeq);
+    if (f.probing || f.matchSeq < mustHoldSeq || nowMs - f.lastAckAtMs >= this.config.ackTimeoutMs) return;
+    this.expanding.add(f.id);
+    this.hardStateDirty = true; // durable before the request leaves
     this.emitRequest(nowMs, `expand:${f.id}`, {
       kind: 'expand-in-sync',
       shard: this.shard,
@@ -756,7 +768,7 @@ export class ReplicaCore {
     const ps = this.primary;
     if (ps === null) return;
     const ackSet = new Set<ReplicaId>(this.assignment!.inSync);
-    for (const r of ps.pendingExpand) ackSet.add(r);
+    for (const r of this.expanding) ackSet.add(r);
     ackSet.add(this.id);
     if (ackSet.size < this.config.minInSync) return;
     let c = this.persistedSeq;
@@ -914,9 +926,9 @@ export class ReplicaCore {
     if (m.from !== this.primaryHint) return;
     // Reconciliation: groups of earlier epochs beyond the primary's epoch start were never in
     // its log, hence never acknowledged.
-    if (this.log.lastSeqBeforeEpoch(m.epoch) > m.epochStartSeq && this.log.lastSeq > m.epochStartSeq) {
-      this.truncateLog(m.epochStartSeq);
-    }
+    const firstAfterStart = Math.max(m.epochStartSeq, this.log.trimSeq) + 1;
+    const epochAfterStart = this.log.epochAt(firstAfterStart);
+    if (epochAfterStart !== undefined && epochAfterStart < m.epoch) this.truncateLog(firstAfterStart - 1);
     if (m.prevSeq > this.log.lastSeq) {
       this.bufferAppend(m);
       this.requestCatchUp(nowMs, this.log.lastSeq);

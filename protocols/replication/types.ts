@@ -141,10 +141,24 @@ export interface ReplicaStatus {
   groupsInFlight: number;
 }
 
+/** The replica's small durable record (Ready.hardState). */
+export interface ReplicaHardState {
+  /** The highest epoch accepted. */
+  epoch: number;
+  /**
+   * Replicas this replica, as primary, asked the coordinator at `epoch` to add to the in-sync set.
+   * It counts them for commits until the epoch changes, also across a restart: the coordinator
+   * may still apply the request.
+   */
+  expanding: ReplicaId[];
+}
+
 /** The durable state the shell recovered from disk at start: exactly what earlier Readys persisted. */
 export interface RecoveredReplicaState {
   /** The highest epoch accepted (from `Ready.hardState`); 0 for a new replica. */
   epoch: number;
+  /** From `Ready.hardState`; default none. */
+  expanding?: ReplicaId[];
   /** Highest group applied to the data (stored in the same batch as the data); 0 for none. */
   appliedSeq: number;
   /** The epoch of group `appliedSeq` (0 for none). */
@@ -248,8 +262,11 @@ export interface SnapshotToSend {
  * 5. call `advance(ready)` once 1 is durable.
  */
 export interface ReplicationReady {
-  /** The highest accepted epoch changed: persist before sending anything of this Ready. */
-  hardState?: { epoch: number };
+  /**
+   * Persist before sending or forwarding anything of this Ready: the highest accepted epoch, and
+   * the replicas this primary has asked (at that epoch) to add to the in-sync set.
+   */
+  hardState?: ReplicaHardState;
   /** Delete op-log groups with seq > this before appending `appendLog`. */
   truncateLogAfterSeq?: number;
   /** Groups to append to the op log, contiguous. */

@@ -25,12 +25,10 @@ export function versionAfter(op: LoggedOp): KeyVersion {
   return { version: op.version, present: op.kind === 'put' };
 }
 
-const textEncoder = new TextEncoder();
-
-/** UTF-8 length of a key, or -1 when it exceeds MAX_KEY_BYTES (cheap for short keys). */
+/** UTF-8 length of a key, or -1 when it exceeds MAX_KEY_BYTES. */
 export function keyBytes(key: string): number {
-  if (key.length > MAX_KEY_BYTES) return -1;
-  const n = key.length * 3 <= MAX_KEY_BYTES ? Buffer.byteLength(key, 'utf8') : textEncoder.encode(key).byteLength;
+  if (key.length > MAX_KEY_BYTES) return -1; // each UTF-16 unit is at least one UTF-8 byte
+  const n = Buffer.byteLength(key, 'utf8');
   return n > MAX_KEY_BYTES ? -1 : n;
 }
 

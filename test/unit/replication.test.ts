@@ -1,0 +1,523 @@
+/**
+ * Scenario tests of the replication core: a few replicas wired by hand through the simulated
+ * shell (durable store + Ready contract) and a message queue the test controls.
+ */
+import assert from 'node:assert/strict';
+import type { ShardAssignment } from '../../protocols/cluster-map/types.js';
+import {
+  casMatches,
+  decodeReplicationMessage,
+  encodeReplicationMessage,
+  resolveReplicationConfig,
+  type AppendMessage,
+  type InSyncChangeRequest,
+  type ReplicationConfig,
+  type ReplicationMessage,
+  type SnapshotToSend,
+  type WriteAnswer,
+  type WriteOp,
+} from '../../protocols/replication/index.js';
+import { ReplicaShell } from '../sim/replication-sim.js';
+
+const SHARD = 3;
+const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
+
+class Net {
+  readonly shells = new Map<string, ReplicaShell>();
+  queue: ReplicationMessage[] = [];
+  readonly answers = new Map<number, WriteAnswer>();
+  requests: InSyncChangeRequest[] = [];
+  snapshots: Array<SnapshotToSend & { from: string }> = [];
+  nowMs = 1000;
+  private nextId = 1;
+
+  constructor(ids: string[], config: Partial<ReplicationConfig> = {}) {
+    for (const id of ids) {
+      const shell = new ReplicaShell(id, SHARD, { minInSync: 2, ackTimeoutMs: 100, heartbeatIntervalMs: 20, ...config });
+      shell.start(this.nowMs);
+      this.shells.set(id, shell);
+    }
+  }
+
+  shell(id: string): ReplicaShell {
+    return this.shells.get(id)!;
+  }
+
+  core(id: string) {
+    return this.shell(id).core!;
+  }
+
+  assign(a: ShardAssignment, only?: string[]): void {
+    for (const [id, shell] of this.shells) {
+      if (only !== undefined && !only.includes(id)) continue;
+      shell.setAssignment(this.nowMs, a);
+      this.flush(id);
+    }
+  }
+
+  lease(id: string, untilMs = this.nowMs + 10_000): void {
+    this.core(id).setLease(this.nowMs, untilMs);
+    this.flush(id);
+  }
+
+  flush(id: string): void {
+    const shell = this.shell(id);
+    if (!shell.alive) return;
+    const out = shell.process(this.nowMs);
+    this.queue.push(...out.messages);
+    for (const a of out.answers) this.answers.set(a.requestId, a);
+    this.requests.push(...out.requests);
+    this.snapshots.push(...out.snapshots.map((s) => ({ ...s, from: id })));
+  }
+
+  /** Delivers queued messages (and what they cause) until quiet; `keep` false drops a message. */
+  deliver(keep: (m: ReplicationMessage) => boolean = () => true, maxRounds = 100): void {
+    for (let round = 0; round < maxRounds && this.queue.length > 0; round++) {
+      const batch = this.queue;
+      this.queue = [];
+      for (const m of batch) if (keep(m)) this.deliverOne(m);
+    }
+  }
+
+  deliverOne(m: ReplicationMessage): void {
+    const shell = this.shells.get(m.to);
+    if (shell === undefined || !shell.alive) return;
+    shell.core!.step(this.nowMs, decodeReplicationMessage(encodeReplicationMessage(m)));
+    this.flush(m.to);
+  }
+
+  tick(ms: number): void {
+    this.nowMs += ms;
+    for (const id of this.shells.keys()) {
+      this.shell(id).core?.tick(this.nowMs);
+      this.flush(id);
+    }
+  }
+
+  write(id: string, op: WriteOp, lagGroups = 0): number {
+    const requestId = this.nextId++;
+    const shell = this.shell(id);
+    shell.core!.write(this.nowMs, shell.buildWrite(requestId, op, lagGroups));
+    this.flush(id);
+    return requestId;
+  }
+
+  result(requestId: number) {
+    const a = this.answers.get(requestId);
+    assert.ok(a !== undefined, `request ${requestId} answered`);
+    assert.ok(a.ok, `request ${requestId} succeeded: ${a.ok ? '' : a.error.name}`);
+    return a.result;
+  }
+
+  logOf(id: string): Array<[number, number, number]> {
+    return this.shell(id).durable.log.map((g) => [g.seq, g.epoch, g.ops.length]);
+  }
+}
+
+const ALL = ['r1', 'r2', 'r3'];
+const epoch1: ShardAssignment = { replicas: ALL, primary: 'r1', inSync: ALL, epoch: 1 };
+
+function threeReplicas(config: Partial<ReplicationConfig> = {}): Net {
+  const net = new Net(ALL, config);
+  net.assign(epoch1);
+  net.lease('r1');
+  net.deliver();
+  return net;
+}
+
+function assertThrowsNamed(fn: () => unknown, name: string): Error {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (err) {
+    caught = err;
+  }
+  assert.ok(caught instanceof Error, `expected ${name}, nothing thrown`);
+  assert.equal(caught.name, name);
+  return caught;
+}
+
+describe('replication core', () => {
+  it('batches writes that arrive while a group is in flight into the next group', () => {
+    const net = threeReplicas({ maxGroupsInFlight: 1 });
+    const w1 = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    const w2 = net.write('r1', { kind: 'put', key: 'a', value: bytes('2') });
+    const w3 = net.write('r1', { kind: 'put', key: 'b', value: bytes('3') });
+    assert.deepEqual(net.logOf('r1'), [[1, 1, 1]]); // w2 and w3 wait for group 1
+    assert.equal(net.answers.size, 0);
+    net.deliver();
+    assert.deepEqual(net.logOf('r1'), [[1, 1, 1], [2, 1, 2]]);
+    assert.deepEqual(net.result(w1), { applied: true, version: 1, seq: 1 });
+    assert.deepEqual(net.result(w2), { applied: true, version: 2, seq: 2 });
+    assert.deepEqual(net.result(w3), { applied: true, version: 1, seq: 2 });
+    net.tick(25); // a heartbeat carries the commit point: the backups apply
+    net.deliver();
+    for (const id of ALL) {
+      assert.deepEqual(net.logOf(id), [[1, 1, 1], [2, 1, 2]], id);
+      assert.equal(net.shell(id).durable.data.get('a')?.version, 2, id);
+    }
+    // One append per backup per group.
+    const appends: AppendMessage[] = [];
+    net.write('r1', { kind: 'put', key: 'c', value: bytes('4') });
+    for (const m of net.queue) if (m.type === 'append') appends.push(m);
+    assert.deepEqual(appends.map((m) => [m.to, m.groups.map((g) => g.seq)]), [['r2', [3]], ['r3', [3]]]);
+  });
+
+  it('answers a write only after the primary has persisted it (advance) and every in-sync replica acknowledged', () => {
+    const net = threeReplicas();
+    const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('x') });
+    net.deliver((m) => m.to !== 'r3' || m.type !== 'append');
+    assert.equal(net.answers.has(w), false, 'r3 has not acknowledged');
+    net.tick(25); // heartbeat retransmits to r3
+    net.deliver();
+    assert.equal(net.result(w).applied, true);
+  });
+
+  it('a backup refuses appends from an older epoch and tells the sender the newer one', () => {
+    const net = threeReplicas();
+    net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    const stale = net.queue.find((m): m is AppendMessage => m.type === 'append' && m.to === 'r2')!;
+    net.queue = [];
+    net.assign({ replicas: ALL, primary: 'r1', inSync: ALL, epoch: 2 }, ['r2']);
+    net.deliverOne(stale);
+    assert.deepEqual(net.logOf('r2'), []);
+    const reply = net.queue.find((m) => m.from === 'r2' && m.to === 'r1')!;
+    assert.equal(reply.type, 'catch-up');
+    assert.equal(reply.epoch, 2);
+    net.deliverOne(reply);
+    assert.equal(net.core('r1').role, 'backup', 'the stale primary stepped down on seeing epoch 2');
+    assert.equal(net.core('r1').epoch, 2);
+  });
+
+  it('buffers out-of-order appends and applies them in sequence order', () => {
+    const net = threeReplicas({ maxGroupsInFlight: 3 });
+    for (const k of ['a', 'b', 'c']) net.write('r1', { kind: 'put', key: k, value: bytes(k) });
+    const toR2 = net.queue.filter((m) => m.to === 'r2');
+    assert.equal(toR2.length, 3);
+    net.queue = net.queue.filter((m) => m.to !== 'r2');
+    for (const m of toR2.reverse()) net.deliverOne(m);
+    assert.deepEqual(net.logOf('r2'), [[1, 1, 1], [2, 1, 1], [3, 1, 1]]);
+    const acks = net.queue.filter((m) => m.from === 'r2' && m.type === 'append-ack');
+    assert.ok(acks.some((m) => m.type === 'append-ack' && m.matchSeq === 3));
+    net.deliver();
+    assert.equal(net.core('r1').status(net.nowMs).commitSeq, 3);
+  });
+
+  it('a gap makes the backup ask for catch-up, and the primary fills it', () => {
+    const net = threeReplicas({ maxGroupsInFlight: 2, maxBufferedAppends: 0 });
+    net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    net.write('r1', { kind: 'put', key: 'b', value: bytes('2') });
+    const [first, second] = net.queue.filter((m) => m.to === 'r2');
+    net.queue = net.queue.filter((m) => m.to !== 'r2');
+    void first; // lost
+    net.deliverOne(second!);
+    assert.deepEqual(net.logOf('r2'), []);
+    const ask = net.queue.find((m) => m.from === 'r2')!;
+    assert.equal(ask.type, 'catch-up');
+    assert.equal(ask.type === 'catch-up' && ask.afterSeq, 0);
+    net.deliver();
+    assert.deepEqual(net.logOf('r2'), [[1, 1, 1], [2, 1, 1]]);
+  });
+
+  it('a slow backup: shrink request, writes wait for the new assignment, then commit without it', () => {
+    const net = threeReplicas();
+    const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    const dropR3 = (m: ReplicationMessage): boolean => m.to !== 'r3' && m.from !== 'r3';
+    net.deliver(dropR3);
+    for (let k = 0; k < 6; k++) {
+      net.tick(20);
+      net.deliver(dropR3);
+    }
+    assert.equal(net.answers.has(w), false, 'waits for r3 or the coordinator');
+    const shrink = net.requests.filter((r) => r.kind === 'shrink-in-sync');
+    assert.ok(shrink.length >= 1);
+    assert.deepEqual(shrink[0], { kind: 'shrink-in-sync', shard: SHARD, from: 'r1', replica: 'r3', epoch: 1 });
+    net.tick(20);
+    net.deliver(dropR3);
+    assert.equal(net.answers.has(w), false, 'still waits: the coordinator has not answered');
+    net.assign({ replicas: ALL, primary: 'r1', inSync: ['r1', 'r2'], epoch: 2 }, ['r1', 'r2']);
+    net.deliver(dropR3);
+    assert.deepEqual(net.result(w), { applied: true, version: 1, seq: 1 });
+  });
+
+  it('refuses writes with NotEnoughReplicasError while the in-sync set is below minInSync', () => {
+    const net = new Net(ALL);
+    net.assign({ replicas: ALL, primary: 'r1', inSync: ['r1'], epoch: 4 });
+    net.lease('r1');
+    const err = assertThrowsNamed(() => net.write('r1', { kind: 'put', key: 'a', value: bytes('1') }), 'NotEnoughReplicasError');
+    assert.equal((err as Error & { minInSync: number }).minInSync, 2);
+  });
+
+  it('refuses writes and strong reads with NotPrimaryError without a lease, and at a backup (with a hint)', () => {
+    const net = new Net(ALL);
+    net.assign(epoch1);
+    net.deliver();
+    const e1 = assertThrowsNamed(() => net.write('r1', { kind: 'put', key: 'a', value: bytes('1') }), 'NotPrimaryError');
+    assert.equal((e1 as Error & { reason: string }).reason, 'no-lease');
+    assertThrowsNamed(() => net.core('r1').read(net.nowMs, 'a', 'strong'), 'NotPrimaryError');
+    net.lease('r1', net.nowMs + 50);
+    net.core('r1').read(net.nowMs, 'a', 'strong');
+    net.nowMs += 50;
+    assertThrowsNamed(() => net.core('r1').read(net.nowMs, 'a', 'strong'), 'NotPrimaryError');
+    const e2 = assertThrowsNamed(() => net.write('r2', { kind: 'put', key: 'a', value: bytes('1') }), 'NotPrimaryError');
+    assert.equal((e2 as Error & { primary: string }).primary, 'r1');
+    net.core('r2').read(net.nowMs, 'a', 'any'); // in-sync: allowed
+  });
+
+  it('cas: 0 means absent (never written or deleted), a mismatch reports the current version', () => {
+    const net = threeReplicas();
+    const run = (op: WriteOp) => {
+      const id = net.write('r1', op);
+      net.deliver();
+      return net.result(id);
+    };
+    assert.deepEqual(run({ kind: 'cas', key: 'k', expectVersion: 0, value: bytes('a') }), { applied: true, version: 1, seq: 1 });
+    assert.deepEqual(run({ kind: 'cas', key: 'k', expectVersion: 0, value: bytes('b') }), {
+      applied: false,
+      current: { version: 1, present: true },
+    });
+    assert.deepEqual(run({ kind: 'cas', key: 'k', expectVersion: 1, value: bytes('c') }), { applied: true, version: 2, seq: 2 });
+    assert.deepEqual(run({ kind: 'delete', key: 'k' }), { applied: true, version: 3, seq: 3 });
+    net.tick(25);
+    net.deliver();
+    assert.deepEqual(net.shell('r2').durable.data.get('k'), { version: 3, present: false, value: null }, 'a tombstone keeps the version');
+    assert.deepEqual(run({ kind: 'cas', key: 'k', expectVersion: 2, value: bytes('d') }), {
+      applied: false,
+      current: { version: 3, present: false },
+    });
+    assert.deepEqual(run({ kind: 'cas', key: 'k', expectVersion: 0, value: bytes('e') }), { applied: true, version: 4, seq: 4 });
+    assert.deepEqual(run({ kind: 'delete', key: 'never' }), { applied: true, version: 1, seq: 5 });
+    assert.equal(casMatches(0, { version: 0, present: false }), true);
+    assert.equal(casMatches(3, { version: 3, present: false }), true);
+    assert.equal(casMatches(0, { version: 3, present: true }), false);
+  });
+
+  it('a cas in the same batch sees the versions of the writes before it', () => {
+    const net = threeReplicas({ maxGroupsInFlight: 1 });
+    net.write('r1', { kind: 'put', key: 'x', value: bytes('0') }); // group 1, in flight
+    const a = net.write('r1', { kind: 'put', key: 'k', value: bytes('1') });
+    const b = net.write('r1', { kind: 'cas', key: 'k', expectVersion: 1, value: bytes('2') });
+    const c = net.write('r1', { kind: 'cas', key: 'k', expectVersion: 1, value: bytes('3') });
+    net.deliver();
+    assert.deepEqual(net.result(a), { applied: true, version: 1, seq: 2 });
+    assert.deepEqual(net.result(b), { applied: true, version: 2, seq: 2 });
+    assert.deepEqual(net.result(c), { applied: false, current: { version: 2, present: true } });
+  });
+
+  it('corrects a version read that lagged behind an apply, and refuses one older than the history', () => {
+    const net = threeReplicas({ versionHistoryGroups: 2 });
+    for (let k = 1; k <= 5; k++) {
+      net.write('r1', { kind: 'put', key: 'k', value: bytes(String(k)) });
+      net.deliver();
+    }
+    assert.equal(net.shell('r1').durable.data.get('k')?.version, 5);
+    // Read at seq 4 (version 4): the overlay knows group 5 set version 5.
+    const ok = net.write('r1', { kind: 'cas', key: 'k', expectVersion: 5, value: bytes('6') }, 1);
+    net.deliver();
+    assert.deepEqual(net.result(ok), { applied: true, version: 6, seq: 6 });
+    assertThrowsNamed(() => net.write('r1', { kind: 'put', key: 'k', value: bytes('x') }, 5), 'StaleVersionError');
+  });
+
+  it('a new primary reconciles: a backup truncates the unacknowledged tail and fills what it misses', () => {
+    const net = threeReplicas();
+    const w1 = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    net.deliver();
+    assert.equal(net.result(w1).applied, true);
+    const w2 = net.write('r1', { kind: 'put', key: 'a', value: bytes('2') });
+    net.deliver((m) => m.to === 'r3'); // only r3 gets group 2; no acks reach r1
+    assert.deepEqual(net.logOf('r3'), [[1, 1, 1], [2, 1, 1]]);
+    assert.equal(net.answers.has(w2), false);
+    net.shell('r1').crash();
+    net.queue = [];
+    // The coordinator promotes r2 (say its report was the freshest it had) and drops r1.
+    const epoch2: ShardAssignment = { replicas: ALL, primary: 'r2', inSync: ['r2', 'r3'], epoch: 2 };
+    net.assign(epoch2);
+    net.lease('r2');
+    assertThrowsNamed(() => net.write('r2', { kind: 'put', key: 'b', value: bytes('x') }), 'NotPrimaryError'); // reconciling
+    net.deliver();
+    assert.deepEqual(net.logOf('r3'), [[1, 1, 1]], 'the unacknowledged group 2 of epoch 1 is gone');
+    assert.equal(net.shell('r3').durable.data.get('a')?.version, 1);
+    assert.equal(net.core('r2').status(net.nowMs).reconciled, true);
+    const w3 = net.write('r2', { kind: 'put', key: 'a', value: bytes('3') });
+    net.deliver();
+    assert.deepEqual(net.result(w3), { applied: true, version: 2, seq: 2 });
+    assert.deepEqual(net.logOf('r3'), [[1, 1, 1], [2, 2, 1]]);
+    net.tick(25);
+    net.deliver();
+    assert.equal(net.shell('r3').durable.data.get('a')?.version, 2);
+  });
+
+  it('a lagging replica catches up and is proposed for the in-sync set', () => {
+    const net = new Net(ALL);
+    const a: ShardAssignment = { replicas: ALL, primary: 'r1', inSync: ['r1', 'r2'], epoch: 1 };
+    net.assign(a, ['r1', 'r2']);
+    net.lease('r1');
+    net.deliver((m) => m.to !== 'r3');
+    for (let k = 0; k < 5; k++) {
+      net.write('r1', { kind: 'put', key: `k${k}`, value: bytes('v') });
+      net.deliver((m) => m.to !== 'r3');
+    }
+    assert.equal(net.requests.length, 0);
+    net.assign(a, ['r3']); // r3 learns it is a catching-up replica
+    net.tick(200); // it asks for catch-up
+    net.deliver();
+    net.tick(10);
+    net.deliver();
+    assert.deepEqual(net.logOf('r3'), net.logOf('r1'));
+    assert.deepEqual(net.requests, [{ kind: 'expand-in-sync', shard: SHARD, from: 'r1', replica: 'r3', epoch: 1 }]);
+    net.assign({ ...a, inSync: ALL, epoch: 2 });
+    net.deliver();
+    assert.deepEqual(net.core('r3').status(net.nowMs).inSync, ALL);
+  });
+
+  it('a replica behind the trimmed log gets a snapshot request, installs it, and catches up', () => {
+    const net = new Net(ALL, { logRetainGroups: 1 });
+    const a: ShardAssignment = { replicas: ALL, primary: 'r1', inSync: ['r1', 'r2'], epoch: 1 };
+    net.assign(a);
+    net.lease('r1');
+    net.deliver((m) => m.to !== 'r3' && m.from !== 'r3');
+    for (let k = 0; k < 6; k++) {
+      net.write('r1', { kind: 'put', key: `k${k % 2}`, value: bytes(String(k)) });
+      net.deliver((m) => m.to !== 'r3' && m.from !== 'r3');
+    }
+    assert.ok(net.core('r1').status(net.nowMs).trimSeq >= 4);
+    net.tick(200);
+    net.deliver();
+    const offer = net.snapshots.find((s) => s.to === 'r3');
+    assert.ok(offer !== undefined, 'r1 asks its shell to send r3 a snapshot');
+    const snap = net.shell('r1').takeSnapshot(offer.epoch);
+    assert.equal(net.shell('r3').installSnapshot(net.nowMs, snap.meta, snap.data), true);
+    net.flush('r3');
+    net.deliver();
+    assert.equal(net.shell('r3').durable.data.get('k1')?.version, 3);
+    assert.ok(net.requests.some((r) => r.kind === 'expand-in-sync' && r.replica === 'r3'));
+  });
+
+  it('a new primary proposes a replica only once it holds the whole reconciliation tail', () => {
+    const net = new Net(ALL);
+    net.assign({ replicas: ALL, primary: 'r1', inSync: ['r1', 'r2'], epoch: 1 });
+    net.lease('r1');
+    net.deliver((m) => m.to !== 'r3');
+    net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    net.deliver((m) => m.to !== 'r3'); // committed on r1, r2; r3 misses it
+    net.write('r1', { kind: 'put', key: 'a', value: bytes('2') });
+    net.deliver((m) => m.to === 'r2'); // group 2 on r2 only
+    net.shell('r1').crash();
+    net.queue = [];
+    const e2: ShardAssignment = { replicas: ALL, primary: 'r2', inSync: ['r2'], epoch: 2 };
+    net.assign(e2);
+    net.lease('r2');
+    // r3 acknowledges a probe matching at seq 0 only: it must not be proposed yet.
+    net.deliver((m) => !(m.type === 'append' && m.to === 'r3' && m.groups.length > 0));
+    net.tick(10);
+    net.deliver((m) => !(m.type === 'append' && m.to === 'r3' && m.groups.length > 0));
+    assert.equal(net.requests.filter((r) => r.kind === 'expand-in-sync').length, 0);
+    net.tick(30);
+    net.deliver();
+    net.tick(10);
+    assert.deepEqual(net.logOf('r3'), [[1, 1, 1], [2, 1, 1]]);
+    assert.ok(net.requests.some((r) => r.kind === 'expand-in-sync' && r.replica === 'r3' && r.epoch === 2));
+  });
+
+  it('a primary restarted at the same epoch still counts the replicas it asked to add', () => {
+    const net = new Net(ALL);
+    const a: ShardAssignment = { replicas: ALL, primary: 'r1', inSync: ['r1', 'r2'], epoch: 1 };
+    net.assign(a);
+    net.lease('r1');
+    net.deliver();
+    net.tick(200);
+    net.deliver();
+    net.tick(10);
+    assert.ok(net.requests.some((r) => r.kind === 'expand-in-sync' && r.replica === 'r3'));
+    assert.deepEqual(net.shell('r1').durable.expanding, ['r3']);
+    net.shell('r1').crash();
+    net.shell('r1').start(net.nowMs);
+    net.lease('r1');
+    net.deliver();
+    const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    net.deliver((m) => m.to !== 'r3');
+    assert.equal(net.answers.has(w), false, 'r3 may already be in-sync at the coordinator: wait for it');
+    net.tick(30);
+    net.deliver();
+    assert.equal(net.result(w).applied, true);
+  });
+
+  it('validates its configuration with ConfigError naming the field', () => {
+    const err = assertThrowsNamed(() => resolveReplicationConfig({ maxGroupsInFlight: 0 }), 'ConfigError');
+    assert.equal((err as Error & { field: string }).field, 'maxGroupsInFlight');
+    assert.equal((assertThrowsNamed(() => resolveReplicationConfig({ heartbeatIntervalMs: 900 }), 'ConfigError') as Error & { field: string }).field, 'heartbeatIntervalMs');
+  });
+});
+
+describe('replication codec', () => {
+  const append: AppendMessage = {
+    type: 'append',
+    shard: 1,
+    epoch: 3,
+    from: 'r1',
+    to: 'r2',
+    epochStartSeq: 4,
+    prevSeq: 4,
+    prevEpoch: 2,
+    groups: [
+      { seq: 5, epoch: 3, ops: [{ kind: 'put', key: 'k', value: bytes('v'), version: 2 }, { kind: 'delete', key: 'j', version: 7 }] },
+    ],
+    commitSeq: 4,
+  };
+
+  it('round-trips every message type', () => {
+    const messages: ReplicationMessage[] = [
+      append,
+      { type: 'append-ack', shard: 1, epoch: 3, from: 'r2', to: 'r1', matchSeq: 5 },
+      { type: 'catch-up', shard: 1, epoch: 3, from: 'r2', to: 'r1', afterSeq: 0 },
+      { type: 'snapshot', shard: 1, epoch: 3, from: 'r1', to: 'r2', seq: 9, seqEpoch: 2 },
+    ];
+    for (const m of messages) {
+      const back = decodeReplicationMessage(encodeReplicationMessage(m));
+      assert.deepEqual(JSON.parse(JSON.stringify(back, (_k, v) => (v instanceof Uint8Array ? [...v] : v))), JSON.parse(JSON.stringify(m, (_k, v) => (v instanceof Uint8Array ? [...v] : v))));
+    }
+  });
+
+  const mutate = (f: (o: Record<string, any>) => void): Uint8Array => {
+    const o = JSON.parse(new TextDecoder().decode(encodeReplicationMessage(append)));
+    f(o);
+    return new TextEncoder().encode(JSON.stringify(o));
+  };
+
+  const garbage: Array<[string, Uint8Array, string]> = [
+    ['not JSON', bytes('{nope'), 'message'],
+    ['invalid UTF-8', new Uint8Array([0xff, 0xfe]), 'message'],
+    ['an array', bytes('[]'), 'message'],
+    ['wrong version', mutate((o) => (o.v = 2)), 'message.v'],
+    ['unknown type', mutate((o) => (o.type = 'vote')), 'message.type'],
+    ['negative shard', mutate((o) => (o.shard = -1)), 'message(append).shard'],
+    ['fractional epoch', mutate((o) => (o.epoch = 1.5)), 'message(append).epoch'],
+    ['empty sender', mutate((o) => (o.from = '')), 'message(append).from'],
+    ['to self', mutate((o) => (o.to = 'r1')), 'message(append).to'],
+    ['groups not an array', mutate((o) => (o.groups = {})), 'message(append).groups'],
+    ['gap in groups', mutate((o) => (o.groups[0].seq = 7)), 'message(append).groups[0].seq'],
+    ['group from the future', mutate((o) => (o.groups[0].epoch = 4)), 'message(append).groups[0].epoch'],
+    ['group epoch below prevEpoch', mutate((o) => (o.groups[0].epoch = 1)), 'message(append).groups[0].epoch'],
+    ['unknown op', mutate((o) => (o.groups[0].ops[0].kind = 'cas')), 'message(append).groups[0].ops[0].kind'],
+    ['version 0', mutate((o) => (o.groups[0].ops[0].version = 0)), 'message(append).groups[0].ops[0].version'],
+    ['key too long', mutate((o) => (o.groups[0].ops[0].key = 'x'.repeat(1025))), 'message(append).groups[0].ops[0].key'],
+    ['multi-byte key too long', mutate((o) => (o.groups[0].ops[0].key = 'é'.repeat(513))), 'message(append).groups[0].ops[0].key'],
+    ['value not base64', mutate((o) => (o.groups[0].ops[0].value = '@@@')), 'message(append).groups[0].ops[0].value'],
+    ['value too large', mutate((o) => (o.groups[0].ops[0].value = Buffer.alloc(1024 * 1024 + 1).toString('base64'))), 'message(append).groups[0].ops[0].value'],
+    ['too many ops', mutate((o) => (o.groups[0].ops = Array.from({ length: 1025 }, () => o.groups[0].ops[1]))), 'message(append).groups[0].ops'],
+    ['missing commitSeq', mutate((o) => delete o.commitSeq), 'message(append).commitSeq'],
+    ['epochStartSeq after an own-epoch group', mutate((o) => (o.epochStartSeq = 5)), 'message(append).groups[0].epoch'],
+    ['ack without matchSeq', bytes(JSON.stringify({ v: 1, type: 'append-ack', shard: 1, epoch: 1, from: 'a', to: 'b' })), 'message(append-ack).matchSeq'],
+  ];
+
+  for (const [what, input, path] of garbage) {
+    it(`rejects ${what} naming ${path}`, () => {
+      const err = assertThrowsNamed(() => decodeReplicationMessage(input), 'InvalidMessageError');
+      assert.ok(err.message.startsWith(`${path}:`), err.message);
+    });
+  }
+
+  it('rejects messages over the size limit', () => {
+    assertThrowsNamed(() => decodeReplicationMessage(encodeReplicationMessage(append), { maxMessageBytes: 10 }), 'InvalidMessageError');
+  });
+});
