@@ -1,0 +1,998 @@
+/**
+ * The durable side of the replication core (protocols/replication/replica.ts, "shell contract")
+ * for every shard a peer holds: per shard the hard state, the op log, the data and the applied
+ * sequence number, in one {@link KvStore} view (the node passes `root.sublevel('shards')`).
+ *
+ * ## Key layout
+ *
+ * Every key starts with the shard as 4 lowercase hex digits (`ssss`, shard ≤ MAX_SHARD = 1023), then
+ * one letter naming the record, so one shard's records are the range [`ssss`, `ssss+1`) and each
+ * kind of record is a sub-range:
+ *
+ * | key                          | value                                                          |
+ * |------------------------------|----------------------------------------------------------------|
+ * | `ssss` `a`                   | applied: format 1, seq u64, epoch u64, data generation u32     |
+ * | `ssss` `d` `gggggggg` `key`  | data of generation `g` (8 hex): format 1, kind (1 put, 2 tombstone), version u64, value bytes |
+ * | `ssss` `h`                   | hard state: JSON `{ epoch, expanding }`                        |
+ * | `ssss` `l` `<16 hex seq>`    | op-log group: format 1, seq u64, epoch u64, op count u32, ops  |
+ *
+ * Integers are big-endian; a u64 holds a safe integer (< 2^53). An op is: kind u8 (1 put, 2
+ * delete), version u64, key length u32, key UTF-8, and for a put value length u32 and the value.
+ * `a` sorts before `d`, so one iterator over [`ssss a`, `ssss e`) reads the applied record and then
+ * the data from one LevelDB snapshot: that is how {@link ShardStore.snapshotData} gets a consistent
+ * copy together with its `{ seq, epoch }` header while writes go on.
+ *
+ * ## Generations (bounded-memory, atomic snapshot install)
+ *
+ * A shard's data lives under the generation named in its applied record (0 when there is none).
+ * A snapshot is received into the next generation in bounded batches that nothing reads
+ * ({@link ShardStore.beginSnapshot}); `commit` then switches, in ONE atomic batch, the applied
+ * record to `{ seq, epoch, generation + 1 }` and deletes the op log. The old generation is
+ * invisible from that moment and is cleared afterwards (not atomic, and it need not be). At open,
+ * data of any generation other than the current one (a crash while receiving or clearing) is
+ * cleared. So a snapshot of any size is installed atomically with memory bounded by one batch.
+ *
+ * ## In memory
+ *
+ * Per shard: the log bounds (first and last seq; loaded at open with two seeks per shard) so that
+ * truncation and trim can name the keys to delete inside one batch without reading, the applied
+ * seq and epoch, and the data generation. These change only after the batch that changes them
+ * on disk has completed.
+ *
+ * ## Reads and `durableAtSeq`
+ *
+ * {@link ShardStore.readValue} takes the shard's in-memory applied seq *before* it starts the key
+ * read and returns it as `durableAtSeq`: every group up to it was applied by a batch that had
+ * completed, so the read sees it (WriteRequest.durableAtSeq). Later applies may or may not show,
+ * which the core's version overlay covers. The shell passes `{ version, present }` and
+ * `durableAtSeq` to `ReplicaCore.write` as they are.
+ *
+ * ## Concurrency
+ *
+ * Writes of one shard (persistReady, snapshot commit, deleteShard) are serialized by a per-shard
+ * queue; shards are independent. Reads take no lock.
+ */
+import { ConfigError } from '../protocols/errors.js';
+import { MAX_KEY_BYTES, MAX_OPS_PER_GROUP, MAX_VALUE_BYTES } from '../protocols/replication/config.js';
+import { MAX_REPLICA_ID_LENGTH, MAX_SHARD } from '../protocols/replication/codec.js';
+import type {
+  LogGroup,
+  LoggedOp,
+  RecoveredReplicaState,
+  ReplicaHardState,
+  ReplicationReady,
+} from '../protocols/replication/types.js';
+import type { BatchOp, KvStore } from './kv-store.js';
+import { StorageError } from './storage-error.js';
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------
+
+/** One key of a shard's data: a value, or a tombstone (`value: null`) keeping its version. */
+export interface ShardEntry {
+  /** At most MAX_KEY_BYTES UTF-8 bytes, well-formed UTF-16 (no lone surrogates). */
+  key: string;
+  /** At most MAX_VALUE_BYTES; null for a tombstone (the key was deleted). */
+  value: Uint8Array | null;
+  /** ≥ 1: the version the last put or delete set. */
+  version: number;
+}
+
+/** The answer of {@link ShardStore.readValue}. */
+export interface ShardRead {
+  /** The stored bytes, or null when the key is absent (never written, or a tombstone). */
+  value: Uint8Array | null;
+  /** 0 when never written. */
+  version: number;
+  present: boolean;
+  /** Every group up to here was applied (durably) before the read started: `WriteRequest.durableAtSeq`. */
+  durableAtSeq: number;
+}
+
+/** The sequence numbers of the op-log groups a shard holds: `firstSeq..lastSeq`, empty when first > last. */
+export interface LogBounds {
+  firstSeq: number;
+  /** The last group held; when the log is empty, the last one it held (or the applied seq). */
+  lastSeq: number;
+}
+
+/** A consistent copy of a shard's applied data (see {@link ShardStore.snapshotData}). */
+export interface ShardSnapshotReader {
+  /** Applied seq of the copy: the snapshot header's `seq`. 0 when nothing was applied. */
+  readonly seq: number;
+  /** Epoch of group `seq`: the header's `seqEpoch`. */
+  readonly epoch: number;
+  /**
+   * The entries (tombstones included: a receiver must keep deleted keys' versions) in batches of
+   * at most `snapshotBatchEntries` entries and about `snapshotBatchBytes`. Iterate once.
+   */
+  readonly batches: AsyncIterable<ShardEntry[]>;
+  /** Releases the underlying iterator; done by itself when `batches` ends or the loop breaks. */
+  close(): Promise<void>;
+}
+
+/** A snapshot being received into a staging generation (see {@link ShardStore.beginSnapshot}). */
+export interface ShardSnapshotWriter {
+  /** Stages entries (validated, split into bounded batches). Nothing is visible before `commit`. */
+  write(entries: readonly ShardEntry[]): Promise<void>;
+  /**
+   * Atomically makes the staged entries the shard's data, empties its op log and stores
+   * `appliedSeq = seq, appliedEpoch = epoch` (durably when `sync`); then clears the old data.
+   */
+  commit(meta: { seq: number; epoch: number }, opts: { sync: boolean }): Promise<void>;
+  /** Drops the staged entries. Harmless after commit or a second time. */
+  abort(): Promise<void>;
+}
+
+/** Options of {@link ShardStore.open}. Defaults in DEFAULT_SHARD_STORE_OPTIONS. */
+export interface ShardStoreOptions {
+  /**
+   * Most entries in one snapshot batch (read from `snapshotData`, or one storage batch written
+   * while staging). Default 1024: amortizes per-batch cost while keeping batches small.
+   */
+  snapshotBatchEntries: number;
+  /**
+   * About this many key and value bytes in one snapshot batch (a single larger entry still forms
+   * a batch of its own). Default 4 MiB: four maximal values; bounds memory while sending or
+   * receiving a snapshot of any size.
+   */
+  snapshotBatchBytes: number;
+}
+
+export const DEFAULT_SHARD_STORE_OPTIONS: Readonly<ShardStoreOptions> = Object.freeze({
+  snapshotBatchEntries: 1024,
+  snapshotBatchBytes: 4 * 1024 * 1024,
+});
+
+/** Throws `ConfigError` naming the first bad field. */
+export function validateShardStoreOptions(o: ShardStoreOptions): void {
+  const check = (field: keyof ShardStoreOptions, max: number): void => {
+    const v = o[field];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1 || v > max) {
+      throw new ConfigError(field, `must be an integer in [1, ${max}], got ${String(v)}`);
+    }
+  };
+  check('snapshotBatchEntries', 1_000_000);
+  check('snapshotBatchBytes', 256 * 1024 * 1024);
+}
+
+/**
+ * An argument a caller should not have passed: a shard out of range, a key or value too large, a
+ * malformed group or entry, a log append that leaves a gap, an apply out of order. Nothing was
+ * written. `field` names the argument (`shard`, `key`, `rd.appendLog[0].seq`, ...).
+ */
+export class InvalidShardInputError extends Error {
+  override readonly name = 'InvalidShardInputError';
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(`${field}: ${message}`);
+  }
+}
+
+/** `readLog` asked for groups the log no longer holds: send a snapshot instead. */
+export class LogTrimmedError extends Error {
+  override readonly name = 'LogTrimmedError';
+  constructor(
+    readonly shard: number,
+    readonly afterSeq: number,
+    /** The first group still held (or lastSeq + 1 when the log is empty). */
+    readonly firstSeq: number,
+  ) {
+    super(`shard ${shard}: groups after ${afterSeq} are trimmed; the log starts at ${firstSeq}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys and records
+// ---------------------------------------------------------------------------------------------
+
+const APPLIED = 'a';
+const DATA = 'd';
+const DATA_END = 'e';
+const HARD = 'h';
+const LOG = 'l';
+const LOG_END = 'm';
+const FORMAT = 1;
+const KIND_PUT = 1;
+const KIND_DELETE = 2;
+const GEN_SPACE = 0x1_0000_0000;
+const TWO_32 = 0x1_0000_0000;
+
+const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');
+
+/** The key layout, exported for tests and tools (see the module comment). */
+export const shardKeys = Object.freeze({
+  prefix: (shard: number): string => hex(shard, 4),
+  applied: (shard: number): string => hex(shard, 4) + APPLIED,
+  hard: (shard: number): string => hex(shard, 4) + HARD,
+  log: (shard: number, seq: number): string => hex(shard, 4) + LOG + hex(seq, 16),
+  dataGen: (shard: number, gen: number): string => hex(shard, 4) + DATA + hex(gen, 8),
+  /** Exclusive upper bound of generation `gen`'s data keys. */
+  dataGenEnd: (shard: number, gen: number): string => (gen + 1 < GEN_SPACE ? hex(shard, 4) + DATA + hex(gen + 1, 8) : hex(shard, 4) + DATA_END),
+  data: (shard: number, gen: number, key: string): string => hex(shard, 4) + DATA + hex(gen, 8) + key,
+});
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+class Writer {
+  private buf: Uint8Array;
+  private view: DataView;
+  private pos = 0;
+  constructor(size: number) {
+    this.buf = new Uint8Array(size);
+    this.view = new DataView(this.buf.buffer);
+  }
+  u8(n: number): void {
+    this.view.setUint8(this.pos, n);
+    this.pos += 1;
+  }
+  u32(n: number): void {
+    this.view.setUint32(this.pos, n);
+    this.pos += 4;
+  }
+  u64(n: number): void {
+    this.view.setUint32(this.pos, Math.floor(n / TWO_32));
+    this.view.setUint32(this.pos + 4, n % TWO_32);
+    this.pos += 8;
+  }
+  bytes(b: Uint8Array): void {
+    this.buf.set(b, this.pos);
+    this.pos += b.byteLength;
+  }
+  done(): Uint8Array {
+    if (this.pos !== this.buf.byteLength) throw new Error(`shard store: encoded ${this.pos} of ${this.buf.byteLength} bytes`);
+    return this.buf;
+  }
+}
+
+/** Thrown inside decoders; turned into StorageError CORRUPT with the key. */
+class Malformed extends Error {}
+
+class Reader {
+  private readonly view: DataView;
+  private pos = 0;
+  constructor(private readonly buf: Uint8Array) {
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  }
+  private need(n: number): void {
+    if (this.pos + n > this.buf.byteLength) throw new Malformed(`truncated at byte ${this.pos}`);
+  }
+  u8(): number {
+    this.need(1);
+    return this.view.getUint8(this.pos++);
+  }
+  u32(): number {
+    this.need(4);
+    const n = this.view.getUint32(this.pos);
+    this.pos += 4;
+    return n;
+  }
+  u64(): number {
+    this.need(8);
+    const n = this.view.getUint32(this.pos) * TWO_32 + this.view.getUint32(this.pos + 4);
+    this.pos += 8;
+    if (!Number.isSafeInteger(n)) throw new Malformed('integer beyond 2^53');
+    return n;
+  }
+  bytes(n: number): Uint8Array {
+    this.need(n);
+    const out = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+  rest(): Uint8Array {
+    return this.bytes(this.buf.byteLength - this.pos);
+  }
+  end(): void {
+    if (this.pos !== this.buf.byteLength) throw new Malformed(`${this.buf.byteLength - this.pos} trailing bytes`);
+  }
+}
+
+interface AppliedRecord {
+  seq: number;
+  epoch: number;
+  gen: number;
+}
+
+function encodeApplied(r: AppliedRecord): Uint8Array {
+  const w = new Writer(1 + 8 + 8 + 4);
+  w.u8(FORMAT);
+  w.u64(r.seq);
+  w.u64(r.epoch);
+  w.u32(r.gen);
+  return w.done();
+}
+
+function decodeApplied(b: Uint8Array): AppliedRecord {
+  const r = new Reader(b);
+  if (r.u8() !== FORMAT) throw new Malformed('unknown format');
+  const rec = { seq: r.u64(), epoch: r.u64(), gen: r.u32() };
+  r.end();
+  if ((rec.seq === 0) !== (rec.epoch === 0)) throw new Malformed('epoch must be 0 exactly when seq is 0');
+  return rec;
+}
+
+function encodeData(value: Uint8Array | null, version: number): Uint8Array {
+  const w = new Writer(1 + 1 + 8 + (value === null ? 0 : value.byteLength));
+  w.u8(FORMAT);
+  w.u8(value === null ? KIND_DELETE : KIND_PUT);
+  w.u64(version);
+  if (value !== null) w.bytes(value);
+  return w.done();
+}
+
+function decodeData(b: Uint8Array): { value: Uint8Array | null; version: number } {
+  const r = new Reader(b);
+  if (r.u8() !== FORMAT) throw new Malformed('unknown format');
+  const kind = r.u8();
+  const version = r.u64();
+  if (version < 1) throw new Malformed('version 0');
+  if (kind === KIND_DELETE) {
+    r.end();
+    return { value: null, version };
+  }
+  if (kind !== KIND_PUT) throw new Malformed(`unknown kind ${kind}`);
+  const value = r.rest();
+  if (value.byteLength > MAX_VALUE_BYTES) throw new Malformed('value larger than the limit');
+  return { value, version };
+}
+
+function encodeGroup(g: LogGroup): Uint8Array {
+  const keys = g.ops.map((op) => encoder.encode(op.key));
+  let size = 1 + 8 + 8 + 4;
+  g.ops.forEach((op, k) => {
+    size += 1 + 8 + 4 + keys[k]!.byteLength + (op.kind === 'put' ? 4 + op.value.byteLength : 0);
+  });
+  const w = new Writer(size);
+  w.u8(FORMAT);
+  w.u64(g.seq);
+  w.u64(g.epoch);
+  w.u32(g.ops.length);
+  g.ops.forEach((op, k) => {
+    w.u8(op.kind === 'put' ? KIND_PUT : KIND_DELETE);
+    w.u64(op.version);
+    w.u32(keys[k]!.byteLength);
+    w.bytes(keys[k]!);
+    if (op.kind === 'put') {
+      w.u32(op.value.byteLength);
+      w.bytes(op.value);
+    }
+  });
+  return w.done();
+}
+
+function decodeGroup(b: Uint8Array): LogGroup {
+  const r = new Reader(b);
+  if (r.u8() !== FORMAT) throw new Malformed('unknown format');
+  const seq = r.u64();
+  const epoch = r.u64();
+  const count = r.u32();
+  if (seq < 1 || epoch < 1) throw new Malformed('seq and epoch must be ≥ 1');
+  if (count > MAX_OPS_PER_GROUP) throw new Malformed(`${count} ops`);
+  const ops: LoggedOp[] = [];
+  for (let k = 0; k < count; k++) {
+    const kind = r.u8();
+    const version = r.u64();
+    if (version < 1) throw new Malformed(`op ${k}: version 0`);
+    const keyLength = r.u32();
+    if (keyLength > MAX_KEY_BYTES) throw new Malformed(`op ${k}: key longer than the limit`);
+    const key = decodeUtf8(r.bytes(keyLength));
+    if (kind === KIND_DELETE) {
+      ops.push({ kind: 'delete', key, version });
+    } else if (kind === KIND_PUT) {
+      const valueLength = r.u32();
+      if (valueLength > MAX_VALUE_BYTES) throw new Malformed(`op ${k}: value larger than the limit`);
+      ops.push({ kind: 'put', key, value: r.bytes(valueLength), version });
+    } else {
+      throw new Malformed(`op ${k}: unknown kind ${kind}`);
+    }
+  }
+  r.end();
+  return { seq, epoch, ops };
+}
+
+function decodeUtf8(b: Uint8Array): string {
+  try {
+    return decoder.decode(b);
+  } catch {
+    throw new Malformed('key is not UTF-8');
+  }
+}
+
+function decodeHard(b: Uint8Array): ReplicaHardState {
+  let o: unknown;
+  try {
+    o = JSON.parse(decoder.decode(b));
+  } catch {
+    throw new Malformed('not UTF-8 JSON');
+  }
+  const h = o as { epoch?: unknown; expanding?: unknown };
+  if (typeof o !== 'object' || o === null || !Number.isSafeInteger(h.epoch) || (h.epoch as number) < 0) {
+    throw new Malformed('epoch must be a safe integer ≥ 0');
+  }
+  if (!Array.isArray(h.expanding) || !h.expanding.every((id) => typeof id === 'string' && id.length > 0 && id.length <= MAX_REPLICA_ID_LENGTH)) {
+    throw new Malformed('expanding must be an array of replica ids');
+  }
+  return { epoch: h.epoch as number, expanding: [...(h.expanding as string[])] };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input validation
+// ---------------------------------------------------------------------------------------------
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function checkShard(shard: unknown): asserts shard is number {
+  if (typeof shard !== 'number' || !Number.isInteger(shard) || shard < 0 || shard > MAX_SHARD) {
+    throw new InvalidShardInputError('shard', `must be an integer in [0, ${MAX_SHARD}], got ${String(shard)}`);
+  }
+}
+
+function checkKey(key: unknown, field: string): asserts key is string {
+  if (typeof key !== 'string') throw new InvalidShardInputError(field, 'must be a string');
+  if (key.length > MAX_KEY_BYTES || Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) {
+    throw new InvalidShardInputError(field, `longer than ${MAX_KEY_BYTES} UTF-8 bytes`);
+  }
+  // A lone surrogate has no UTF-8 form: stored, it would read back as a different key (U+FFFD).
+  if (LONE_SURROGATE.test(key)) throw new InvalidShardInputError(field, 'is not well-formed UTF-16 (lone surrogate)');
+}
+
+function checkValue(value: unknown, field: string): asserts value is Uint8Array {
+  if (!(value instanceof Uint8Array)) throw new InvalidShardInputError(field, 'must be a Uint8Array');
+  if (value.byteLength > MAX_VALUE_BYTES) throw new InvalidShardInputError(field, `larger than ${MAX_VALUE_BYTES} bytes`);
+}
+
+function checkCount(n: unknown, field: string, min: number): asserts n is number {
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < min) {
+    throw new InvalidShardInputError(field, `must be a safe integer ≥ ${min}, got ${String(n)}`);
+  }
+}
+
+function checkGroup(g: LogGroup, field: string): void {
+  if (g === null || typeof g !== 'object') throw new InvalidShardInputError(field, 'must be a group');
+  checkCount(g.seq, `${field}.seq`, 1);
+  checkCount(g.epoch, `${field}.epoch`, 1);
+  if (!Array.isArray(g.ops) || g.ops.length > MAX_OPS_PER_GROUP) {
+    throw new InvalidShardInputError(`${field}.ops`, `must be an array of at most ${MAX_OPS_PER_GROUP} ops`);
+  }
+  g.ops.forEach((op, k) => {
+    const f = `${field}.ops[${k}]`;
+    if (op === null || typeof op !== 'object' || (op.kind !== 'put' && op.kind !== 'delete')) {
+      throw new InvalidShardInputError(`${f}.kind`, "must be 'put' or 'delete'");
+    }
+    checkKey(op.key, `${f}.key`);
+    checkCount(op.version, `${f}.version`, 1);
+    if (op.kind === 'put') checkValue(op.value, `${f}.value`);
+  });
+}
+
+function checkEntry(e: ShardEntry, field: string): void {
+  if (e === null || typeof e !== 'object') throw new InvalidShardInputError(field, 'must be an entry');
+  checkKey(e.key, `${field}.key`);
+  if (e.value !== null) checkValue(e.value, `${field}.value`);
+  checkCount(e.version, `${field}.version`, 1);
+}
+
+function entryBytes(key: string, value: Uint8Array | null): number {
+  return key.length * 3 + (value === null ? 0 : value.byteLength) + 16;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store
+// ---------------------------------------------------------------------------------------------
+
+interface ShardState {
+  appliedSeq: number;
+  appliedEpoch: number;
+  /** Data generation (see the module comment). */
+  gen: number;
+  /** The log holds firstSeq..lastSeq (empty when firstSeq > lastSeq). */
+  firstSeq: number;
+  lastSeq: number;
+  /** The snapshot being staged, if any. */
+  staging: SnapshotWriter | null;
+  /** Tail of the per-shard write queue. */
+  queue: Promise<unknown>;
+}
+
+function freshState(): ShardState {
+  return { appliedSeq: 0, appliedEpoch: 0, gen: 0, firstSeq: 1, lastSeq: 0, staging: null, queue: Promise.resolve() };
+}
+
+export class ShardStore {
+  readonly options: Readonly<ShardStoreOptions>;
+  readonly #kv: KvStore;
+  readonly #shards = new Map<number, ShardState>();
+
+  private constructor(kv: KvStore, options: ShardStoreOptions) {
+    this.#kv = kv;
+    this.options = options;
+  }
+
+  /**
+   * Opens the shard store in `kv` (a view of its own, e.g. `root.sublevel('shards')`): loads each
+   * stored shard's log bounds, applied seq and data generation, and clears data left over from an
+   * interrupted snapshot install or shard deletion.
+   *
+   * @throws StorageError CORRUPT when a key or an applied record cannot be read; ConfigError for bad options.
+   */
+  static async open(kv: KvStore, options: Partial<ShardStoreOptions> = {}): Promise<ShardStore> {
+    const resolved = { ...DEFAULT_SHARD_STORE_OPTIONS, ...options };
+    validateShardStoreOptions(resolved);
+    const store = new ShardStore(kv, resolved);
+    await store.#load();
+    return store;
+  }
+
+  /** The shards with anything stored, ascending. */
+  shards(): number[] {
+    return [...this.#shards.keys()].sort((a, b) => a - b);
+  }
+
+  /** Highest group applied to the shard's data by a completed batch (0 for none). */
+  appliedSeq(shard: number): number {
+    checkShard(shard);
+    return this.#shards.get(shard)?.appliedSeq ?? 0;
+  }
+
+  /** The op-log groups the shard holds. */
+  logBounds(shard: number): LogBounds {
+    checkShard(shard);
+    const s = this.#shards.get(shard) ?? freshState();
+    return { firstSeq: s.firstSeq, lastSeq: s.lastSeq };
+  }
+
+  /**
+   * Everything the core needs at start (`new ReplicaCore({ recovered })`): exactly what earlier
+   * Readys and snapshot installs persisted.
+   *
+   * @throws StorageError CORRUPT when a record cannot be read or the log has a gap.
+   */
+  async recover(shard: number): Promise<RecoveredReplicaState> {
+    checkShard(shard);
+    const [hardBytes, appliedBytes] = await this.#kv.getMany([shardKeys.hard(shard), shardKeys.applied(shard)]);
+    const hard = hardBytes === undefined ? { epoch: 0, expanding: [] } : this.#decode(shardKeys.hard(shard), hardBytes, decodeHard);
+    const applied =
+      appliedBytes === undefined ? { seq: 0, epoch: 0, gen: 0 } : this.#decode(shardKeys.applied(shard), appliedBytes, decodeApplied);
+    const log: LogGroup[] = [];
+    for await (const [key, value] of this.#kv.iterate({ gt: shardKeys.log(shard, 0), lt: shardKeys.prefix(shard) + LOG_END })) {
+      const g = this.#decode(key, value, decodeGroup);
+      const expect = log.length === 0 ? this.#logSeqOf(key) : log[log.length - 1]!.seq + 1;
+      if (g.seq !== this.#logSeqOf(key) || g.seq !== expect) this.#corrupt(key, `group ${g.seq} where ${expect} belongs (a gap)`);
+      log.push(g);
+    }
+    if (log.length > 0) {
+      const first = log[0]!.seq;
+      const last = log[log.length - 1]!.seq;
+      if (first > applied.seq + 1 || last < applied.seq) {
+        this.#corrupt(shardKeys.prefix(shard), `log ${first}..${last} does not cover applied seq ${applied.seq} + 1`);
+      }
+    }
+    return { epoch: hard.epoch, expanding: hard.expanding, appliedSeq: applied.seq, appliedEpoch: applied.epoch, log };
+  }
+
+  /**
+   * Persists the durable part of a Ready in ONE atomic batch, in contract order: hard state, log
+   * truncation after `truncateLogAfterSeq`, log appends, the `apply` groups (puts, and deletes as
+   * tombstones keeping their version) with the last one's seq and epoch, then the trim through
+   * `trimLogThroughSeq`. Messages, answers and the rest of the Ready are the shell's business.
+   *
+   * @throws InvalidShardInputError for a malformed Ready (nothing written): a bad group, an append
+   *   that leaves a gap, an apply that does not follow the applied seq.
+   */
+  async persistReady(
+    shard: number,
+    rd: Pick<ReplicationReady, 'hardState' | 'truncateLogAfterSeq' | 'appendLog' | 'apply' | 'trimLogThroughSeq'>,
+    opts: { sync: boolean },
+  ): Promise<void> {
+    checkShard(shard);
+    if (rd === null || typeof rd !== 'object') throw new InvalidShardInputError('rd', 'must be a Ready');
+    if (!Array.isArray(rd.appendLog)) throw new InvalidShardInputError('rd.appendLog', 'must be an array');
+    if (!Array.isArray(rd.apply)) throw new InvalidShardInputError('rd.apply', 'must be an array');
+    if (rd.hardState !== undefined) {
+      const h = rd.hardState;
+      checkCount(h?.epoch, 'rd.hardState.epoch', 0);
+      if (!Array.isArray(h.expanding) || !h.expanding.every((id) => typeof id === 'string' && id.length > 0 && id.length <= MAX_REPLICA_ID_LENGTH)) {
+        throw new InvalidShardInputError('rd.hardState.expanding', 'must be an array of replica ids');
+      }
+    }
+    if (rd.truncateLogAfterSeq !== undefined) checkCount(rd.truncateLogAfterSeq, 'rd.truncateLogAfterSeq', 0);
+    if (rd.trimLogThroughSeq !== undefined) checkCount(rd.trimLogThroughSeq, 'rd.trimLogThroughSeq', 0);
+    rd.appendLog.forEach((g, k) => checkGroup(g, `rd.appendLog[${k}]`));
+    rd.apply.forEach((g, k) => checkGroup(g, `rd.apply[${k}]`));
+    await this.#exclusive(shard, async (s) => {
+      const ops: BatchOp[] = [];
+      let { firstSeq, lastSeq, appliedSeq, appliedEpoch } = s;
+      if (rd.hardState !== undefined) {
+        const text = JSON.stringify({ epoch: rd.hardState.epoch, expanding: rd.hardState.expanding });
+        ops.push({ type: 'put', key: shardKeys.hard(shard), value: encoder.encode(text) });
+      }
+      if (rd.truncateLogAfterSeq !== undefined && rd.truncateLogAfterSeq < lastSeq) {
+        const t = rd.truncateLogAfterSeq;
+        for (let seq = Math.max(firstSeq, t + 1); seq <= lastSeq; seq++) ops.push({ type: 'del', key: shardKeys.log(shard, seq) });
+        lastSeq = t;
+        firstSeq = Math.min(firstSeq, t + 1);
+      }
+      rd.appendLog.forEach((g, k) => {
+        if (g.seq !== lastSeq + 1) throw new InvalidShardInputError(`rd.appendLog[${k}].seq`, `${g.seq} does not follow the log's last seq ${lastSeq}`);
+        ops.push({ type: 'put', key: shardKeys.log(shard, g.seq), value: encodeGroup(g) });
+        lastSeq = g.seq;
+      });
+      if (rd.apply.length > 0) {
+        // The last op on a key wins: write each key once.
+        const latest = new Map<string, LoggedOp>();
+        rd.apply.forEach((g, k) => {
+          if (g.seq !== appliedSeq + 1) throw new InvalidShardInputError(`rd.apply[${k}].seq`, `${g.seq} does not follow the applied seq ${appliedSeq}`);
+          for (const op of g.ops) {
+            latest.delete(op.key);
+            latest.set(op.key, op);
+          }
+          appliedSeq = g.seq;
+          appliedEpoch = g.epoch;
+        });
+        for (const op of latest.values()) {
+          ops.push({ type: 'put', key: shardKeys.data(shard, s.gen, op.key), value: encodeData(op.kind === 'put' ? op.value : null, op.version) });
+        }
+        ops.push({ type: 'put', key: shardKeys.applied(shard), value: encodeApplied({ seq: appliedSeq, epoch: appliedEpoch, gen: s.gen }) });
+      }
+      if (rd.trimLogThroughSeq !== undefined && rd.trimLogThroughSeq >= firstSeq) {
+        const t = rd.trimLogThroughSeq;
+        for (let seq = firstSeq; seq <= Math.min(t, lastSeq); seq++) ops.push({ type: 'del', key: shardKeys.log(shard, seq) });
+        firstSeq = t + 1;
+        lastSeq = Math.max(lastSeq, t);
+      }
+      if (ops.length === 0) return;
+      await this.#kv.batch(ops, { sync: opts.sync });
+      Object.assign(s, { firstSeq, lastSeq, appliedSeq, appliedEpoch });
+    });
+  }
+
+  /**
+   * Reads one key of the shard's applied data, for client reads and for the `durable` version and
+   * `durableAtSeq` that `ReplicaCore.write` needs (see the module comment).
+   */
+  async readValue(shard: number, key: string): Promise<ShardRead> {
+    checkShard(shard);
+    checkKey(key, 'key');
+    // A snapshot install switches the generation at most a few times during one read; retry then.
+    for (let attempt = 0; ; attempt++) {
+      const s = this.#shards.get(shard);
+      const gen = s?.gen ?? 0;
+      const durableAtSeq = s?.appliedSeq ?? 0;
+      const dataKey = shardKeys.data(shard, gen, key);
+      const bytes = await this.#kv.get(dataKey);
+      if ((this.#shards.get(shard)?.gen ?? 0) !== gen && attempt < 8) continue;
+      if (bytes === undefined) return { value: null, version: 0, present: false, durableAtSeq };
+      const d = this.#decode(dataKey, bytes, decodeData);
+      return { value: d.value, version: d.version, present: d.value !== null, durableAtSeq };
+    }
+  }
+
+  /**
+   * Up to `maxGroups` op-log groups after `afterSeq` (contiguous, fewer when the log ends; at least
+   * one when there is one, then up to about `maxBytes`), read from one consistent view.
+   *
+   * @throws LogTrimmedError when the group after `afterSeq` was trimmed: send a snapshot instead.
+   */
+  async readLog(shard: number, afterSeq: number, maxGroups: number, maxBytes = DEFAULT_SHARD_STORE_OPTIONS.snapshotBatchBytes): Promise<LogGroup[]> {
+    checkShard(shard);
+    checkCount(afterSeq, 'afterSeq', 0);
+    checkCount(maxGroups, 'maxGroups', 1);
+    checkCount(maxBytes, 'maxBytes', 1);
+    const out: LogGroup[] = [];
+    let bytes = 0;
+    for await (const [key, value] of this.#kv.iterate({ gt: shardKeys.log(shard, afterSeq), lt: shardKeys.prefix(shard) + LOG_END })) {
+      const seq = this.#logSeqOf(key);
+      if (seq !== afterSeq + 1 + out.length) {
+        if (out.length === 0) throw new LogTrimmedError(shard, afterSeq, seq);
+        this.#corrupt(key, `group ${seq} where ${afterSeq + 1 + out.length} belongs (a gap)`);
+      }
+      if (out.length > 0 && bytes + value.byteLength > maxBytes) break;
+      const g = this.#decode(key, value, decodeGroup);
+      if (g.seq !== seq) this.#corrupt(key, `holds group ${g.seq}`);
+      out.push(g);
+      bytes += value.byteLength;
+      if (out.length >= maxGroups) break;
+    }
+    if (out.length === 0) {
+      const s = this.#shards.get(shard);
+      if (s !== undefined && afterSeq < s.firstSeq - 1) throw new LogTrimmedError(shard, afterSeq, s.firstSeq);
+    }
+    return out;
+  }
+
+  /**
+   * A consistent copy of the shard's applied data with its `{ seq, epoch }`, read from one storage
+   * snapshot (later writes do not show), in bounded batches. Send it as the snapshot stream.
+   * Iterate `batches` to the end, break out of the loop, or call `close()`.
+   */
+  async snapshotData(shard: number): Promise<ShardSnapshotReader> {
+    checkShard(shard);
+    const prefix = shardKeys.prefix(shard);
+    const it = this.#kv.iterate({ gte: prefix + APPLIED, lt: prefix + DATA_END })[Symbol.asyncIterator]();
+    let first: IteratorResult<[string, Uint8Array]>;
+    try {
+      first = await it.next();
+    } catch (error) {
+      await it.return?.();
+      throw error;
+    }
+    let applied: AppliedRecord = { seq: 0, epoch: 0, gen: 0 };
+    let pending: [string, Uint8Array] | undefined;
+    if (!first.done) {
+      const [key, value] = first.value;
+      if (key === prefix + APPLIED) {
+        try {
+          applied = this.#decode(key, value, decodeApplied);
+        } catch (error) {
+          await it.return?.();
+          throw error;
+        }
+      } else {
+        pending = first.value;
+      }
+    }
+    const genPrefix = shardKeys.dataGen(shard, applied.gen);
+    const { snapshotBatchEntries, snapshotBatchBytes } = this.options;
+    let closed = first.done === true;
+    const close = async (): Promise<void> => {
+      if (closed) return;
+      closed = true;
+      await it.return?.();
+    };
+    const decode = (key: string, value: Uint8Array): ShardEntry => ({ key: key.slice(genPrefix.length), ...this.#decode(key, value, decodeData) });
+    async function* batches(): AsyncGenerator<ShardEntry[]> {
+      try {
+        let batch: ShardEntry[] = [];
+        let bytes = 0;
+        for (;;) {
+          let entry: [string, Uint8Array];
+          if (pending !== undefined) {
+            entry = pending;
+            pending = undefined;
+          } else {
+            if (closed) break;
+            const r = await it.next();
+            if (r.done) break;
+            entry = r.value;
+          }
+          const [key, value] = entry;
+          if (key < genPrefix) continue; // an older generation not cleared yet
+          if (!key.startsWith(genPrefix)) break; // a staging generation: past our data
+          const e = decode(key, value);
+          batch.push(e);
+          bytes += entryBytes(e.key, e.value);
+          if (batch.length >= snapshotBatchEntries || bytes >= snapshotBatchBytes) {
+            yield batch;
+            batch = [];
+            bytes = 0;
+          }
+        }
+        if (batch.length > 0) yield batch;
+      } finally {
+        await close();
+      }
+    }
+    return { seq: applied.seq, epoch: applied.epoch, batches: batches(), close };
+  }
+
+  /**
+   * Starts receiving a snapshot of `shard` into a staging generation: reads and Readys of the
+   * shard go on meanwhile and see the old data. Call `commit` once the core's `installSnapshot`
+   * returned true, else `abort` (also when the stream fails: one snapshot per shard at a time).
+   *
+   * @throws InvalidShardInputError (`shard`) when a snapshot of the shard is already being received.
+   */
+  async beginSnapshot(shard: number): Promise<ShardSnapshotWriter> {
+    checkShard(shard);
+    const s = this.#state(shard);
+    if (s.staging !== null) throw new InvalidShardInputError('shard', `a snapshot of shard ${shard} is already being received`);
+    const writer = new SnapshotWriter(this, shard, (s.gen + 1) % GEN_SPACE);
+    s.staging = writer;
+    await this.#clearGen(shard, writer.gen);
+    return writer;
+  }
+
+  /**
+   * Replaces the shard's data with `batches`, empties its op log and stores `appliedSeq = seq,
+   * appliedEpoch = epoch`, atomically (see {@link beginSnapshot}; memory is bounded by one batch).
+   */
+  async installSnapshot(
+    shard: number,
+    batches: AsyncIterable<readonly ShardEntry[]> | Iterable<readonly ShardEntry[]>,
+    meta: { seq: number; epoch: number },
+    opts: { sync: boolean },
+  ): Promise<void> {
+    const writer = await this.beginSnapshot(shard);
+    try {
+      for await (const batch of batches) await writer.write(batch);
+      await writer.commit(meta, opts);
+    } finally {
+      await writer.abort();
+    }
+  }
+
+  /**
+   * Deletes the shard's data and op log (its role became `removed`). The hard state stays: the
+   * highest accepted epoch fences stale primaries and must never go back, even for a replica that
+   * is added again later (the same reason a delete keeps a key's version). The log and the
+   * applied record go in one batch together with a switch to an empty data generation; the old
+   * data is cleared after. A snapshot being received is aborted.
+   */
+  async deleteShard(shard: number, opts: { sync: boolean }): Promise<void> {
+    checkShard(shard);
+    const staging = this.#shards.get(shard)?.staging;
+    if (staging != null) await staging.abort();
+    await this.#exclusive(shard, async (s) => {
+      const ops: BatchOp[] = [];
+      for (let seq = s.firstSeq; seq <= s.lastSeq; seq++) ops.push({ type: 'del', key: shardKeys.log(shard, seq) });
+      const gen = (s.gen + 1) % GEN_SPACE;
+      ops.push({ type: 'put', key: shardKeys.applied(shard), value: encodeApplied({ seq: 0, epoch: 0, gen }) });
+      await this.#kv.batch(ops, { sync: opts.sync });
+      Object.assign(s, { gen, appliedSeq: 0, appliedEpoch: 0, firstSeq: 1, lastSeq: 0 });
+      const prefix = shardKeys.prefix(shard);
+      await this.#kv.clear({ gte: prefix + DATA, lt: prefix + DATA_END });
+      // Every generation is empty now: back to "no applied record", generation 0.
+      await this.#kv.del(shardKeys.applied(shard), { sync: opts.sync });
+      s.gen = 0;
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Internals (the SnapshotWriter uses the ones marked internal)
+  // -------------------------------------------------------------------------------------------
+
+  /** @internal */
+  async writeStaged(shard: number, writer: SnapshotWriter, entries: readonly ShardEntry[]): Promise<void> {
+    if (!Array.isArray(entries)) throw new InvalidShardInputError('entries', 'must be an array');
+    entries.forEach((e, k) => checkEntry(e, `entries[${k}]`));
+    const { snapshotBatchEntries, snapshotBatchBytes } = this.options;
+    let ops: BatchOp[] = [];
+    let bytes = 0;
+    for (const e of entries) {
+      if (this.#shards.get(shard)?.staging !== writer) throw new InvalidShardInputError('snapshot', 'the snapshot was aborted or committed');
+      ops.push({ type: 'put', key: shardKeys.data(shard, writer.gen, e.key), value: encodeData(e.value, e.version) });
+      bytes += entryBytes(e.key, e.value);
+      if (ops.length >= snapshotBatchEntries || bytes >= snapshotBatchBytes) {
+        await this.#kv.batch(ops, { sync: false });
+        ops = [];
+        bytes = 0;
+      }
+    }
+    if (ops.length > 0) {
+      if (this.#shards.get(shard)?.staging !== writer) throw new InvalidShardInputError('snapshot', 'the snapshot was aborted or committed');
+      await this.#kv.batch(ops, { sync: false });
+    }
+  }
+
+  /** @internal */
+  async commitStaged(shard: number, writer: SnapshotWriter, meta: { seq: number; epoch: number }, opts: { sync: boolean }): Promise<void> {
+    checkCount(meta?.seq, 'meta.seq', 1);
+    checkCount(meta.epoch, 'meta.epoch', 1);
+    await this.#exclusive(shard, async (s) => {
+      if (s.staging !== writer) throw new InvalidShardInputError('snapshot', 'the snapshot was aborted or committed');
+      const ops: BatchOp[] = [];
+      for (let seq = s.firstSeq; seq <= s.lastSeq; seq++) ops.push({ type: 'del', key: shardKeys.log(shard, seq) });
+      ops.push({ type: 'put', key: shardKeys.applied(shard), value: encodeApplied({ seq: meta.seq, epoch: meta.epoch, gen: writer.gen }) });
+      await this.#kv.batch(ops, { sync: opts.sync });
+      const oldGen = s.gen;
+      Object.assign(s, { gen: writer.gen, appliedSeq: meta.seq, appliedEpoch: meta.epoch, firstSeq: meta.seq + 1, lastSeq: meta.seq, staging: null });
+      await this.#clearGen(shard, oldGen);
+    });
+  }
+
+  /** @internal */
+  async abortStaged(shard: number, writer: SnapshotWriter): Promise<void> {
+    const s = this.#shards.get(shard);
+    if (s === undefined || s.staging !== writer) return;
+    s.staging = null;
+    await this.#clearGen(shard, writer.gen);
+  }
+
+  #state(shard: number): ShardState {
+    let s = this.#shards.get(shard);
+    if (s === undefined) {
+      s = freshState();
+      this.#shards.set(shard, s);
+    }
+    return s;
+  }
+
+  /** Runs `fn` after every earlier write of the shard has finished (success or not). */
+  async #exclusive<T>(shard: number, fn: (s: ShardState) => Promise<T>): Promise<T> {
+    const s = this.#state(shard);
+    const run = s.queue.then(() => fn(s));
+    s.queue = run.catch(() => {});
+    return run;
+  }
+
+  async #clearGen(shard: number, gen: number): Promise<void> {
+    await this.#kv.clear({ gte: shardKeys.dataGen(shard, gen), lt: shardKeys.dataGenEnd(shard, gen) });
+  }
+
+  async #first(range: { gt?: string; gte?: string; lt: string; reverse?: boolean }): Promise<string | undefined> {
+    for await (const [key] of this.#kv.iterate({ ...range, limit: 1 })) return key;
+    return undefined;
+  }
+
+  async #load(): Promise<void> {
+    let cursor = '';
+    for (;;) {
+      const key = await this.#first({ gte: cursor, lt: '~' });
+      if (key === undefined) return;
+      const prefix = key.slice(0, 4);
+      if (!/^[0-9a-f]{4}$/.test(prefix) || parseInt(prefix, 16) > MAX_SHARD) this.#corrupt(key, 'not a shard store key');
+      const shard = parseInt(prefix, 16);
+      const s = freshState();
+      const appliedBytes = await this.#kv.get(shardKeys.applied(shard));
+      if (appliedBytes !== undefined) {
+        const a = this.#decode(shardKeys.applied(shard), appliedBytes, decodeApplied);
+        Object.assign(s, { appliedSeq: a.seq, appliedEpoch: a.epoch, gen: a.gen });
+      }
+      const firstLog = await this.#first({ gt: shardKeys.log(shard, 0), lt: prefix + LOG_END });
+      if (firstLog === undefined) {
+        s.firstSeq = s.appliedSeq + 1;
+        s.lastSeq = s.appliedSeq;
+      } else {
+        s.firstSeq = this.#logSeqOf(firstLog);
+        s.lastSeq = this.#logSeqOf((await this.#first({ gt: shardKeys.log(shard, 0), lt: prefix + LOG_END, reverse: true }))!);
+      }
+      // Data of other generations: an interrupted snapshot install or shard deletion.
+      const current = shardKeys.dataGen(shard, s.gen);
+      const firstData = await this.#first({ gte: prefix + DATA, lt: prefix + DATA_END });
+      const lastData = await this.#first({ gte: prefix + DATA, lt: prefix + DATA_END, reverse: true });
+      if (firstData !== undefined && !firstData.startsWith(current)) await this.#kv.clear({ gte: prefix + DATA, lt: current });
+      if (lastData !== undefined && !lastData.startsWith(current)) await this.#kv.clear({ gte: shardKeys.dataGenEnd(shard, s.gen), lt: prefix + DATA_END });
+      this.#shards.set(shard, s);
+      if (shard === MAX_SHARD) return;
+      cursor = shardKeys.prefix(shard + 1);
+    }
+  }
+
+  #logSeqOf(key: string): number {
+    const digits = key.slice(5);
+    if (!/^[0-9a-f]{16}$/.test(digits)) this.#corrupt(key, 'not a log key');
+    const seq = parseInt(digits, 16);
+    if (!Number.isSafeInteger(seq) || seq < 1) this.#corrupt(key, 'log seq out of range');
+    return seq;
+  }
+
+  #decode<T>(key: string, bytes: Uint8Array, decode: (b: Uint8Array) => T): T {
+    try {
+      return decode(bytes);
+    } catch (error) {
+      if (error instanceof Malformed) this.#corrupt(key, error.message, error);
+      throw error;
+    }
+  }
+
+  #corrupt(key: string, problem: string, cause?: unknown): never {
+    const loc = this.#kv.location;
+    throw new StorageError('CORRUPT', loc, `shard store in ${loc}: record ${JSON.stringify(key)} is unreadable: ${problem}`, cause);
+  }
+}
+
+/** A snapshot being staged; see {@link ShardStore.beginSnapshot}. */
+class SnapshotWriter implements ShardSnapshotWriter {
+  constructor(
+    private readonly store: ShardStore,
+    readonly shard: number,
+    readonly gen: number,
+  ) {}
+
+  write(entries: readonly ShardEntry[]): Promise<void> {
+    return this.store.writeStaged(this.shard, this, entries);
+  }
+
+  commit(meta: { seq: number; epoch: number }, opts: { sync: boolean }): Promise<void> {
+    return this.store.commitStaged(this.shard, this, meta, opts);
+  }
+
+  abort(): Promise<void> {
+    return this.store.abortStaged(this.shard, this);
+  }
+}
