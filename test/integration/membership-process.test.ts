@@ -8,6 +8,14 @@ async function allSee(observers: ProcessPeer[], target: string, pred: (m: { stat
   return statuses.every((s) => pred(s.members.find((m) => m.peerId === target)));
 }
 
+/** A peer's own count of transitions of other members into `state` (GET /metrics). */
+async function transitionsTo(peer: ProcessPeer, state: string): Promise<number> {
+  const text = await (await fetch(`http://${peer.httpAddress}/metrics`)).text();
+  const m = new RegExp(`^shoal_member_transitions_total\\{to="${state}"\\} (\\d+)$`, 'm').exec(text);
+  assert.ok(m, `metrics of ${peer.peerId} lack transitions to ${state}`);
+  return Number(m[1]);
+}
+
 describe('membership: 4 shoal processes, killed, frozen and restarted', function () {
   this.timeout(120_000);
   let dir: string;
@@ -56,31 +64,19 @@ describe('membership: 4 shoal processes, killed, frozen and restarted', function
     const rest = peers.filter((p) => p !== frozen);
     const before = (await (peers[0] as ProcessPeer).status()).members.find((m) => m.peerId === frozen.peerId);
     assert.ok(before);
+    const suspectsBefore = await Promise.all(rest.map((o) => transitionsTo(o, 'suspect')));
     frozen.signal('SIGSTOP');
     try {
-      // Record what each observer shows over time: suspect must come before dead.
-      const seen = new Map<string, string[]>();
-      await waitFor(
-        'dead at every other peer',
-        async () => {
-          const st = await Promise.all(rest.map((o) => o.status()));
-          st.forEach((s) => {
-            const trail = seen.get(s.peerId) ?? [];
-            const state = stateOf(s, frozen.peerId) ?? 'unknown';
-            if (trail[trail.length - 1] !== state) trail.push(state);
-            seen.set(s.peerId, trail);
-          });
-          return st.every((s) => stateOf(s, frozen.peerId) === 'dead');
-        },
-        { timeoutMs: 15_000, intervalMs: 25 },
-      );
-      // Every observer shows it suspect (for about suspicionTimeoutMs) before dead.
-      const trails = [...seen.values()];
-      assert.ok(
-        trails.every((t) => t.indexOf('suspect') >= 0 && t.indexOf('suspect') < t.indexOf('dead')),
-        `suspect must precede dead; trails: ${JSON.stringify(trails)}`,
-      );
-      assert.ok(trails.every((t) => !t.slice(0, t.indexOf('dead')).includes('unknown')));
+      await waitFor('dead at every other peer', () => allSee(rest, frozen.peerId, (m) => m?.state === 'dead'), {
+        timeoutMs: 15_000,
+        intervalMs: 25,
+      });
+      // Every observer went through suspect on the way (its own count of transitions into
+      // suspect rose; dead is final for this incarnation, so the suspicion came first).
+      const suspectsAfter = await Promise.all(rest.map((o) => transitionsTo(o, 'suspect')));
+      rest.forEach((o, i) => {
+        assert.ok((suspectsAfter[i] as number) > (suspectsBefore[i] as number), `${o.peerId} never showed the frozen peer suspect`);
+      });
     } finally {
       frozen.signal('SIGCONT');
     }
