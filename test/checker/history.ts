@@ -136,6 +136,8 @@ export class HistoryRecorder {
   private readonly events: HistoryEvent[] = [];
   /** Operations invoked and not yet completed, with their invoke time. */
   private readonly pending = new Map<number, { op: KvOp; at: number }>();
+  /** Every opId invoked so far. */
+  private readonly invoked = new Set<number>();
   private readonly now: () => number;
   private nextOpId = 1;
 
@@ -151,6 +153,7 @@ export class HistoryRecorder {
     const event: InvokeEvent = { type: 'invoke', opId, clientId, op: { ...op }, at };
     this.events.push(event);
     this.pending.set(opId, { op: event.op, at });
+    this.invoked.add(opId);
     return opId;
   }
 
@@ -219,11 +222,12 @@ export class HistoryRecorder {
       if (typeof raw.clientId !== 'string') throw new Error(`${where}: clientId must be a string`);
       const op = raw.op as KvOp;
       validateOp(op);
-      if (this.pending.has(raw.opId) || raw.opId < 1 || this.events.some((e) => e.opId === raw.opId)) {
+      if (!Number.isInteger(raw.opId) || raw.opId < 1 || this.invoked.has(raw.opId)) {
         throw new Error(`${where}: duplicate or invalid opId ${raw.opId}`);
       }
       this.events.push({ type: 'invoke', opId: raw.opId, clientId: raw.clientId, op, at: raw.at });
       this.pending.set(raw.opId, { op, at: raw.at });
+      this.invoked.add(raw.opId);
       this.nextOpId = Math.max(this.nextOpId, raw.opId + 1);
     } else if (raw.type === 'complete') {
       const invoked = this.pending.get(raw.opId);

@@ -13,11 +13,14 @@ import {
   type History,
   type HistoryEvent,
   type KvOp,
+  type OkOutcome,
+  type Operation,
   type Outcome,
 } from '../checker/history.js';
 import { checkLinearizable, checkOperations, type CheckResult } from '../checker/linearizability.js';
 import { findLostAcknowledgedWrites, type FinalRead } from '../checker/lost-writes.js';
 import { applyRegisterOp, INITIAL_REGISTER, type RegisterState } from '../checker/register-model.js';
+import { MIXED_WORKLOAD, simulateRegister, type Simulation, type SimulationOptions } from '../checker/simulated-register.js';
 
 // ---------------------------------------------------------------------------------------------
 // Building histories by hand
@@ -69,120 +72,11 @@ function assertViolation(result: CheckResult, key: string): void {
   if (result.ok !== false) return;
   assert.equal(result.key, key);
   assert.ok(result.reason.length > 0);
-  // The witness must itself fail, and be no larger than the key's operations.
+  // The witness must fail on its own, from the state it starts from.
   assert.ok(result.minimalWitness !== undefined && result.minimalWitness.length > 0);
-  assert.equal(checkOperations(result.minimalWitness, { witness: false }).ok, false, 'the witness must fail on its own');
+  const initial = new Map(result.witnessStart === undefined ? [] : [[key, result.witnessStart]]);
+  assert.equal(checkOperations(result.minimalWitness, { witness: false, initial }).ok, false, 'the witness must fail on its own');
 }
-
-// ---------------------------------------------------------------------------------------------
-// A simulated linearizable store, to generate histories
-
-interface SimulationOptions {
-  clients: number;
-  opsPerClient: number;
-  keys: number;
-  /** Probabilities per operation. */
-  pRead: number;
-  pCas: number;
-  pDelete: number;
-  pFail: number;
-  /** Not applied, reported unknown. */
-  pUnknownLost: number;
-  /** Applied, reported unknown. */
-  pUnknownApplied: number;
-  /** Chance that an ok outcome omits its version. */
-  pNoVersion: number;
-  /** Whether some clients leave their last operation in flight. */
-  leavePending: boolean;
-}
-
-interface Simulation {
-  history: HistoryEvent[];
-  /** For each key, the value at each version, as the store applied them. */
-  values: Map<string, (string | null)[]>;
-}
-
-/**
- * Clients issue operations one at a time against a store that applies each atomically at
- * some random moment between invoke and completion: the histories are linearizable by
- * construction. Values are unique, so a (value, version) pair names one state.
- */
-function simulate(rng: SeededRandom, options: SimulationOptions): Simulation {
-  let time = 0;
-  const recorder = new HistoryRecorder({ now: () => time });
-  const keys = Array.from({ length: options.keys }, (_, k) => `k${k}`);
-  const store = new Map<string, RegisterState>(keys.map((key) => [key, { ...INITIAL_REGISTER }]));
-  const values = new Map<string, (string | null)[]>(keys.map((key) => [key, [null]]));
-  type Phase =
-    | { kind: 'idle' }
-    | { kind: 'sent'; opId: number; op: KvOp }
-    | { kind: 'applied'; opId: number; outcome: Outcome };
-  const clients = Array.from({ length: options.clients }, (_, c) => ({
-    id: `c${c}`,
-    left: options.opsPerClient,
-    phase: { kind: 'idle' } as Phase,
-    lastVersion: new Map<string, number>(),
-    abandonLast: options.leavePending && rng.chance(0.3),
-    written: 0,
-  }));
-  const busy = (client: (typeof clients)[number]): boolean =>
-    client.left > 0 || (client.phase.kind !== 'idle' && !(client.abandonLast && client.left === 0));
-
-  for (;;) {
-    const active = clients.filter(busy);
-    if (active.length === 0) break;
-    const client = rng.pick(active);
-    time += rng.int(0, 2);
-    const phase = client.phase;
-    if (phase.kind === 'idle') {
-      const key = rng.pick(keys);
-      const r = rng.next();
-      let op: KvOp;
-      if (r < options.pRead) op = read(key);
-      else if (r < options.pRead + options.pCas) {
-        const seen = client.lastVersion.get(key) ?? 0;
-        const expect = rng.chance(0.7) ? seen : Math.max(0, seen + rng.int(-1, 1));
-        op = cas(key, expect, `${client.id}-${client.written++}`);
-      } else if (r < options.pRead + options.pCas + options.pDelete) op = del(key);
-      else op = write(key, `${client.id}-${client.written++}`);
-      client.phase = { kind: 'sent', opId: recorder.invoke(client.id, op), op };
-      client.left--;
-    } else if (phase.kind === 'sent') {
-      const r = rng.next();
-      if (r < options.pFail) {
-        recorder.complete(phase.opId, FAIL);
-        client.phase = { kind: 'idle' };
-      } else if (r < options.pFail + options.pUnknownLost) {
-        recorder.complete(phase.opId, UNKNOWN);
-        client.phase = { kind: 'idle' };
-      } else {
-        const key = phase.op.key;
-        const before = store.get(key) as RegisterState;
-        const { state, outcome } = applyRegisterOp(before, phase.op);
-        store.set(key, state);
-        if (state.version !== before.version) (values.get(key) as (string | null)[]).push(state.value);
-        if (outcome.version !== undefined) client.lastVersion.set(key, outcome.version);
-        if (rng.chance(options.pNoVersion)) delete outcome.version;
-        client.phase = { kind: 'applied', opId: phase.opId, outcome: rng.chance(options.pUnknownApplied) ? UNKNOWN : outcome };
-      }
-    } else {
-      recorder.complete(phase.opId, phase.outcome);
-      client.phase = { kind: 'idle' };
-    }
-  }
-  return { history: recorder.history(), values };
-}
-
-const RANDOM_OPTIONS: Omit<SimulationOptions, 'clients' | 'opsPerClient' | 'keys'> = {
-  pRead: 0.45,
-  pCas: 0.2,
-  pDelete: 0.05,
-  pFail: 0.03,
-  pUnknownLost: 0.03,
-  pUnknownApplied: 0.03,
-  pNoVersion: 0.1,
-  leavePending: true,
-};
 
 /**
  * Changes the result of one ok read so that the history is no longer linearizable, in one
@@ -231,6 +125,60 @@ function mutateOneRead(rng: SeededRandom, simulation: Simulation): { history: Hi
     return { history, key };
   }
   return null;
+}
+
+/**
+ * Linearizability of a tiny single-key history by brute force: every order of the ok
+ * operations and any subset of the unknown ones that respects real time.
+ */
+function bruteForceLinearizable(operations: readonly Operation[], start: RegisterState = INITIAL_REGISTER): boolean {
+  const ops = operations.filter(
+    (o) => o.outcome.status !== 'fail' && (o.op.type !== 'read' || o.outcome.status === 'ok'),
+  );
+  const ok = ops.map((o) => o.outcome.status === 'ok');
+  const done = ops.map(() => false);
+  const agrees = (reported: OkOutcome, actual: OkOutcome, op: KvOp): boolean => {
+    if (reported.version !== undefined && reported.version !== actual.version) return false;
+    if (op.type === 'read') return reported.value === actual.value;
+    return (reported.casFailed === true) === (actual.casFailed === true);
+  };
+  const search = (state: RegisterState, left: number): boolean => {
+    if (left === 0) return true;
+    for (let i = 0; i < ops.length; i++) {
+      const candidate = ops[i] as Operation;
+      if (done[i]) continue;
+      // Not before an ok operation that completed before it was invoked.
+      const blocked = ops.some(
+        (o, j) => !done[j] && j !== i && ok[j] && (o.completeAt as number) < candidate.invokeAt,
+      );
+      if (blocked) continue;
+      const { state: next, outcome } = applyRegisterOp(state, candidate.op);
+      if (ok[i] && !agrees(candidate.outcome as OkOutcome, outcome, candidate.op)) continue;
+      done[i] = true;
+      if (search(next, left - (ok[i] ? 1 : 0))) return true;
+      done[i] = false;
+    }
+    return false;
+  };
+  return search(start, ok.filter(Boolean).length);
+}
+
+/** Perturbs some ok outcomes of `history` at random: versions, values, cas results. */
+function perturb(rng: SeededRandom, history: readonly HistoryEvent[], probability: number): HistoryEvent[] {
+  const operations = toOperations(history);
+  const values = operations.map((o) => (o.op.type === 'read' ? null : o.op.value));
+  const opOf = new Map(operations.map((o) => [o.id, o.op]));
+  return history.map((event) => {
+    if (event.type !== 'complete' || event.outcome.status !== 'ok' || !rng.chance(probability)) return event;
+    const outcome: OkOutcome = { ...event.outcome };
+    const op = opOf.get(event.opId) as KvOp;
+    const change = rng.int(0, 3);
+    if (change === 0 && outcome.version !== undefined) outcome.version = Math.max(0, outcome.version + rng.pick([-1, 1]));
+    else if (change === 1 && op.type === 'read') outcome.value = rng.pick(values);
+    else if (change === 2 && op.type === 'cas') outcome.casFailed = outcome.casFailed !== true;
+    else return { ...event, outcome: { status: 'unknown' } };
+    return { ...event, outcome };
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -445,6 +393,17 @@ describe('checkers', () => {
       );
     });
 
+    it('starts keys from the given initial state', () => {
+      const operations = toOperations(
+        build([
+          ['c1', 0, 1, read('a'), saw('x', 5)],
+          ['c1', 2, 3, cas('a', 5, 'y'), ok(6)],
+        ]),
+      );
+      assertOk(checkOperations(operations, { initial: new Map([['a', { value: 'x', version: 5 }]]) }));
+      assertViolation(checkOperations(operations), 'a');
+    });
+
     it('accepts many independent keys', () => {
       const specs: Spec[] = [];
       for (let k = 0; k < 50; k++) {
@@ -608,15 +567,16 @@ describe('checkers', () => {
       const result = checkLinearizable(build(specs));
       assertViolation(result, 'a');
       if (result.ok !== false) return;
-      const witness = result.minimalWitness ?? [];
-      // The 40 writes before the stale read and the stale read itself; no other read, no later write.
-      assert.equal(witness.filter((o) => o.op.type === 'read').length, 1);
-      assert.equal(witness.length, 41);
-      assert.deepEqual(witness.at(-1)?.outcome, saw('v3', 3));
+      // The stale read alone, from the state the read just before it saw.
+      assert.deepEqual(
+        result.minimalWitness?.map((o) => o.outcome),
+        [saw('v3', 3)],
+      );
+      assert.deepEqual(result.witnessStart, { value: 'v40', version: 40 });
     });
 
     it('gives up with unknown when the budget runs out', () => {
-      const { history } = simulate(new SeededRandom(7), { ...RANDOM_OPTIONS, clients: 4, opsPerClient: 50, keys: 1 });
+      const { history } = simulateRegister(new SeededRandom(7), { ...MIXED_WORKLOAD, clients: 4, opsPerClient: 50, keys: 1 });
       assert.deepEqual(checkLinearizable(history, { maxSteps: 10 }), { ok: 'unknown', reason: 'timeout' });
       let time = 0;
       assert.deepEqual(checkLinearizable(history, { timeoutMs: 1, now: () => (time += 1000) }), { ok: 'unknown', reason: 'timeout' });
@@ -626,7 +586,7 @@ describe('checkers', () => {
   describe('checkLinearizable: randomized', () => {
     const SEEDS = 300;
     const shape = (rng: SeededRandom): SimulationOptions => ({
-      ...RANDOM_OPTIONS,
+      ...MIXED_WORKLOAD,
       clients: rng.int(2, 5),
       opsPerClient: rng.int(10, 60),
       keys: rng.int(1, 3),
@@ -636,7 +596,7 @@ describe('checkers', () => {
       this.timeout(30_000);
       for (let seed = 1; seed <= SEEDS; seed++) {
         const rng = new SeededRandom(seed);
-        const { history } = simulate(rng, shape(rng));
+        const { history } = simulateRegister(rng, shape(rng));
         const result = checkLinearizable(history);
         assert.deepEqual(result, { ok: true }, `seed ${seed}: ${JSON.stringify(result)}`);
       }
@@ -649,7 +609,7 @@ describe('checkers', () => {
       let undecided = 0;
       for (let seed = 1; seed <= SEEDS; seed++) {
         const rng = new SeededRandom(seed);
-        const simulation = simulate(rng, shape(rng));
+        const simulation = simulateRegister(rng, shape(rng));
         const mutation = mutateOneRead(rng, simulation);
         if (mutation === null) continue;
         mutated++;
@@ -664,10 +624,53 @@ describe('checkers', () => {
       assert.ok(detected >= mutated * 0.95, `detected ${detected} of ${mutated} mutations (${undecided} undecided)`);
     });
 
+    it('agrees with a brute-force search on small histories', function () {
+      this.timeout(60_000);
+      const verdicts = { linearizable: 0, not: 0 };
+      for (let seed = 1; seed <= 3000; seed++) {
+        const rng = new SeededRandom(seed);
+        const simulation = simulateRegister(rng, {
+          ...MIXED_WORKLOAD,
+          pUnknownLost: 0.1,
+          pUnknownApplied: 0.1,
+          pNoVersion: 0.3,
+          clients: rng.int(2, 4),
+          opsPerClient: rng.int(1, 3),
+          keys: 1,
+        });
+        const history = perturb(rng, simulation.history, 0.2);
+        const expected = bruteForceLinearizable(toOperations(history));
+        const result = checkLinearizable(history);
+        assert.equal(result.ok, expected, `seed ${seed}: ${JSON.stringify(result)}`);
+        if (result.ok === false) {
+          verdicts.not++;
+          assert.equal(bruteForceLinearizable(result.minimalWitness ?? [], result.witnessStart), false, `seed ${seed}: witness`);
+        } else {
+          verdicts.linearizable++;
+        }
+      }
+      // Both verdicts are well represented.
+      assert.ok(verdicts.linearizable > 500 && verdicts.not > 500, JSON.stringify(verdicts));
+    });
+
+    it('finds a violation deep in a long single-key history quickly', function () {
+      this.timeout(30_000);
+      const rng = new SeededRandom(99);
+      const simulation = simulateRegister(rng, { ...MIXED_WORKLOAD, clients: 5, opsPerClient: 1000, keys: 1 });
+      const mutation = mutateOneRead(rng, simulation);
+      assert.ok(mutation !== null);
+      const started = performance.now();
+      const result = checkLinearizable(mutation.history);
+      const elapsed = performance.now() - started;
+      assertViolation(result, 'k0');
+      assert.ok(result.ok === false && (result.minimalWitness?.length ?? 0) < 500, 'a small witness');
+      assert.ok(elapsed < 5000, `took ${elapsed.toFixed(0)} ms`);
+    });
+
     it('checks 5 clients × 2000 operations over 10 keys in under 2 s', function () {
       this.timeout(20_000);
       const rng = new SeededRandom(2024);
-      const simulation = simulate(rng, { ...RANDOM_OPTIONS, clients: 5, opsPerClient: 2000, keys: 10 });
+      const simulation = simulateRegister(rng, { ...MIXED_WORKLOAD, clients: 5, opsPerClient: 2000, keys: 10 });
       const started = performance.now();
       const result = checkLinearizable(simulation.history);
       const elapsed = performance.now() - started;
@@ -757,47 +760,11 @@ describe('checkers', () => {
     it('accepts the final state of every simulated run', () => {
       for (let seed = 1; seed <= 100; seed++) {
         const rng = new SeededRandom(seed);
-        const simulation = simulate(rng, { ...RANDOM_OPTIONS, leavePending: false, clients: 4, opsPerClient: 40, keys: 3 });
+        const simulation = simulateRegister(rng, { ...MIXED_WORKLOAD, leavePending: false, clients: 4, opsPerClient: 40, keys: 3 });
         const final = new Map<string, FinalRead>();
         for (const [key, values] of simulation.values) final.set(key, { value: values.at(-1) ?? null, version: values.length - 1 });
         assert.deepEqual(findLostAcknowledgedWrites(simulation.history, final), [], `seed ${seed}`);
       }
     });
-  });
-});
-
-describe('SCRATCH', function () {
-  if (!process.env.LIN_SCRATCH) return;
-  this.timeout(600_000);
-  it('measures', () => {
-    const variants: [string, Partial<SimulationOptions>][] = [
-      ['default', {}],
-      ['noVersions', { pNoVersion: 1 }],
-      ['manyUnknown', { pUnknownLost: 0.1, pUnknownApplied: 0.1 }],
-      ['manyUnknownNoVersions', { pUnknownLost: 0.1, pUnknownApplied: 0.1, pNoVersion: 1 }],
-      ['writesOnlyNoVersions', { pNoVersion: 1, pRead: 0.2, pCas: 0 }],
-    ];
-    for (const [name, extra] of variants) {
-      for (const [clients, ops, keys] of [[5, 2000, 10], [5, 1000, 1], [10, 300, 1], [3, 60, 1]] as const) {
-        let okCount = 0, unk = 0, fail = 0, det = 0, mut = 0, mutUnk = 0, tOk = 0, tMut = 0, maxOk = 0, maxMut = 0, wit = 0;
-        const seeds = clients * ops > 5000 ? 3 : 40;
-        for (let seed = 1; seed <= seeds; seed++) {
-          const rng = new SeededRandom(seed * 7919);
-          const sim = simulate(rng, { ...RANDOM_OPTIONS, clients, opsPerClient: ops, keys, ...extra });
-          let t0 = performance.now();
-          const r = checkLinearizable(sim.history, { timeoutMs: 5000 });
-          let dt = performance.now() - t0; tOk += dt; maxOk = Math.max(maxOk, dt);
-          if (r.ok === true) okCount++; else if (r.ok === 'unknown') unk++; else { fail++; console.log(name, seed, r.reason); }
-          const m = mutateOneRead(rng, sim);
-          if (!m) continue;
-          mut++;
-          t0 = performance.now();
-          const r2 = checkLinearizable(m.history, { timeoutMs: 5000 });
-          dt = performance.now() - t0; tMut += dt; maxMut = Math.max(maxMut, dt);
-          if (r2.ok === false) { det++; wit += r2.minimalWitness?.length ?? 0; } else if (r2.ok === 'unknown') mutUnk++;
-        }
-        console.log(`${name} ${clients}x${ops}/${keys}k: ok ${okCount} unk ${unk} FAIL ${fail} | avg ${(tOk / seeds).toFixed(1)} max ${maxOk.toFixed(0)} ms | mutated ${mut} detected ${det} unknown ${mutUnk} avg ${(tMut / Math.max(1, mut)).toFixed(1)} max ${maxMut.toFixed(0)} ms witness avg ${(wit / Math.max(1, det)).toFixed(1)}`);
-      }
-    }
   });
 });
