@@ -6,7 +6,7 @@
  *
  * Protocol id (for the shell): `/shoal/raft/1.0.0`.
  */
-import { InvalidMessageError } from '../errors.js';
+import { asObject, decodeEnvelope, encodeEnvelope, fail, readBoolean, readBytes, readCount, toBase64, type WireObject } from '../json-wire.js';
 import { decodeConfChange, isValidNodeId, MAX_NODE_ID_LENGTH } from './conf-change.js';
 import type { ConfState, Entry, RaftMessage, RaftMessageType, Snapshot } from './types.js';
 
@@ -30,14 +30,6 @@ const MESSAGE_TYPES: readonly RaftMessageType[] = [
   'timeout-now',
 ];
 
-const textEncoder = new TextEncoder();
-const textDecoder = new TextDecoder('utf-8', { fatal: true });
-const BASE64_PATTERN = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-
-function toBase64(data: Uint8Array): string {
-  return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('base64');
-}
-
 function encodeEntry(e: Entry): unknown {
   return { index: e.index, term: e.term, type: e.type, data: toBase64(e.data) };
 }
@@ -47,7 +39,7 @@ function encodeSnapshot(s: Snapshot): unknown {
 }
 
 export function encodeRaftMessage(m: RaftMessage): Uint8Array {
-  let body: Record<string, unknown>;
+  let body: WireObject;
   switch (m.type) {
     case 'append':
       body = { ...m, entries: m.entries.map(encodeEntry) };
@@ -58,44 +50,25 @@ export function encodeRaftMessage(m: RaftMessage): Uint8Array {
     default:
       body = { ...m };
   }
-  return textEncoder.encode(JSON.stringify({ v: 1, ...body }));
+  return encodeEnvelope(body);
 }
 
-function fail(path: string, problem: string): never {
-  throw new InvalidMessageError(`${path}: ${problem}`);
+/** The non-negative integers of Raft (index, term, commit). */
+function readIndex(o: WireObject, key: string, path: string): number {
+  return readCount(o, key, path, 0);
 }
 
-function asObject(value: unknown, path: string): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail(path, 'must be an object');
-  return value as Record<string, unknown>;
-}
-
-function readIndex(o: Record<string, unknown>, key: string, path: string): number {
-  const v = o[key];
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) fail(`${path}.${key}`, 'must be a non-negative safe integer');
-  return v;
-}
-
-function readBoolean(o: Record<string, unknown>, key: string, path: string): boolean {
-  const v = o[key];
-  if (typeof v !== 'boolean') fail(`${path}.${key}`, 'must be a boolean');
-  return v;
-}
-
-function readNodeId(o: Record<string, unknown>, key: string, path: string): string {
+function readNodeId(o: WireObject, key: string, path: string): string {
   const v = o[key];
   if (!isValidNodeId(v)) fail(`${path}.${key}`, `must be a non-empty string of at most ${MAX_NODE_ID_LENGTH} characters`);
   return v;
 }
 
-function readData(o: Record<string, unknown>, key: string, path: string): Uint8Array {
-  const v = o[key];
-  if (typeof v !== 'string' || !BASE64_PATTERN.test(v)) fail(`${path}.${key}`, 'must be base64');
-  const buffer = Buffer.from(v, 'base64');
-  return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+function readData(o: WireObject, key: string, path: string): Uint8Array {
+  return readBytes(o, key, path);
 }
 
-function readNodeIdList(o: Record<string, unknown>, key: string, path: string): string[] {
+function readNodeIdList(o: WireObject, key: string, path: string): string[] {
   const v = o[key];
   if (!Array.isArray(v) || v.length > MAX_CONFIG_MEMBERS) fail(`${path}.${key}`, `must be an array of at most ${MAX_CONFIG_MEMBERS} ids`);
   const ids = v.map((id, k) => {
@@ -141,20 +114,7 @@ export interface DecodeRaftMessageOptions {
 
 /** Decodes and fully validates one message from untrusted bytes. Throws InvalidMessageError. */
 export function decodeRaftMessage(bytes: Uint8Array, options: DecodeRaftMessageOptions = {}): RaftMessage {
-  const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_RAFT_MESSAGE_BYTES;
-  if (!(bytes instanceof Uint8Array)) fail('message', 'must be bytes');
-  if (bytes.byteLength > maxBytes) fail('message', `larger than ${maxBytes} bytes`);
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(textDecoder.decode(bytes));
-  } catch {
-    fail('message', 'not UTF-8 JSON');
-  }
-  const o = asObject(parsed, 'message');
-  if (o.v !== 1) fail('message.v', 'unsupported version');
-  const type = o.type as RaftMessageType;
-  if (!MESSAGE_TYPES.includes(type)) fail('message.type', 'unknown message type');
-  const path = `message(${type})`;
+  const { o, type, path } = decodeEnvelope(bytes, options.maxMessageBytes ?? DEFAULT_MAX_RAFT_MESSAGE_BYTES, MESSAGE_TYPES);
   const from = readNodeId(o, 'from', path);
   const to = readNodeId(o, 'to', path);
   const term = readIndex(o, 'term', path);

@@ -6,7 +6,7 @@
  *
  * Protocol id (for the shell): `/shoal/replication/1.0.0`.
  */
-import { InvalidMessageError } from '../errors.js';
+import { asObject, decodeEnvelope, encodeEnvelope, fail, readBytes, readCount, readId, toBase64, type WireObject } from '../json-wire.js';
 import { MAX_KEY_BYTES, MAX_OPS_PER_GROUP, MAX_VALUE_BYTES } from './config.js';
 import type { LogGroup, LoggedOp, ReplicationMessage, ReplicationMessageType } from './types.js';
 
@@ -23,14 +23,6 @@ export const MAX_REPLICA_ID_LENGTH = 128;
 
 const MESSAGE_TYPES: readonly ReplicationMessageType[] = ['append', 'append-ack', 'catch-up', 'snapshot'];
 
-const textEncoder = new TextEncoder();
-const textDecoder = new TextDecoder('utf-8', { fatal: true });
-const BASE64_PATTERN = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-
-function toBase64(data: Uint8Array): string {
-  return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('base64');
-}
-
 function encodeOp(op: LoggedOp): unknown {
   return op.kind === 'put'
     ? { kind: 'put', key: op.key, value: toBase64(op.value), version: op.version }
@@ -38,35 +30,12 @@ function encodeOp(op: LoggedOp): unknown {
 }
 
 export function encodeReplicationMessage(m: ReplicationMessage): Uint8Array {
-  const body: Record<string, unknown> =
+  const body: WireObject =
     m.type === 'append' ? { ...m, groups: m.groups.map((g) => ({ seq: g.seq, epoch: g.epoch, ops: g.ops.map(encodeOp) })) } : { ...m };
-  return textEncoder.encode(JSON.stringify({ v: 1, ...body }));
+  return encodeEnvelope(body);
 }
 
-function fail(path: string, problem: string): never {
-  throw new InvalidMessageError(`${path}: ${problem}`);
-}
-
-function asObject(value: unknown, path: string): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail(path, 'must be an object');
-  return value as Record<string, unknown>;
-}
-
-function readCount(o: Record<string, unknown>, key: string, path: string, min = 0): number {
-  const v = o[key];
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) fail(`${path}.${key}`, `must be a safe integer ≥ ${min}`);
-  return v;
-}
-
-function readId(o: Record<string, unknown>, key: string, path: string): string {
-  const v = o[key];
-  if (typeof v !== 'string' || v.length === 0 || v.length > MAX_REPLICA_ID_LENGTH) {
-    fail(`${path}.${key}`, `must be a non-empty string of at most ${MAX_REPLICA_ID_LENGTH} characters`);
-  }
-  return v;
-}
-
-function readKey(o: Record<string, unknown>, path: string): string {
+function readKey(o: WireObject, path: string): string {
   const v = o.key;
   if (typeof v !== 'string' || v.length > MAX_KEY_BYTES || Buffer.byteLength(v, 'utf8') > MAX_KEY_BYTES) {
     fail(`${path}.key`, `must be a string of at most ${MAX_KEY_BYTES} UTF-8 bytes`);
@@ -74,15 +43,8 @@ function readKey(o: Record<string, unknown>, path: string): string {
   return v;
 }
 
-function readValue(o: Record<string, unknown>, path: string): Uint8Array {
-  const v = o.value;
-  // base64 of MAX_VALUE_BYTES is 4 * ceil(n / 3) characters.
-  if (typeof v !== 'string' || v.length > 4 * Math.ceil(MAX_VALUE_BYTES / 3) || !BASE64_PATTERN.test(v)) {
-    fail(`${path}.value`, `must be base64 of at most ${MAX_VALUE_BYTES} bytes`);
-  }
-  const buffer = Buffer.from(v, 'base64');
-  if (buffer.byteLength > MAX_VALUE_BYTES) fail(`${path}.value`, `larger than ${MAX_VALUE_BYTES} bytes`);
-  return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+function readValue(o: WireObject, path: string): Uint8Array {
+  return readBytes(o, 'value', path, MAX_VALUE_BYTES);
 }
 
 function readOp(value: unknown, path: string): LoggedOp {
@@ -110,25 +72,12 @@ export interface DecodeReplicationMessageOptions {
 
 /** Decodes and fully validates one message from untrusted bytes. Throws InvalidMessageError. */
 export function decodeReplicationMessage(bytes: Uint8Array, options: DecodeReplicationMessageOptions = {}): ReplicationMessage {
-  const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_REPLICATION_MESSAGE_BYTES;
-  if (!(bytes instanceof Uint8Array)) fail('message', 'must be bytes');
-  if (bytes.byteLength > maxBytes) fail('message', `larger than ${maxBytes} bytes`);
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(textDecoder.decode(bytes));
-  } catch {
-    fail('message', 'not UTF-8 JSON');
-  }
-  const o = asObject(parsed, 'message');
-  if (o.v !== 1) fail('message.v', 'unsupported version');
-  const type = o.type as ReplicationMessageType;
-  if (!MESSAGE_TYPES.includes(type)) fail('message.type', 'unknown message type');
-  const path = `message(${type})`;
+  const { o, type, path } = decodeEnvelope(bytes, options.maxMessageBytes ?? DEFAULT_MAX_REPLICATION_MESSAGE_BYTES, MESSAGE_TYPES);
   const shard = readCount(o, 'shard', path);
   if (shard > MAX_SHARD) fail(`${path}.shard`, `must be at most ${MAX_SHARD}`);
   const epoch = readCount(o, 'epoch', path, 1);
-  const from = readId(o, 'from', path);
-  const to = readId(o, 'to', path);
+  const from = readId(o, 'from', path, MAX_REPLICA_ID_LENGTH);
+  const to = readId(o, 'to', path, MAX_REPLICA_ID_LENGTH);
   if (from === to) fail(`${path}.to`, 'equals from');
   const base = { shard, epoch, from, to };
   switch (type) {
