@@ -32,7 +32,11 @@ export interface Peer {
   /** HOST:PORT of the HTTP API, or null when it is off. */
   readonly httpAddress: string | null;
   status(): PeerStatus;
-  /** Leave gracefully: announce `left`, stop libp2p and HTTP, close the database. Idempotent. */
+  /**
+   * Leave gracefully: hand over the coordinator role if this peer holds it, announce `left`,
+   * wait (up to 3 s) to be removed from the Raft configuration, then stop libp2p and HTTP and
+   * close the database. Idempotent.
+   */
   stop(): Promise<void>;
 }
 
