@@ -29,6 +29,7 @@ Usage: shoal <command> [options]
 Commands:
   start            run a peer (joins an existing cluster with --join)
   status           show the members a running peer sees
+  leave            make a running peer leave the cluster and exit
   keygen FILE      write a new private-network (swarm) key to FILE
   help [COMMAND]   show help for a command
 
@@ -74,6 +75,17 @@ Options:
   --http HOST:PORT   the peer's HTTP API (default ${DEFAULT_PEER_OPTIONS.http})
   --json             print the raw JSON of GET /v1/status
   --timeout-ms N     give up after N ms (default 5000)
+  -h, --help         this help
+`;
+
+const LEAVE_HELP = `Usage: shoal leave [options]
+
+Ask a running peer to leave the cluster gracefully: it hands over the coordinator role if it
+holds it, announces 'left', waits to be removed from the Raft configuration, and exits 0.
+
+Options:
+  --http HOST:PORT   the peer's HTTP API (default ${DEFAULT_PEER_OPTIONS.http})
+  --wait-ms N        wait up to N ms until the peer has stopped answering (default 15000)
   -h, --help         this help
 `;
 
@@ -207,6 +219,8 @@ async function cmdStart(argv: string[]): Promise<number> {
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
+    // `shoal leave` (POST /v1/leave) stops the peer from the inside.
+    void peer.stopped.then(() => resolve(0));
   });
 }
 
@@ -238,11 +252,11 @@ export function formatStatusTable(status: PeerStatus): string {
   return [`peer ${status.peerId}  (${counts.join(', ')}; * = this peer)`, ...coord, '', fmt(header), ...rows.map(fmt)].join('\n') + '\n';
 }
 
-async function fetchJson(hostPort: string, path: string, timeoutMs: number): Promise<unknown> {
+async function fetchJson(hostPort: string, path: string, timeoutMs: number, method = 'GET'): Promise<unknown> {
   const url = `http://${hostPort}${path}`;
   let res: Response;
   try {
-    res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+    res = await fetch(url, { method, signal: AbortSignal.timeout(timeoutMs) });
   } catch (err) {
     const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name;
     throw new PeerStartError('HTTP', `cannot reach a shoal peer at ${hostPort} (${cause}); is it running? (--http HOST:PORT)`);
@@ -278,6 +292,41 @@ async function cmdStatus(argv: string[]): Promise<number> {
   return 0;
 }
 
+async function cmdLeave(argv: string[]): Promise<number> {
+  const { values } = parse({
+    args: argv,
+    strict: true,
+    options: {
+      http: { type: 'string' },
+      'wait-ms': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help === true) {
+    process.stdout.write(LEAVE_HELP);
+    return 0;
+  }
+  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
+  parseHostPort(hostPort, '--http');
+  const waitMs = intFlag(values['wait-ms'], '--wait-ms') ?? 15_000;
+  const status = (await fetchJson(hostPort, '/v1/status', 5000)) as PeerStatus;
+  await fetchJson(hostPort, '/v1/leave', 5000, 'POST');
+  // Done when the peer no longer answers (it closes its HTTP server as the last step).
+  const deadline = Date.now() + waitMs;
+  for (let i = 0; i < waitMs / 100 + 1 && Date.now() < deadline; i++) {
+    const up = await fetch(`http://${hostPort}/healthz`, { signal: AbortSignal.timeout(1000) }).then(
+      () => true,
+      () => false,
+    );
+    if (!up) {
+      process.stdout.write(`peer ${status.peerId} left\n`);
+      return 0;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new PeerStartError('HTTP', `peer ${status.peerId} at ${hostPort} was still running after ${waitMs} ms`);
+}
+
 async function cmdKeygen(argv: string[]): Promise<number> {
   const { values, positionals } = parse({
     args: argv,
@@ -306,6 +355,7 @@ async function cmdKeygen(argv: string[]): Promise<number> {
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = {
   start: { run: cmdStart, help: START_HELP },
   status: { run: cmdStatus, help: STATUS_HELP },
+  leave: { run: cmdLeave, help: LEAVE_HELP },
   keygen: { run: cmdKeygen, help: KEYGEN_HELP },
 };
 

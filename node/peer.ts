@@ -38,6 +38,8 @@ export interface Peer {
    * close the database. Idempotent.
    */
   stop(): Promise<void>;
+  /** Resolves once the peer has stopped, whoever asked (stop(), or POST /v1/leave). */
+  readonly stopped: Promise<void>;
 }
 
 /**
@@ -103,6 +105,10 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
           status: () => peer?.status() ?? null,
           counters: () => peer?.counters ?? null,
           clusterMap: () => peer?.coordinator.mapView() ?? null,
+          leave: () => {
+            if (peer === null) throw new HttpError(503, 'starting', 'the peer is starting', { 'retry-after': '1' });
+            void peer.stop().catch((err: unknown) => log.error('leave failed', { err }));
+          },
           updateMember: async (peerId, change) => {
             if (peer === null) throw new HttpError(503, 'starting', 'the peer is starting', { 'retry-after': '1' });
             return proposeOverHttp(peer.coordinator, { type: 'update-member', peerId, capacity: change.capacity });
@@ -167,6 +173,10 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
 class PeerImpl implements Peer {
   http: HttpServer | null = null;
   private stopping: Promise<void> | null = null;
+  private markStopped!: () => void;
+  readonly stopped = new Promise<void>((resolve) => {
+    this.markStopped = resolve;
+  });
 
   constructor(
     private readonly host: Host,
@@ -218,6 +228,7 @@ class PeerImpl implements Peer {
         await this.membership.flush();
         await this.undo();
         this.log.info('stopped');
+        this.markStopped();
       })();
     }
     return this.stopping;

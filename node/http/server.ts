@@ -12,6 +12,8 @@ export interface HttpHandlers {
   status(): PeerStatus | null;
   counters(): { membership: MembershipCounters; raft: ChannelCounters } | null;
   clusterMap(): ClusterMapView | null;
+  /** Start a graceful stop of this peer (hand over, announce left, exit); returns at once. */
+  leave(): void;
   /** Change a member's capacity through the coordinator; resolves to the new map version. Throws HttpError. */
   updateMember(peerId: string, change: { capacity: number }): Promise<number>;
 }
@@ -121,6 +123,15 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
           const text = metricsText(notStarting(handlers.counters()), notStarting(handlers.status()));
           s.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
           s.end(text);
+        },
+      },
+    },
+    {
+      pattern: /^\/v1\/leave$/,
+      methods: {
+        POST: (_q, s) => {
+          handlers.leave();
+          sendJson(s, 202, { leaving: true });
         },
       },
     },

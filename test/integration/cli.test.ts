@@ -26,7 +26,7 @@ describe('CLI: help and bad input', function () {
   it('--help and start --help list every option with its default', async () => {
     const top = await runCli(['--help']);
     assert.equal(top.code, 0);
-    for (const c of ['start', 'status', 'keygen']) assert.ok(top.stdout.includes(c));
+    for (const c of ['start', 'status', 'leave', 'keygen']) assert.ok(top.stdout.includes(c));
     const start = await runCli(['start', '--help']);
     assert.equal(start.code, 0);
     for (const flag of ['--listen', '--join', '--data-dir', '--http', '--swarm-key', '--log-level', '--heartbeat-interval-ms', '--phi-threshold', '--suspicion-timeout-ms']) {
@@ -163,6 +163,21 @@ describe('CLI: a running peer', function () {
     const exit = await b.waitExit();
     assert.equal(exit.code, 0);
     await waitFor('b left at a', async () => stateOf(await a.status(), b.peerId) === 'left', { timeoutMs: 5_000 });
+  });
+
+  it('shoal leave makes a running peer leave and exit 0; the others see it left', async () => {
+    const a = peers[0] as ProcessPeer;
+    const c = await ProcessPeer.start(join(dir, 'c'), { join: [a.joinAddr] });
+    peers.push(c);
+    await waitFor('c alive at a', async () => stateOf(await a.status(), c.peerId) === 'alive');
+    const r = await runCli(['leave', '--http', c.httpAddress]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.includes(c.peerId));
+    const exit = await c.waitExit();
+    assert.equal(exit.code, 0);
+    await waitFor('c left at a', async () => stateOf(await a.status(), c.peerId) === 'left', { timeoutMs: 5_000 });
+    const gone = await runCli(['leave', '--http', c.httpAddress]);
+    assert.equal(gone.code, 1, 'leave against no peer fails');
   });
 
   it('HTTP: unknown routes are 404 and wrong methods 405, with JSON errors', async () => {
