@@ -86,8 +86,36 @@ describe('coordinator: 5 shoal processes, coordinator killed and restarted', fun
     );
   });
 
+  /** A healthy cluster: every peer sees all 5 alive and follows the same coordinator. */
+  async function waitHealthy(): Promise<PeerStatus> {
+    return waitFor(
+      'all 5 alive everywhere, one coordinator',
+      async () => {
+        const st = await statuses(peers);
+        const f = st[0] as PeerStatus;
+        const ok =
+          f.coordinator !== null &&
+          st.every((s) => s.coordinator === f.coordinator && peers.every((p) => s.members.find((m) => m.peerId === p.peerId)?.state === 'alive'));
+        return ok ? f : null;
+      },
+      { timeoutMs: 30_000 },
+    );
+  }
+
+  /** What every peer in `ps` shows, for a failure message. */
+  async function describeCluster(ps: ProcessPeer[]): Promise<string> {
+    const st = await Promise.all(ps.map((p) => p.status().catch((e: Error) => e.message)));
+    return JSON.stringify(
+      st.map((s) =>
+        typeof s === 'string'
+          ? s
+          : { peer: s.peerId.slice(-6), role: s.role, term: s.term, commit: s.commitIndex, coordinator: s.coordinator?.slice(-6), voters: s.voters.map((v) => v.slice(-6)), members: s.members.map((m) => `${m.peerId.slice(-6)}:${m.state}`) },
+      ),
+    );
+  }
+
   it('SIGSTOP of the coordinator: the rest elect another; after SIGCONT the old one follows it', async () => {
-    const before = await (peers[0] as ProcessPeer).status();
+    const before = await waitHealthy();
     const frozen = peers.find((p) => p.peerId === before.coordinator) as ProcessPeer;
     const rest = peers.filter((p) => p !== frozen);
     frozen.signal('SIGSTOP');
@@ -101,7 +129,9 @@ describe('coordinator: 5 shoal processes, coordinator killed and restarted', fun
           return leader !== undefined && st.every((s) => s.coordinator === leader.peerId) ? leader : null;
         },
         { timeoutMs: 15_000 },
-      );
+      ).catch(async (err: Error) => {
+        throw new Error(`${err.message}; cluster: ${await describeCluster(rest)}`);
+      });
     } finally {
       frozen.signal('SIGCONT');
     }
@@ -116,6 +146,7 @@ describe('coordinator: 5 shoal processes, coordinator killed and restarted', fun
   });
 
   it('the bootstrap peer restarted with its first command (no --join) finds the cluster through its map', async () => {
+    await waitHealthy();
     const seed = peers[0] as ProcessPeer;
     seed.signal('SIGKILL');
     await seed.waitExit();
