@@ -31,15 +31,8 @@ import { StorageError } from './storage-error.js';
 
 export { StorageError, type StorageErrorCode } from './storage-error.js';
 
-/** Range options in the shape abstract-level's `iterator()` and `clear()` take. */
-interface LevelRangeOptions {
-  gt?: string;
-  gte?: string;
-  lt?: string;
-  lte?: string;
-  limit?: number;
-  reverse?: boolean;
-}
+/** Range options in the shape abstract-level's `iterator()` and `clear()` take: our KeyRange as is. */
+type LevelRangeOptions = KeyRange;
 
 /**
  * The part of an abstract-level 3 database (or sublevel) with `keyEncoding: 'utf8'` and

@@ -207,20 +207,7 @@ function drawRaftConfig(random: Random): Partial<RaftConfig> {
 }
 
 class Simulation {
-  readonly stats: SimStats = {
-    ticks: 0,
-    messagesDelivered: 0,
-    messagesDropped: 0,
-    committedEntries: 0,
-    leadersElected: 0,
-    maxTerm: 0,
-    crashes: 0,
-    snapshotsInstalled: 0,
-    compactions: 0,
-    confChangesCommitted: 0,
-    transfers: 0,
-    livenessTicks: 0,
-  };
+  readonly stats: SimStats = emptyStats();
   private readonly random: SeededRandom;
   private faults: FaultProfile;
   private readonly raftConfig: Partial<RaftConfig>;

@@ -491,24 +491,8 @@ class ReplicationSim {
       logRetainGroups: r.pick([2, 8, 64]),
       versionHistoryGroups: r.pick([0, 4, 32]),
     };
-    this.stats = {
-      seed: options.seed,
-      steps: 0,
-      writesOk: 0,
-      writesRefused: 0,
-      writesIndeterminate: 0,
-      writesTimedOut: 0,
-      failovers: 0,
-      shrinks: 0,
-      expands: 0,
-      crashes: 0,
-      snapshotsInstalled: 0,
-      truncations: 0,
-      staleVersionRefusals: 0,
-      casChecked: 0,
-      maxSeq: 0,
-      recoveryMs: -1,
-    };
+    // recoveryMs stays -1 until the liveness phase measures it.
+    this.stats = { ...emptyStats(), seed: options.seed, recoveryMs: -1 };
     const hooks: ShellHooks = {
       onPersist: (shell, g) => this.checkPersist(shell, g),
       onApply: (shell, g) => this.checkApply(shell, g),
