@@ -2,7 +2,7 @@
 // The polyfill must be the first import (../shared/STACK.md: Node 20).
 import '../node/polyfill.js';
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { open, writeFile } from 'node:fs/promises';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { DEFAULT_PEER_OPTIONS, parseHostPort, validateJoinAddr, validateListenAddr, type PeerOptions } from '../node/config.js';
 import { ConfigError, PeerStartError } from '../node/errors.js';
@@ -12,10 +12,17 @@ import { LOG_LEVELS } from '../node/log.js';
 import { DEFAULT_MEMBERSHIP_CONFIG } from '../protocols/membership/config.js';
 import { DEFAULT_RAFT_CONFIG } from '../protocols/raft/config.js';
 import type { PeerStatus } from '../node/peer.js';
+import { READ_CONSISTENCIES } from '../node/store-api.js';
+import { READ_POLICIES, type ReadPolicy } from '../node/store-api.js';
 
 /** Usage errors exit 2; runtime failures exit 1. */
 class UsageError extends Error {
   override readonly name = 'UsageError';
+}
+
+/** A failure at run time (the peer refused, could not be reached, a file could not be read): exit 1. */
+class RuntimeFailure extends Error {
+  override readonly name = 'RuntimeFailure';
 }
 
 const EXIT_RUNTIME = 1;
@@ -30,6 +37,9 @@ Commands:
   start            run a peer (joins an existing cluster with --join)
   status           show the members a running peer sees
   leave            make a running peer leave the cluster and exit
+  put KEY VALUE    store a value under KEY (or --file FILE)
+  get KEY          print the value stored under KEY
+  del KEY          delete KEY
   keygen FILE      write a new private-network (swarm) key to FILE
   help [COMMAND]   show help for a command
 
@@ -62,6 +72,25 @@ Options:
                             (default ${DEFAULT_PEER_OPTIONS.replaceVoterAfterMs})
   --election-timeout-ms N   minimum Raft election timeout; the actual one is random in [N, 2N)
                             (default ${DEFAULT_RAFT_CONFIG.electionTicks * DEFAULT_RAFT_CONFIG.tickIntervalMs})
+
+Store options:
+  --capacity N              relative capacity; placement gives this peer a proportional share
+                            of shard replicas (default ${DEFAULT_PEER_OPTIONS.capacity})
+  --sync                    fsync every group commit: acknowledged writes survive power loss.
+                            Without it a write is in the OS buffers of every in-sync replica
+                            before it is acknowledged, which survives any process crash.
+  --read-policy POLICY      replica for consistency=any reads: round-robin, random, weighted
+                            (by capacity) or least-latency (default ${DEFAULT_PEER_OPTIONS.readPolicy})
+  --lease-ms N              primary lease granted while this peer is the coordinator
+                            (default ${DEFAULT_PEER_OPTIONS.leaseMs}); failover takes about this long
+  --request-timeout-ms N    how long an operation waits for a serving primary (default ${DEFAULT_PEER_OPTIONS.requestTimeoutMs})
+  --max-key-bytes N         largest key in UTF-8 bytes, up to 1024 (default ${DEFAULT_PEER_OPTIONS.maxKeyBytes})
+  --max-value-bytes N       largest value in bytes, up to 1048576 (default ${DEFAULT_PEER_OPTIONS.maxValueBytes})
+
+New-cluster options (read only by the peer that starts a cluster, i.e. without --join):
+  --shards N                number of shards, a power of two from 8 to 1024 (default 64)
+  --replication-factor N    replicas per shard (default 3)
+  --min-in-sync N           writes are refused while fewer replicas are in sync (default 2)
   -h, --help                this help
 
 Logs are JSON lines on stderr; the peer id and join addresses are printed on stdout.
@@ -89,6 +118,55 @@ Options:
   -h, --help         this help
 `;
 
+const KV_COMMON_OPTIONS = `  --http HOST:PORT   the peer's HTTP API, any peer of the cluster (default ${DEFAULT_PEER_OPTIONS.http})
+  --timeout-ms N     give up after N ms (default 10000; a peer itself answers 503 after
+                     waiting 5 s for a shard's primary)
+  -h, --help         this help`;
+
+const PUT_HELP = `Usage: shoal put KEY VALUE [options]
+       shoal put KEY --file FILE [options]
+
+Store VALUE (its UTF-8 bytes) or the bytes of FILE under KEY, through any running peer
+(PUT /v1/kv/KEY). Prints the key's new version on stdout: "version N".
+Put -- before a VALUE that starts with '-'.
+
+Options:
+  --file FILE        read the value from FILE; - reads standard input (at most 1 MiB)
+  --if-version N     compare-and-set: write only if the key's current version is N
+                     (0: only if the key is absent); otherwise exit 1, nothing written
+${KV_COMMON_OPTIONS}
+
+Exit codes: 0 written; 1 version mismatch, the peer refused the write or could not be
+reached (after a timeout the write may or may not have been applied); 2 usage error.
+`;
+
+const GET_HELP = `Usage: shoal get KEY [options]
+
+Print the value stored under KEY, exactly its bytes with no newline added, on stdout
+(GET /v1/kv/KEY).
+
+Options:
+  --consistency C    strong (default): read from the shard's primary; any: from one
+                     in-sync replica (may miss the latest writes for a moment)
+  --verbose          also print "version N" on stderr
+${KV_COMMON_OPTIONS}
+
+Exit codes: 0 found; 1 not found ("not found" on stderr), the peer refused or could not
+be reached; 2 usage error.
+`;
+
+const DEL_HELP = `Usage: shoal del KEY [options]
+
+Delete KEY (DELETE /v1/kv/KEY). Deleting an absent key succeeds too. Prints the key's new
+version on stdout: "version N" (a delete counts as a write).
+
+Options:
+${KV_COMMON_OPTIONS}
+
+Exit codes: 0 deleted; 1 the peer refused or could not be reached (after a timeout the
+delete may or may not have been applied); 2 usage error.
+`;
+
 const KEYGEN_HELP = `Usage: shoal keygen FILE [--force]
 
 Write a new private-network key to FILE (mode 0600). Give the same file to every peer
@@ -105,7 +183,8 @@ function parse<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArg
     return parseArgs<T>(config);
   } catch (err) {
     // node's messages name the flag: "Unknown option '--foo'", "Option '--join <value>' argument missing".
-    throw new UsageError((err as Error).message);
+    // Some span several lines; keep one.
+    throw new UsageError((err as Error).message.replace(/\s*\n\s*/g, ' '));
   }
 }
 
@@ -135,6 +214,16 @@ async function cmdStart(argv: string[]): Promise<number> {
       voters: { type: 'string' },
       'replace-voter-after-ms': { type: 'string' },
       'election-timeout-ms': { type: 'string' },
+      capacity: { type: 'string' },
+      sync: { type: 'boolean' },
+      'read-policy': { type: 'string' },
+      'lease-ms': { type: 'string' },
+      'request-timeout-ms': { type: 'string' },
+      'max-key-bytes': { type: 'string' },
+      'max-value-bytes': { type: 'string' },
+      shards: { type: 'string' },
+      'replication-factor': { type: 'string' },
+      'min-in-sync': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -181,6 +270,47 @@ async function cmdStart(argv: string[]): Promise<number> {
     }
     options.raft = { electionTicks: election / tick };
   }
+  const capacity = intFlag(values.capacity, '--capacity');
+  if (capacity !== undefined) {
+    if (capacity > 1024) throw new UsageError(`--capacity: expected a positive number up to 1024, got ${values.capacity}`);
+    options.capacity = capacity;
+  }
+  if (values.sync === true) options.sync = true;
+  const readPolicy = values['read-policy'];
+  if (readPolicy !== undefined) {
+    if (!(READ_POLICIES as readonly string[]).includes(readPolicy)) {
+      throw new UsageError(`--read-policy: expected one of ${READ_POLICIES.join(', ')}, got ${JSON.stringify(readPolicy)}`);
+    }
+    options.readPolicy = readPolicy as ReadPolicy;
+  }
+  const wholeFlag = (flag: string, v: string | undefined, min: number, max: number): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (v.trim() === '' || !Number.isInteger(n) || n < min || n > max) throw new UsageError(`${flag}: expected an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  const leaseMs = wholeFlag('--lease-ms', values['lease-ms'], 100, 60_000);
+  if (leaseMs !== undefined) options.leaseMs = leaseMs;
+  const requestTimeoutMs = wholeFlag('--request-timeout-ms', values['request-timeout-ms'], 100, 600_000);
+  if (requestTimeoutMs !== undefined) options.requestTimeoutMs = requestTimeoutMs;
+  const maxKeyBytes = wholeFlag('--max-key-bytes', values['max-key-bytes'], 1, 1024);
+  if (maxKeyBytes !== undefined) options.maxKeyBytes = maxKeyBytes;
+  const maxValueBytes = wholeFlag('--max-value-bytes', values['max-value-bytes'], 0, 1024 * 1024);
+  if (maxValueBytes !== undefined) options.maxValueBytes = maxValueBytes;
+  const cluster: NonNullable<PeerOptions['cluster']> = {};
+  const shardCount = wholeFlag('--shards', values.shards, 8, 1024);
+  if (shardCount !== undefined) {
+    if ((shardCount & (shardCount - 1)) !== 0) throw new UsageError(`--shards: expected a power of two from 8 to 1024, got ${shardCount}`);
+    cluster.shardCount = shardCount;
+  }
+  const rf = wholeFlag('--replication-factor', values['replication-factor'], 1, 16);
+  if (rf !== undefined) cluster.replicationFactor = rf;
+  const minInSync = wholeFlag('--min-in-sync', values['min-in-sync'], 1, 16);
+  if (minInSync !== undefined) {
+    if (minInSync > (rf ?? 3)) throw new UsageError(`--min-in-sync: must not exceed the replication factor (${rf ?? 3})`);
+    cluster.minInSync = minInSync;
+  }
+  options.cluster = cluster;
   if (values.listen !== undefined) options.listen = values.listen;
   if (values.join !== undefined) options.join = values.join;
   if (values['data-dir'] !== undefined) options.dataDir = values['data-dir'];
@@ -231,13 +361,16 @@ function formatAge(ms: number | null): string {
 
 /** The member table as aligned text columns. */
 export function formatStatusTable(status: PeerStatus): string {
-  const header = ['PEER ID', 'STATE', 'PHI', 'INC', 'LAST HEARTBEAT', 'ADDRESS'];
+  const header = ['PEER ID', 'STATE', 'PHI', 'INC', 'LAST HEARTBEAT', 'PRIMARIES', 'REPLICAS', 'ADDRESS'];
+  const perPeer = status.shards?.perPeer ?? {};
   const rows = status.members.map((mem) => [
     mem.peerId + (mem.self ? ' *' : ''),
     mem.state,
     mem.phi.toFixed(2),
     String(mem.incarnation),
     mem.self ? '-' : formatAge(mem.lastHeartbeatAgeMs),
+    String(perPeer[mem.peerId]?.primaries ?? 0),
+    String(perPeer[mem.peerId]?.replicas ?? 0),
     mem.addrs[0] ?? '-',
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
@@ -249,6 +382,10 @@ export function formatStatusTable(status: PeerStatus): string {
     `voters   ${status.voters.join(', ') || '-'}`,
     `learners ${status.learners.join(', ') || '-'}`,
   ];
+  const sh = status.shards;
+  if (sh !== null && sh !== undefined) {
+    coord.push(`shards   ${sh.shardCount} (replication factor ${sh.replicationFactor}, min in-sync ${sh.minInSync}): ${sh.writableShards} writable`);
+  }
   return [`peer ${status.peerId}  (${counts.join(', ')}; * = this peer)`, ...coord, '', fmt(header), ...rows.map(fmt)].join('\n') + '\n';
 }
 
@@ -352,11 +489,228 @@ async function cmdKeygen(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** The largest value any peer accepts (StoreLimits.maxValueBytes is at most 1 MiB). */
+const MAX_VALUE_BYTES = 1024 * 1024;
+const DEFAULT_KV_TIMEOUT_MS = 10_000;
+
+const KV_COMMON_FLAGS = {
+  http: { type: 'string' },
+  'timeout-ms': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/** `--http` and `--timeout-ms` of a KV command, checked. */
+function kvTarget(values: { http?: string; 'timeout-ms'?: string }): { hostPort: string; timeoutMs: number } {
+  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
+  parseHostPort(hostPort, '--http');
+  const timeoutMs = intFlag(values['timeout-ms'], '--timeout-ms') ?? DEFAULT_KV_TIMEOUT_MS;
+  return { hostPort, timeoutMs };
+}
+
+/** The single KEY positional of a KV command (plus `extra` more positionals allowed). */
+function kvKey(cmd: string, positionals: string[], maxPositionals: number, usage: string): string {
+  if (positionals.length === 0) throw new UsageError(`${cmd}: missing KEY (usage: ${usage})`);
+  if (positionals.length > maxPositionals) {
+    throw new UsageError(`${cmd}: unexpected argument ${JSON.stringify(positionals[maxPositionals])} (usage: ${usage})`);
+  }
+  const key = positionals[0] as string;
+  if (key === '') throw new UsageError(`${cmd}: KEY must not be empty`);
+  return key;
+}
+
+/** `/v1/kv/<key, every reserved character percent-encoded (so / is %2F)>`. */
+function kvPath(key: string): string {
+  return `/v1/kv/${encodeURIComponent(key)}`;
+}
+
+/** A key as messages show it. */
+function quoteKey(key: string): string {
+  return JSON.stringify(key.length > 80 ? `${key.slice(0, 80)}…` : key);
+}
+
+/** Read at most MAX_VALUE_BYTES from a file or (`-`) standard input; over that is an error. */
+async function readValueFile(file: string): Promise<Uint8Array> {
+  const tooBig = (): RuntimeFailure =>
+    new RuntimeFailure(`--file ${file}: the value is over ${MAX_VALUE_BYTES} bytes, more than any peer accepts`);
+  if (file === '-') {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > MAX_VALUE_BYTES) throw tooBig();
+      chunks.push(chunk);
+    }
+    return Buffer.concat(chunks, size);
+  }
+  let handle;
+  try {
+    handle = await open(file, 'r');
+  } catch (err) {
+    throw new RuntimeFailure(`--file ${file}: cannot read it: ${(err as Error).message}`);
+  }
+  try {
+    // Read one byte past the limit, so an endless file (a device, a pipe) is refused in bounded time.
+    const buf = Buffer.alloc(MAX_VALUE_BYTES + 1);
+    let size = 0;
+    for (;;) {
+      const { bytesRead } = await handle.read(buf, size, buf.length - size, null);
+      if (bytesRead === 0) break;
+      size += bytesRead;
+      if (size > MAX_VALUE_BYTES) throw tooBig();
+    }
+    return buf.subarray(0, size);
+  } catch (err) {
+    if (err instanceof RuntimeFailure) throw err;
+    throw new RuntimeFailure(`--file ${file}: cannot read it: ${(err as Error).message}`);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** A KV request; resolves to the answer (any status) with its body read, within timeoutMs overall. */
+async function kvRequest(
+  hostPort: string,
+  method: 'GET' | 'PUT' | 'DELETE',
+  path: string,
+  timeoutMs: number,
+  body?: Uint8Array,
+): Promise<{ status: number; headers: Headers; body: Uint8Array }> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  const isWrite = method !== 'GET';
+  const failed = (err: unknown): RuntimeFailure => {
+    const name = (err as Error).name;
+    if (name === 'TimeoutError' || name === 'AbortError') {
+      const outcome = isWrite ? '; the write may or may not have been applied' : '';
+      return new RuntimeFailure(`no answer from the peer at ${hostPort} within ${timeoutMs} ms (--timeout-ms)${outcome}`);
+    }
+    const c = (err as { cause?: { code?: string; message?: string } }).cause;
+    const cause = c?.code ?? c?.message ?? name;
+    return new RuntimeFailure(`cannot reach a shoal peer at ${hostPort} (${cause}); is it running? (--http HOST:PORT)`);
+  };
+  try {
+    const res = await fetch(`http://${hostPort}${path}`, { method, body, signal });
+    return { status: res.status, headers: res.headers, body: new Uint8Array(await res.arrayBuffer()) };
+  } catch (err) {
+    throw failed(err);
+  }
+}
+
+/** A JSON object body, or null when the body is not one. */
+function parseJsonObject(body: Uint8Array): object | null {
+  try {
+    const v = JSON.parse(Buffer.from(body).toString('utf8')) as unknown;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The error an unsuccessful KV answer means: the server's code and message, on one line. */
+function kvFailure(op: string, key: string, answer: { status: number; headers: Headers; body: Uint8Array }): RuntimeFailure {
+  const parsed = parseJsonObject(answer.body) as { error?: unknown; message?: unknown; currentVersion?: unknown; present?: unknown } | null;
+  const code = typeof parsed?.error === 'string' ? parsed.error : `HTTP ${answer.status}`;
+  const message = (typeof parsed?.message === 'string' ? parsed.message : '').replace(/\s+/g, ' ');
+  if (answer.status === 404 && code === 'not_found' && op === 'get') return new RuntimeFailure(`not found: key ${quoteKey(key)}`);
+  if (answer.status === 412 && code === 'version_mismatch') {
+    const cur = typeof parsed?.currentVersion === 'number' ? parsed.currentVersion : '?';
+    const where = parsed?.present === false ? `is absent (version ${cur})` : `is at version ${cur}`;
+    return new RuntimeFailure(`version mismatch: key ${quoteKey(key)} ${where}; nothing written`);
+  }
+  const retry = answer.headers.get('retry-after');
+  const hint = retry !== null ? ` (retry in ${retry} s)` : '';
+  return new RuntimeFailure(`${op} ${quoteKey(key)}: HTTP ${answer.status} ${code}${message !== '' ? `: ${message}` : ''}${hint}`);
+}
+
+/** Write to stdout and wait until it is handed to the OS (a value can be 1 MiB). */
+function writeStdout(data: Uint8Array | string): Promise<void> {
+  return new Promise((resolve, reject) => process.stdout.write(data, (err) => (err ? reject(err) : resolve())));
+}
+
+/** The `version` of a `{ key, version }` answer. */
+function versionOf(answer: { body: Uint8Array }): number | null {
+  const v = (parseJsonObject(answer.body) as { version?: unknown } | null)?.version;
+  return typeof v === 'number' ? v : null;
+}
+
+async function cmdPut(argv: string[]): Promise<number> {
+  const { values, positionals } = parse({
+    args: argv,
+    strict: true,
+    allowPositionals: true,
+    options: { ...KV_COMMON_FLAGS, file: { type: 'string' }, 'if-version': { type: 'string' } },
+  });
+  if (values.help === true) {
+    process.stdout.write(PUT_HELP);
+    return 0;
+  }
+  const usage = 'shoal put KEY VALUE | shoal put KEY --file FILE';
+  const withFile = values.file !== undefined;
+  const key = kvKey('put', positionals, withFile ? 1 : 2, usage);
+  if (withFile && values.file === '') throw new UsageError('--file: expected a file name or - for standard input');
+  if (!withFile && positionals.length < 2) throw new UsageError(`put: missing VALUE or --file FILE (usage: ${usage})`);
+  let query = '';
+  const ifVersion = values['if-version'];
+  if (ifVersion !== undefined) {
+    if (!/^[0-9]{1,15}$/.test(ifVersion)) throw new UsageError(`--if-version: expected a non-negative integer, got ${JSON.stringify(ifVersion)}`);
+    query = `?ifVersion=${Number(ifVersion)}`;
+  }
+  const { hostPort, timeoutMs } = kvTarget(values);
+  const value = withFile ? await readValueFile(values.file as string) : Buffer.from(positionals[1] as string, 'utf8');
+  const answer = await kvRequest(hostPort, 'PUT', kvPath(key) + query, timeoutMs, value);
+  if (answer.status !== 200) throw kvFailure('put', key, answer);
+  await writeStdout(`version ${versionOf(answer) ?? '?'}\n`);
+  return 0;
+}
+
+async function cmdGet(argv: string[]): Promise<number> {
+  const { values, positionals } = parse({
+    args: argv,
+    strict: true,
+    allowPositionals: true,
+    options: { ...KV_COMMON_FLAGS, consistency: { type: 'string' }, verbose: { type: 'boolean' } },
+  });
+  if (values.help === true) {
+    process.stdout.write(GET_HELP);
+    return 0;
+  }
+  const key = kvKey('get', positionals, 1, 'shoal get KEY');
+  let query = '';
+  if (values.consistency !== undefined) {
+    if (!(READ_CONSISTENCIES as readonly string[]).includes(values.consistency)) {
+      throw new UsageError(`--consistency: expected one of ${READ_CONSISTENCIES.join(', ')}, got ${JSON.stringify(values.consistency)}`);
+    }
+    query = `?consistency=${values.consistency}`;
+  }
+  const { hostPort, timeoutMs } = kvTarget(values);
+  const answer = await kvRequest(hostPort, 'GET', kvPath(key) + query, timeoutMs);
+  if (answer.status !== 200) throw kvFailure('get', key, answer);
+  await writeStdout(answer.body);
+  if (values.verbose === true) process.stderr.write(`version ${answer.headers.get('x-shoal-version') ?? '?'}\n`);
+  return 0;
+}
+
+async function cmdDel(argv: string[]): Promise<number> {
+  const { values, positionals } = parse({ args: argv, strict: true, allowPositionals: true, options: { ...KV_COMMON_FLAGS } });
+  if (values.help === true) {
+    process.stdout.write(DEL_HELP);
+    return 0;
+  }
+  const key = kvKey('del', positionals, 1, 'shoal del KEY');
+  const { hostPort, timeoutMs } = kvTarget(values);
+  const answer = await kvRequest(hostPort, 'DELETE', kvPath(key), timeoutMs);
+  if (answer.status !== 200) throw kvFailure('del', key, answer);
+  await writeStdout(`version ${versionOf(answer) ?? '?'}\n`);
+  return 0;
+}
+
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = {
   start: { run: cmdStart, help: START_HELP },
   status: { run: cmdStatus, help: STATUS_HELP },
   leave: { run: cmdLeave, help: LEAVE_HELP },
   keygen: { run: cmdKeygen, help: KEYGEN_HELP },
+  put: { run: cmdPut, help: PUT_HELP },
+  get: { run: cmdGet, help: GET_HELP },
+  del: { run: cmdDel, help: DEL_HELP },
 };
 
 async function main(argv: string[]): Promise<number> {
@@ -383,7 +737,7 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`shoal: ${e.message}\n`);
       process.exit(EXIT_USAGE);
     }
-    if (e instanceof PeerStartError) {
+    if (e instanceof PeerStartError || e instanceof RuntimeFailure) {
       process.stderr.write(`shoal: ${e.message}\n`);
       process.exit(EXIT_RUNTIME);
     }

@@ -4,6 +4,10 @@ import type { MembershipConfig } from '../protocols/membership/config.js';
 import { validateMembershipConfig } from '../protocols/membership/config.js';
 import { resolveRaftConfig, type RaftConfig } from '../protocols/raft/config.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
+import { checkClusterSettings, DEFAULT_CLUSTER_SETTINGS } from '../protocols/cluster-map/commands.js';
+import type { ClusterSettings } from '../protocols/cluster-map/types.js';
+import { MAX_KEY_BYTES, MAX_VALUE_BYTES } from '../protocols/replication/config.js';
+import { READ_POLICIES, type ReadPolicy } from './store-api.js';
 
 export { ConfigError };
 
@@ -31,6 +35,22 @@ export interface PeerOptions {
   replaceVoterAfterMs: number;
   /** Raft timing (protocols/raft/config.ts has the defaults and reasons). */
   raft: Partial<RaftConfig>;
+  /** This peer's relative capacity: placement gives it a proportional share of replicas. Default 1. */
+  capacity: number;
+  /** fsync every group commit (survives power loss). Default false: a write is in the OS buffers of every in-sync replica, which survives any process crash. */
+  sync: boolean;
+  /** Replica choice for `consistency=any` reads. Default `round-robin`. */
+  readPolicy: ReadPolicy;
+  /** Lease the coordinator grants primaries, ms. Default 500: failover in about a second, as etcd's election. */
+  leaseMs: number;
+  /** How long a client operation waits for a serving primary before answering 503, ms. Default 5000. */
+  requestTimeoutMs: number;
+  /** Largest key, UTF-8 bytes (1..1024). Default 1024. */
+  maxKeyBytes: number;
+  /** Largest value, bytes (0..1 MiB). Default 1 MiB. */
+  maxValueBytes: number;
+  /** Settings of a new cluster, used only by the peer that bootstraps it: shard count (power of two 8..1024, default 64), replication factor (default 3), minInSync (default 2). */
+  cluster: Partial<ClusterSettings>;
 }
 
 export const DEFAULT_PEER_OPTIONS: PeerOptions = {
@@ -45,6 +65,14 @@ export const DEFAULT_PEER_OPTIONS: PeerOptions = {
   voters: 3,
   replaceVoterAfterMs: 30_000,
   raft: {},
+  capacity: 1,
+  sync: false,
+  readPolicy: 'round-robin',
+  leaseMs: 500,
+  requestTimeoutMs: 5000,
+  maxKeyBytes: MAX_KEY_BYTES,
+  maxValueBytes: MAX_VALUE_BYTES,
+  cluster: {},
 };
 
 export interface HostPort {
@@ -109,5 +137,26 @@ export function validatePeerOptions(partial: Partial<PeerOptions>): PeerOptions 
   }
   validateMembershipConfig(o.membership);
   resolveRaftConfig(o.raft);
+  if (typeof o.capacity !== 'number' || !Number.isFinite(o.capacity) || o.capacity <= 0 || o.capacity > 1024) {
+    throw new ConfigError('capacity', 'must be a positive number up to 1024');
+  }
+  if (typeof o.sync !== 'boolean') throw new ConfigError('sync', 'must be true or false');
+  if (!READ_POLICIES.includes(o.readPolicy)) throw new ConfigError('readPolicy', `must be one of ${READ_POLICIES.join(', ')}`);
+  if (!Number.isInteger(o.leaseMs) || o.leaseMs < 100 || o.leaseMs > 60_000) throw new ConfigError('leaseMs', 'must be an integer from 100 to 60000');
+  if (!Number.isInteger(o.requestTimeoutMs) || o.requestTimeoutMs < 100 || o.requestTimeoutMs > 600_000) {
+    throw new ConfigError('requestTimeoutMs', 'must be an integer from 100 to 600000');
+  }
+  if (!Number.isInteger(o.maxKeyBytes) || o.maxKeyBytes < 1 || o.maxKeyBytes > MAX_KEY_BYTES) {
+    throw new ConfigError('maxKeyBytes', `must be an integer from 1 to ${MAX_KEY_BYTES}`);
+  }
+  if (!Number.isInteger(o.maxValueBytes) || o.maxValueBytes < 0 || o.maxValueBytes > MAX_VALUE_BYTES) {
+    throw new ConfigError('maxValueBytes', `must be an integer from 0 to ${MAX_VALUE_BYTES}`);
+  }
+  if (typeof o.cluster !== 'object' || o.cluster === null) throw new ConfigError('cluster', 'must be an object');
+  for (const key of Object.keys(o.cluster)) {
+    if (!(key in DEFAULT_CLUSTER_SETTINGS)) throw new ConfigError(`cluster.${key}`, 'unknown setting');
+  }
+  const problem = checkClusterSettings({ ...DEFAULT_CLUSTER_SETTINGS, ...o.cluster });
+  if (problem !== null) throw new ConfigError('cluster', problem);
   return o;
 }

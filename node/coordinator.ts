@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { ClusterMap } from '../protocols/cluster-map/cluster-map.js';
 import { encodeClusterCommand } from '../protocols/cluster-map/commands.js';
-import type { ApplyResult, ClusterCommand, ClusterMapView } from '../protocols/cluster-map/types.js';
+import type { ApplyResult, ClusterCommand, ClusterMapView, ClusterSettings } from '../protocols/cluster-map/types.js';
 import { decodeRaftMessage, encodeRaftMessage, RAFT_PROTOCOL_ID } from '../protocols/raft/codec.js';
 import type { RaftConfig } from '../protocols/raft/config.js';
 import { NotLeaderError, ProposalDroppedError } from '../protocols/raft/errors.js';
@@ -58,6 +58,8 @@ export interface CoordinatorOptions {
   raft: Partial<RaftConfig>;
   /** fsync hard state and log appends (default true). */
   sync: boolean;
+  /** Settings of a new cluster (used by the bootstrap command only; omitted fields take the defaults). */
+  clusterSettings?: Partial<ClusterSettings>;
   log: Logger;
 }
 
@@ -190,6 +192,23 @@ export class Coordinator {
     return this.map.view();
   }
 
+  private readonly mapListeners: Array<() => void> = [];
+
+  /** Call `listener` after every change of the local cluster map (applied entries or a restored snapshot). */
+  onMapChange(listener: () => void): void {
+    this.mapListeners.push(listener);
+  }
+
+  private notifyMapChange(): void {
+    for (const l of this.mapListeners) {
+      try {
+        l();
+      } catch (err) {
+        this.opts.log.error('map listener failed', { err });
+      }
+    }
+  }
+
   /** Frames sent, received, dropped and streams reset on /shoal/raft/1.0.0. */
   get channelCounters(): ChannelCounters {
     return this.channel.counters;
@@ -301,6 +320,7 @@ export class Coordinator {
       if (hs !== undefined) this.persistedHard = hs;
     }
     for (const m of rd.messages) this.send(m);
+    const versionBefore = this.map.version;
     if (rd.snapshot !== undefined) this.map.restore(rd.snapshot.data);
     for (const e of rd.committed) {
       let result: ApplyResult = { ok: true };
@@ -318,6 +338,7 @@ export class Coordinator {
       this.opts.log.info('coordinator changed', { coordinator: rd.softState.leader, term: this.node.term, role: rd.softState.role });
     }
     this.node.advance(rd);
+    if (this.map.version !== versionBefore || rd.snapshot !== undefined) this.notifyMapChange();
     await this.maybeCompact();
   }
 
@@ -371,7 +392,7 @@ export class Coordinator {
     if (this.inFlightMapCommand) return;
     let cmd: ClusterCommand | null = null;
     if (this.map.settings === null) {
-      cmd = { type: 'bootstrap', settings: {} };
+      cmd = { type: 'bootstrap', settings: { ...this.opts.clusterSettings } };
     } else {
       for (const m of members) {
         const info = this.map.member(m.peerId);

@@ -16,16 +16,20 @@ import type { ClusterCommand } from '../protocols/cluster-map/types.js';
 import type { ChannelCounters } from './stream-channel.js';
 import { PeerStartError } from './errors.js';
 import { validateSwarmKey } from './swarm-key.js';
+import { StoreService } from './store-service.js';
+import type { GetOptions, GetOutcome, KvApi, PutOptions, ShardSummary, WriteOutcome } from './store-api.js';
 
 export interface PeerStatus extends CoordinatorStatus {
   peerId: string;
   addrs: string[];
   incarnation: number;
   members: MemberView[];
+  /** Shards per peer and how many are writable; null before the cluster is bootstrapped. */
+  shards: ShardSummary | null;
 }
 
-/** A running Shoal peer. */
-export interface Peer {
+/** A running Shoal peer: its key-value operations (`put`, `get`, `delete`) go to any shard's primary. */
+export interface Peer extends KvApi {
   readonly peerId: string;
   /** Full multiaddrs others can join, each with `/p2p/<peer id>`. */
   readonly addrs: string[];
@@ -109,6 +113,8 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
             if (peer === null) throw new HttpError(503, 'starting', 'the peer is starting', { 'retry-after': '1' });
             void peer.stop().catch((err: unknown) => log.error('leave failed', { err }));
           },
+          kv: () => peer?.kv ?? null,
+          limits: () => ({ maxKeyBytes: opts.maxKeyBytes, maxValueBytes: opts.maxValueBytes }),
           updateMember: async (peerId, change) => {
             if (peer === null) throw new HttpError(503, 'starting', 'the peer is starting', { 'retry-after': '1' });
             return proposeOverHttp(peer.coordinator, { type: 'update-member', peerId, capacity: change.capacity });
@@ -146,10 +152,26 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
       replaceVoterAfterMs: opts.replaceVoterAfterMs,
       raft: opts.raft,
       sync: true,
+      clusterSettings: opts.cluster,
       log,
     });
     await coordinator.start();
     cleanup.push(() => coordinator.stop());
+
+    const kv = await StoreService.open({
+      host,
+      coordinator,
+      store,
+      log,
+      sync: opts.sync,
+      capacity: opts.capacity,
+      readPolicy: opts.readPolicy,
+      leaseMs: opts.leaseMs,
+      requestTimeoutMs: opts.requestTimeoutMs,
+      limits: { maxKeyBytes: opts.maxKeyBytes, maxValueBytes: opts.maxValueBytes },
+    });
+    await kv.start();
+    cleanup.push(() => kv.stop());
 
     const self = host.peerId.toString();
     const mapAddrs = (): string[] =>
@@ -160,7 +182,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     joiner.start();
     cleanup.push(() => joiner.stop());
 
-    peer = new PeerImpl(host, membership, coordinator, log, undo);
+    peer = new PeerImpl(host, membership, coordinator, kv, log, undo);
     peer.http = http;
     log.info('peer started', { addrs: peer.addrs, incarnation, http: peer.httpAddress });
     return peer;
@@ -182,6 +204,7 @@ class PeerImpl implements Peer {
     private readonly host: Host,
     private readonly membership: MembershipService,
     readonly coordinator: Coordinator,
+    readonly kv: StoreService,
     private readonly log: Logger,
     private readonly undo: () => Promise<void>,
   ) {}
@@ -209,7 +232,20 @@ class PeerImpl implements Peer {
       incarnation: this.membership.core.incarnation,
       ...this.coordinator.status(),
       members: this.membership.members(),
+      shards: this.kv.summary(),
     };
+  }
+
+  put(key: string, value: Uint8Array | string, options?: PutOptions): Promise<WriteOutcome> {
+    return this.kv.put(key, value, options);
+  }
+
+  get(key: string, options?: GetOptions): Promise<GetOutcome | null> {
+    return this.kv.get(key, options);
+  }
+
+  delete(key: string): Promise<WriteOutcome> {
+    return this.kv.delete(key);
   }
 
   stop(): Promise<void> {

@@ -35,6 +35,13 @@ export class RpcRemoteError extends Error {
  */
 export class RpcUnavailableError extends Error {
   override readonly name = 'RpcUnavailableError';
+  constructor(
+    message: string,
+    /** True when the request surely never left this peer (no stream could be opened): safe to retry. */
+    readonly notSent = false,
+  ) {
+    super(message);
+  }
 }
 
 /**

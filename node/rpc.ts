@@ -345,7 +345,7 @@ export class RpcEndpoint {
     }
     if (!this.started || this.stopped) {
       this.counters.unavailable++;
-      return this.failEarly(new RpcUnavailableError(this.stopped ? 'rpc endpoint stopped' : 'rpc endpoint not started'));
+      return this.failEarly(new RpcUnavailableError(this.stopped ? 'rpc endpoint stopped' : 'rpc endpoint not started', true));
     }
     if (REQUEST_HEADER_BYTES + body.length > this.limits.maxFrameBytes) {
       return this.failEarly(new RpcTooLargeError(`request of ${body.length} bytes exceeds maxFrameBytes ${this.limits.maxFrameBytes}`));
@@ -370,7 +370,7 @@ export class RpcEndpoint {
         peerId = peerIdFromString(to);
       } catch {
         this.counters.unavailable++;
-        return this.failEarly(new RpcUnavailableError(`not a peer id: ${JSON.stringify(to)}`));
+        return this.failEarly(new RpcUnavailableError(`not a peer id: ${JSON.stringify(to)}`, true));
       }
       out = this.openOutbound(to, peerId);
     }
@@ -439,7 +439,7 @@ export class RpcEndpoint {
         signal: AbortSignal.any([AbortSignal.timeout(this.limits.dialTimeoutMs), this.stopController.signal]),
       });
     } catch (err) {
-      this.closeOutbound(out, 'failed', new RpcUnavailableError(`cannot open ${this.protocol} stream to ${out.peer}: ${(err as Error).message}`), err);
+      this.closeOutbound(out, 'failed', new RpcUnavailableError(`cannot open ${this.protocol} stream to ${out.peer}: ${(err as Error).message}`, true), err);
       return;
     }
     if (out.closed) {

@@ -6,6 +6,22 @@ import type { MembershipCounters } from '../membership-service.js';
 import type { ChannelCounters } from '../stream-channel.js';
 import type { PeerStatus } from '../peer.js';
 import type { ClusterMapView } from '../../protocols/cluster-map/types.js';
+import type { StoreLimits } from '../store-api.js';
+import { ClientGoneError, HttpError } from './http-error.js';
+import {
+  handleKvDelete,
+  handleKvGet,
+  handleKvPut,
+  handleShards,
+  httpErrorFromStore,
+  markContinueOwed,
+  readBoundedBody,
+  splitRequestTarget,
+  type HttpKv,
+  type KvRouteDeps,
+} from './kv-routes.js';
+
+export { ClientGoneError, HttpError };
 
 /** Handlers answer null while the peer is still starting (the API answers 503 then). */
 export interface HttpHandlers {
@@ -16,6 +32,10 @@ export interface HttpHandlers {
   leave(): void;
   /** Change a member's capacity through the coordinator; resolves to the new map version. Throws HttpError. */
   updateMember(peerId: string, change: { capacity: number }): Promise<number>;
+  /** The key-value store with its shard table (`/v1/kv/...`, `/v1/shards`); null while the peer starts (503 `starting`). */
+  kv(): HttpKv | null;
+  /** Limits the peer enforces on keys and values. */
+  limits(): StoreLimits;
 }
 
 export interface HttpServer {
@@ -69,37 +89,20 @@ function metricsText({ membership: m, raft }: { membership: MembershipCounters; 
   return lines.join('\n') + '\n';
 }
 
-/** A handler; `params` holds the path's captured segments. Thrown HttpErrors become JSON errors. */
+/**
+ * A handler; `params` holds the raw (still percent-encoded) captured path segments. Thrown
+ * HttpErrors and StoreErrors become JSON errors.
+ */
 type Handler = (req: IncomingMessage, res: ServerResponse, params: string[]) => void | Promise<void>;
-
-/** An error with its HTTP answer. */
-export class HttpError extends Error {
-  override readonly name = 'HttpError';
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-    readonly headers: Record<string, string> = {},
-    readonly extra: Record<string, unknown> = {},
-  ) {
-    super(message);
-  }
-}
 
 /** Largest JSON request body, bytes. */
 const MAX_JSON_BODY_BYTES = 64 * 1024;
 
 /** Read and parse a JSON body (bounded); 400 or 413 on bad input. */
 export async function readJsonBody(req: IncomingMessage, maxBytes = MAX_JSON_BODY_BYTES): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > maxBytes) throw new HttpError(413, 'too_large', `request body over ${maxBytes} bytes`);
-    chunks.push(chunk);
-  }
+  const body = await readBoundedBody(req, maxBytes, () => new HttpError(413, 'too_large', `request body over ${maxBytes} bytes`));
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    return JSON.parse(body.toString('utf8')) as unknown;
   } catch {
     throw new HttpError(400, 'bad_request', 'request body is not valid JSON');
   }
@@ -113,6 +116,16 @@ function notStarting<T>(value: T | null): T {
 /** Serve the HTTP API on HOST:PORT. Resolves once listening; rejects with the listen error (e.g. EADDRINUSE). */
 export async function startHttpServer(hostPort: string, handlers: HttpHandlers, log: Logger): Promise<HttpServer> {
   const { host, port } = parseHostPort(hostPort, 'http');
+  const kvDeps: KvRouteDeps = { kv: () => handlers.kv(), limits: () => handlers.limits() };
+  /** Answered KV requests by operation and status, for /metrics. */
+  const kvRequests = new Map<string, number>();
+  const countKv = (res: ServerResponse, op: string): void => {
+    res.once('finish', () => {
+      const k = `{op="${op}",status="${res.statusCode}"}`;
+      kvRequests.set(k, (kvRequests.get(k) ?? 0) + 1);
+    });
+  };
+
   const routes: Array<{ pattern: RegExp; methods: Record<string, Handler> }> = [
     { pattern: /^\/v1\/status$/, methods: { GET: (_q, s) => sendJson(s, 200, notStarting(handlers.status())) } },
     { pattern: /^\/healthz$/, methods: { GET: (_q, s) => sendJson(s, 200, { ok: true }) } },
@@ -120,7 +133,10 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
       pattern: /^\/metrics$/,
       methods: {
         GET: (_q, s) => {
-          const text = metricsText(notStarting(handlers.counters()), notStarting(handlers.status()));
+          const text =
+            metricsText(notStarting(handlers.counters()), notStarting(handlers.status())) +
+            family('shoal_http_kv_requests_total', 'counter', 'Key-value requests answered, by operation and HTTP status.', [...kvRequests].sort()).join('\n') +
+            '\n';
           s.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
           s.end(text);
         },
@@ -139,31 +155,56 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
     {
       pattern: /^\/v1\/cluster\/members\/([^/]{1,256})$/,
       methods: {
-        PUT: async (req, s, [peerId]) => {
+        PUT: async (req, s, [rawPeerId]) => {
+          let peerId: string;
+          try {
+            peerId = decodeURIComponent(rawPeerId as string);
+          } catch {
+            throw new HttpError(400, 'bad_request', 'the peer id is not well-formed percent-encoding');
+          }
           const body = await readJsonBody(req);
           const capacity = (body as { capacity?: unknown } | null)?.capacity;
           if (typeof body !== 'object' || body === null || Array.isArray(body) || typeof capacity !== 'number' || !Number.isFinite(capacity) || capacity <= 0) {
             throw new HttpError(400, 'bad_request', 'expected a JSON body { "capacity": <positive number> }');
           }
-          const version = await handlers.updateMember(decodeURIComponent(peerId as string), { capacity });
+          const version = await handlers.updateMember(peerId, { capacity });
           sendJson(s, 200, { ok: true, clusterMapVersion: version });
         },
       },
     },
+    // The key is the rest of the path (raw `/` kept, `%2F` decoded); `/v1/kv` and `/v1/kv/` name the empty key (400).
+    {
+      pattern: /^\/v1\/kv(?:\/.*)?$/s,
+      methods: {
+        GET: (q, s) => (countKv(s, 'get'), handleKvGet(q, s, kvDeps)),
+        HEAD: (q, s) => (countKv(s, 'get'), handleKvGet(q, s, kvDeps)),
+        PUT: (q, s) => (countKv(s, 'put'), handleKvPut(q, s, kvDeps)),
+        DELETE: (q, s) => (countKv(s, 'delete'), handleKvDelete(q, s, kvDeps)),
+      },
+    },
+    { pattern: /^\/v1\/shards$/, methods: { GET: (q, s) => handleShards(q, s, kvDeps) } },
   ];
 
-  const server: Server = createServer((req, res) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const fail = (err: unknown): void => {
+      if (err instanceof ClientGoneError || res.destroyed || req.socket.destroyed) {
+        // Nobody is left to answer.
+        res.destroy();
+        return;
+      }
       if (res.headersSent) {
         res.destroy();
         return;
       }
-      if (err instanceof HttpError) return sendError(res, err.status, err.code, err.message, err.headers);
+      const httpErr = err instanceof HttpError ? err : httpErrorFromStore(err);
+      if (httpErr !== null) {
+        return sendJson(res, httpErr.status, { error: httpErr.code, message: httpErr.message, ...httpErr.extra }, httpErr.headers);
+      }
       log.error('http handler failed', { err });
       sendError(res, 500, 'internal', 'internal error');
     };
     try {
-      const path = new URL(req.url ?? '/', 'http://x').pathname;
+      const { path } = splitRequestTarget(req.url);
       let match: RegExpExecArray | null = null;
       const route = routes.find((r) => (match = r.pattern.exec(path)) !== null);
       if (route === undefined || match === null) return sendError(res, 404, 'not_found', `no route ${path}`);
@@ -174,10 +215,18 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
         });
       }
       const params = (match as RegExpExecArray).slice(1);
-      Promise.resolve(handler(req, res, params)).catch(fail);
+      Promise.resolve()
+        .then(() => handler(req, res, params))
+        .catch(fail);
     } catch (err) {
       fail(err);
     }
+  };
+  const server: Server = createServer(onRequest);
+  // `Expect: 100-continue`: the 100 goes out only when a handler reads the body (see readBoundedBody).
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    markContinueOwed(req, res);
+    onRequest(req, res);
   });
   server.keepAliveTimeout = 5000;
   server.headersTimeout = 10000;

@@ -43,6 +43,37 @@ function copyAssignment(a: ShardAssignment): ShardAssignment {
   return { replicas: [...a.replicas], primary: a.primary, inSync: [...a.inSync], epoch: a.epoch };
 }
 
+/**
+ * Why assignment `a` breaks a rule of the cluster map, or null. Up to replicationFactor + 1
+ * replicas (one move in flight), distinct members; inSync ⊆ replicas; the primary, if any, in
+ * sync. `statusRules` (no replica that left, no dead primary) apply to new assignments only: a
+ * member may die or leave after it was assigned, and a snapshot must still restore. Exported so
+ * that a planner (the shard controller) can check a change exactly as the map will.
+ */
+export function checkShardAssignment(
+  a: ShardAssignment,
+  settings: ClusterSettings,
+  memberOf: (peerId: string) => MemberInfo | undefined,
+  statusRules = true,
+): string | null {
+  if (a.replicas.length === 0 || a.replicas.length > settings.replicationFactor + 1) {
+    return `1..${settings.replicationFactor + 1} replicas required`;
+  }
+  if (new Set(a.replicas).size !== a.replicas.length) return 'replicas not distinct';
+  for (const id of a.replicas) {
+    const m = memberOf(id);
+    if (m === undefined) return `replica ${id} is not a member`;
+    if (statusRules && m.status === 'left') return `replica ${id} has left`;
+  }
+  if (new Set(a.inSync).size !== a.inSync.length) return 'inSync not distinct';
+  for (const id of a.inSync) if (!a.replicas.includes(id)) return `inSync ${id} is not a replica`;
+  if (a.primary !== null) {
+    if (!a.inSync.includes(a.primary)) return `primary ${a.primary} is not in sync`;
+    if (statusRules && memberOf(a.primary)!.status === 'dead') return `primary ${a.primary} is dead`;
+  }
+  return null;
+}
+
 export class ClusterMap {
   private versionValue = 0;
   private settingsValue: ClusterSettings | null = null;
@@ -148,6 +179,16 @@ export class ClusterMap {
       return reject('invalid-assignment', `a full assignment has ${settings.shardCount} shards, got ${cmd.updates.length}`);
     }
     if (!cmd.full && this.shardsValue.length === 0) return reject('no-assignment', 'the first assignment must be full');
+    // Conditions first: a change planned from a stale view is reported as such, even if it has
+    // also become invalid since.
+    for (const u of cmd.updates) {
+      if (u.expectEpoch === undefined) continue;
+      const current = this.shardsValue[u.shard];
+      if (current === undefined || current.epoch !== u.expectEpoch) {
+        const actual = current === undefined ? 'no assignment' : `epoch ${current.epoch}`;
+        return reject('epoch-mismatch', `shard ${u.shard}: expected epoch ${u.expectEpoch}, found ${actual}`);
+      }
+    }
     for (const u of cmd.updates) {
       const problem = this.checkAssignment(u.assignment, settings);
       if (problem !== null) return reject('invalid-assignment', `shard ${u.shard}: ${problem}`);
@@ -162,28 +203,9 @@ export class ClusterMap {
     return this.bump();
   }
 
-  /**
-   * Why `a` breaks a rule, or null. Up to replicationFactor + 1 replicas: one move in flight.
-   * `statusRules` (no replica that left, no dead primary) apply to new assignments only: a member
-   * may die or leave after it was assigned, and a snapshot must still restore.
-   */
+  /** Why `a` breaks a rule, or null: checkShardAssignment against this map's members. */
   private checkAssignment(a: ShardAssignment, settings: ClusterSettings, statusRules = true): string | null {
-    if (a.replicas.length === 0 || a.replicas.length > settings.replicationFactor + 1) {
-      return `1..${settings.replicationFactor + 1} replicas required`;
-    }
-    if (new Set(a.replicas).size !== a.replicas.length) return 'replicas not distinct';
-    for (const id of a.replicas) {
-      const m = this.members.get(id);
-      if (m === undefined) return `replica ${id} is not a member`;
-      if (statusRules && m.status === 'left') return `replica ${id} has left`;
-    }
-    if (new Set(a.inSync).size !== a.inSync.length) return 'inSync not distinct';
-    for (const id of a.inSync) if (!a.replicas.includes(id)) return `inSync ${id} is not a replica`;
-    if (a.primary !== null) {
-      if (!a.inSync.includes(a.primary)) return `primary ${a.primary} is not in sync`;
-      if (statusRules && this.members.get(a.primary)!.status === 'dead') return `primary ${a.primary} is dead`;
-    }
-    return null;
+    return checkShardAssignment(a, settings, (id) => this.members.get(id), statusRules);
   }
 
   private bump(): ApplyResult {

@@ -163,11 +163,13 @@ export function decodeClusterCommand(bytes: Uint8Array): ClusterCommand {
       }
       const updates: ShardAssignmentUpdate[] = o.updates.map((u, k) => {
         const up = asObject(u, `${path}.updates[${k}]`);
-        onlyKeys(up, ['shard', 'assignment'], `${path}.updates[${k}]`);
-        return {
+        onlyKeys(up, ['shard', 'assignment', 'expectEpoch'], `${path}.updates[${k}]`);
+        const update: ShardAssignmentUpdate = {
           shard: readInteger(up.shard, `${path}.updates[${k}].shard`, 0, CLUSTER_MAP_LIMITS.maxShardCount - 1),
           assignment: readAssignment(up.assignment, `${path}.updates[${k}].assignment`),
         };
+        if (up.expectEpoch !== undefined) update.expectEpoch = readInteger(up.expectEpoch, `${path}.updates[${k}].expectEpoch`, 0, Number.MAX_SAFE_INTEGER);
+        return update;
       });
       return { type, full: o.full, updates };
     }

@@ -65,6 +65,14 @@ export interface RemoveMemberCommand {
 export interface ShardAssignmentUpdate {
   shard: number;
   assignment: ShardAssignment;
+  /**
+   * Conditional update: when present, the update (and with it the whole command) is rejected
+   * with `epoch-mismatch` unless the shard already has an assignment at exactly this epoch. The
+   * coordinator plans a change from the map it sees and sets this to the epoch it saw, so a
+   * change planned from a stale view (another change to the shard committed in between) fails
+   * instead of overwriting the newer one.
+   */
+  expectEpoch?: number;
 }
 
 /**
@@ -101,6 +109,8 @@ export type RejectReason =
   /** Replicas, primary or in-sync set break a rule. */
   | 'invalid-assignment'
   | 'epoch-regression'
+  /** An update's `expectEpoch` is not the shard's current epoch (or the shard has no assignment). */
+  | 'epoch-mismatch'
   /** A per-shard update before any full assignment. */
   | 'no-assignment';
 

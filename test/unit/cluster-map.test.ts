@@ -265,3 +265,87 @@ describe('cluster map', () => {
     assert.throws(() => decodeClusterCommand(bytes('{"type":"bootstrap","settings":{"shards":3}}')), { name: 'InvalidMessageError' });
   });
 });
+
+describe('cluster map: conditional shard updates (expectEpoch)', () => {
+  const one = (a: ShardAssignment, expectEpoch?: number, shard = 1): ClusterCommand => ({
+    type: 'set-shard-assignment',
+    full: false,
+    updates: [expectEpoch === undefined ? { shard, assignment: a } : { shard, assignment: a, expectEpoch }],
+  });
+
+  it('applies an update whose expectEpoch is the current epoch', () => {
+    const map = bootstrapped();
+    assert.ok(map.apply(fullAssignment(8, 5)).ok);
+    assert.deepEqual(map.apply(one(assignment(['b', 'c'], 6), 5)), { ok: true });
+    assert.deepEqual(map.shards[1], assignment(['b', 'c'], 6));
+    // The condition does not replace the epoch rules: the same epoch is allowed, a lower one not.
+    assert.deepEqual(map.apply(one(assignment(['c', 'b'], 6), 6)), { ok: true });
+    assertRejectedUnchanged(map, one(assignment(['b'], 5), 6), 'epoch-regression');
+    assert.deepEqual(map.apply(one(assignment(['b'], 7), 6)), { ok: true });
+    assert.deepEqual(map.shards[1], assignment(['b'], 7));
+  });
+
+  it('rejects an update at another epoch with epoch-mismatch and changes nothing', () => {
+    const map = bootstrapped();
+    assert.ok(map.apply(fullAssignment(8, 5)).ok);
+    assertRejectedUnchanged(map, one(assignment(['b', 'c'], 6), 4), 'epoch-mismatch');
+    assertRejectedUnchanged(map, one(assignment(['b', 'c'], 6), 6), 'epoch-mismatch');
+    assertRejectedUnchanged(map, one(assignment(['b', 'c'], 6), 0), 'epoch-mismatch');
+    // Two planners racing: the first wins, the second (planned at the same epoch) fails.
+    assert.ok(map.apply(one(assignment(['a', 'b'], 6), 5)).ok);
+    assertRejectedUnchanged(map, one(assignment(['a', 'c'], 6), 5), 'epoch-mismatch');
+  });
+
+  it('rejects the whole command when one update mismatches', () => {
+    const map = bootstrapped();
+    assert.ok(map.apply(fullAssignment(8, 5)).ok);
+    assertRejectedUnchanged(
+      map,
+      {
+        type: 'set-shard-assignment',
+        full: false,
+        updates: [
+          { shard: 0, assignment: assignment(['a'], 6), expectEpoch: 5 },
+          { shard: 2, assignment: assignment(['b'], 6) },
+          { shard: 3, assignment: assignment(['c'], 6), expectEpoch: 3 },
+        ],
+      },
+      'epoch-mismatch',
+    );
+    // A stale condition is reported as such even when the assignment has become invalid too.
+    assertRejectedUnchanged(map, one(assignment(['a', 'zz'], 6), 4), 'epoch-mismatch');
+    // A valid condition does not excuse an invalid assignment.
+    assertRejectedUnchanged(map, one(assignment(['a', 'zz'], 6), 5), 'invalid-assignment');
+    assertRejectedUnchanged(map, one(assignment(['a', 'b'], 4), 5), 'epoch-regression');
+  });
+
+  it('rejects a condition on a shard that has no assignment yet', () => {
+    const map = bootstrapped();
+    const full = fullAssignment(8) as Extract<ClusterCommand, { type: 'set-shard-assignment' }>;
+    assertRejectedUnchanged(map, { ...full, updates: full.updates.map((u) => ({ ...u, expectEpoch: 0 })) }, 'epoch-mismatch');
+    assert.equal(map.shards.length, 0);
+    assert.ok(map.apply(full).ok);
+    // Once assigned, a full command may be conditional too.
+    assert.ok(map.apply({ ...full, updates: full.updates.map((u) => ({ ...u, assignment: { ...u.assignment, epoch: 2 }, expectEpoch: 1 })) }).ok);
+    assert.equal(map.shards[7]!.epoch, 2);
+  });
+
+  it('decodes expectEpoch and validates it', () => {
+    const cmd: ClusterCommand = one(assignment(['a', 'b'], 3), 2);
+    assert.deepEqual(decodeClusterCommand(encodeClusterCommand(cmd)), cmd);
+    assert.deepEqual(decodeClusterCommand(encodeClusterCommand(one(assignment(['a'], 3)))), one(assignment(['a'], 3)));
+    const raw = (expectEpoch: unknown): string =>
+      JSON.stringify({ type: 'set-shard-assignment', full: false, updates: [{ shard: 0, assignment: assignment(['a']), expectEpoch }] });
+    for (const bad of [-1, 1.5, '2', null, true, Number.MAX_SAFE_INTEGER + 2, {}]) {
+      assert.throws(() => decodeClusterCommand(bytes(raw(bad))), { name: 'InvalidMessageError' }, String(bad));
+      const map = bootstrapped();
+      assert.ok(map.apply(fullAssignment(8)).ok);
+      assertRejected(map.applyEntryData(bytes(raw(bad))), 'malformed');
+    }
+    assert.equal((decodeClusterCommand(bytes(raw(0))) as { updates: Array<{ expectEpoch?: number }> }).updates[0]!.expectEpoch, 0);
+    assert.throws(
+      () => decodeClusterCommand(bytes(JSON.stringify({ type: 'set-shard-assignment', full: false, updates: [{ shard: 0, assignment: assignment(['a']), expect: 1 }] }))),
+      { name: 'InvalidMessageError' },
+    );
+  });
+});

@@ -1,0 +1,947 @@
+/**
+ * The store's shell (DESIGN §3): one ReplicaCore per shard this peer holds, driven by timers,
+ * libp2p streams and the shard storage; client operations routed to the shard's primary; leases
+ * renewed with the coordinator; and, on the coordinator, the lease table and the ShardController
+ * that turns membership, leases and progress into shard assignments.
+ *
+ * Order of effects for each replica Ready (the core's contract, protocols/replication/replica.ts):
+ * persist (one LevelDB batch) → send messages and snapshots → answer clients, queue coordinator
+ * requests → advance. Each shard's Readys and snapshot installs run one at a time.
+ */
+import { performance } from 'node:perf_hooks';
+import type { ClusterMapView, ShardAssignment } from '../protocols/cluster-map/types.js';
+import { InvalidMessageError } from '../protocols/errors.js';
+import { shardOf } from '../protocols/placement/index.js';
+import { decodeReplicationMessage, encodeReplicationMessage, REPLICATION_PROTOCOL_ID } from '../protocols/replication/codec.js';
+import { MAX_KEY_BYTES, MAX_VALUE_BYTES, type ReplicationConfig } from '../protocols/replication/config.js';
+import { ReplicaCore } from '../protocols/replication/replica.js';
+import type { InSyncChangeRequest, ReplicaProgress, ReplicationReady, SnapshotMeta, WriteOp, WriteResult } from '../protocols/replication/types.js';
+import { ShardController } from '../protocols/shard-control/index.js';
+import type { KvStore } from '../storage/kv-store.js';
+import { ShardStore, type ShardEntry, type ShardSnapshotWriter } from '../storage/shard-store.js';
+import type { Coordinator } from './coordinator.js';
+import type { Host } from './host.js';
+import type { Logger } from './log.js';
+import { RpcEndpoint, RpcUnavailableError } from './rpc.js';
+import {
+  StoreError,
+  type GetOptions,
+  type GetOutcome,
+  type KvApi,
+  type PutOptions,
+  type ReadConsistency,
+  type ReadPolicy,
+  type ShardInfo,
+  type ShardSummary,
+  type StoreErrorCode,
+  type StoreLimits,
+  type WriteOutcome,
+} from './store-api.js';
+import { arr, decodeFrame, encodeFrame, FrameKind, int, obj, optInt, str, STORE_PROTOCOL_ID, type Frame } from './store-wire.js';
+import { StreamChannel, type ChannelCounters } from './stream-channel.js';
+
+export interface StoreServiceOptions {
+  host: Host;
+  coordinator: Coordinator;
+  /** Root store of the data dir; shards live in the `shards` sublevel. */
+  store: KvStore;
+  log: Logger;
+  /** fsync every group commit (survives power loss); default off: OS buffers (survives a process crash). */
+  sync: boolean;
+  /** This peer's relative capacity, reported to the coordinator. */
+  capacity: number;
+  readPolicy: ReadPolicy;
+  /** Lease length granted by this peer when it is the coordinator, ms. */
+  leaseMs: number;
+  limits: StoreLimits;
+  /** How long a client operation waits for a serving primary before answering `unavailable`, ms. */
+  requestTimeoutMs: number;
+  replication?: Partial<ReplicationConfig>;
+}
+
+/** How often each peer renews its lease, ms (DESIGN §3: ~100 ms). */
+const LEASE_RENEW_MS = 100;
+/** Tick of the replica cores, ms (well under their 50 ms heartbeat). */
+const TICK_MS = 10;
+/** How often the coordinator runs the shard controller, ms. */
+const CONTROL_MS = 50;
+/** Bound on a client write waiting for its group to commit, ms; then `indeterminate`. */
+const WRITE_ANSWER_TIMEOUT_MS = 10_000;
+/** Timeout of one forwarded request, ms. */
+const FORWARD_TIMEOUT_MS = 5_000;
+
+type ShardStatusCore = ReturnType<ReplicaCore['status']>;
+
+interface ShardSlot {
+  shard: number;
+  core: ReplicaCore;
+  /** Serializes Readys and snapshot installs of this shard. */
+  mutex: Promise<void>;
+  draining: boolean;
+  again: boolean;
+  removed: boolean;
+}
+
+interface IncomingSnapshot {
+  from: string;
+  meta: SnapshotMeta;
+  writer: ShardSnapshotWriter;
+}
+
+interface Waiter {
+  resolve: (r: WriteResult) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+/** What a primary (or replica) answers a forwarded or local operation with. */
+type OpReply =
+  | { ok: true; version: number; present: boolean; value: Uint8Array | null }
+  | { ok: false; code: StoreErrorCode | 'not_primary'; message: string; current?: { version: number; present: boolean } };
+
+interface KvRequest {
+  op: 'put' | 'delete' | 'get';
+  key: string;
+  ifVersion?: number;
+  consistency?: ReadConsistency;
+  value?: Uint8Array;
+}
+
+const textEncoder = new TextEncoder();
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** No lone surrogates: the key survives a round trip through UTF-8. */
+function isWellFormed(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const d = s.charCodeAt(i + 1);
+      if (!(d >= 0xdc00 && d <= 0xdfff)) return false;
+      i++;
+    } else if (c >= 0xdc00 && c <= 0xdfff) return false;
+  }
+  return true;
+}
+
+/** A key is 1..maxKeyBytes UTF-8 bytes of well-formed UTF-16 (no lone surrogates). */
+function keyProblem(key: unknown, maxKeyBytes: number): string | null {
+  if (typeof key !== 'string') return 'the key must be a string';
+  if (key.length === 0) return 'the key is empty';
+  if (!isWellFormed(key)) return 'the key is not well-formed Unicode (lone surrogate)';
+  const bytes = Buffer.byteLength(key, 'utf8');
+  if (bytes > maxKeyBytes) return `the key is ${bytes} bytes of UTF-8; the limit is ${maxKeyBytes}`;
+  return null;
+}
+
+export class StoreService implements KvApi {
+  readonly channelCounters: () => ChannelCounters;
+  private readonly self: string;
+  private readonly slots = new Map<number, ShardSlot>();
+  private readonly opening = new Map<number, Promise<ShardSlot | null>>();
+  private readonly waiters = new Map<number, Waiter>();
+  private nextRequestId = 1;
+  private readonly incoming = new Map<number, IncomingSnapshot>();
+  private readonly sendingSnapshots = new Set<string>();
+  private readonly rpc: RpcEndpoint;
+  private readonly channel: StreamChannel;
+  private view: ClusterMapView;
+  private timers: NodeJS.Timeout[] = [];
+  private stopped = false;
+  /** The lease this peer holds: valid until (local monotonic ms). */
+  private leaseUntil = Number.NEGATIVE_INFINITY;
+  /** A granted lease waiting for the local map to reach the version it was granted at. */
+  private pendingLease: { until: number; mapVersion: number } | null = null;
+  private renewing = false;
+  private lastRenewAt = 0;
+  private pendingRequests: InSyncChangeRequest[] = [];
+  // Coordinator side.
+  private readonly controller: ShardController;
+  private wasLeader = false;
+  private planning = false;
+  private readonly capacityUpdates = new Set<string>();
+  private readonly reportedCapacity = new Map<string, number>();
+  // Read policies.
+  private roundRobin = 0;
+  private readonly latencyEwma = new Map<string, number>();
+  readonly counters = { forwarded: 0, served: 0, leaseRenewals: 0, leaseFailures: 0, snapshotsSent: 0, snapshotsInstalled: 0, assignmentsProposed: 0 };
+
+  private constructor(
+    private readonly opts: StoreServiceOptions,
+    private readonly shardStore: ShardStore,
+  ) {
+    this.self = opts.host.peerId.toString();
+    this.view = opts.coordinator.mapView();
+    this.controller = new ShardController({ leaseMs: opts.leaseMs });
+    this.rpc = new RpcEndpoint({
+      host: opts.host,
+      protocol: STORE_PROTOCOL_ID,
+      handler: (from, body) => this.handleRpc(from, body),
+      log: opts.log,
+    });
+    this.channel = new StreamChannel({
+      host: opts.host,
+      protocol: REPLICATION_PROTOCOL_ID,
+      onFrame: (from, frame) => this.onReplicationFrame(from, frame),
+      maxFrameBytes: 16 * 1024 * 1024,
+      maxQueuedFrames: 4096,
+      dialTimeoutMs: 2000,
+      log: opts.log,
+    });
+    this.channelCounters = () => this.channel.counters;
+  }
+
+  static async open(opts: StoreServiceOptions): Promise<StoreService> {
+    const shardStore = await ShardStore.open(opts.store.sublevel('shards'), { snapshotBatchBytes: 1024 * 1024 });
+    return new StoreService(opts, shardStore);
+  }
+
+  private now(): number {
+    return performance.now();
+  }
+
+  async start(): Promise<void> {
+    await this.rpc.start();
+    await this.channel.start();
+    this.opts.coordinator.onMapChange(() => this.onMapChange());
+    this.onMapChange();
+    this.timers.push(setInterval(() => this.tick(), TICK_MS));
+    this.timers.push(setInterval(() => void this.renewLease(), LEASE_RENEW_MS));
+    this.timers.push(setInterval(() => this.control(), CONTROL_MS));
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+    for (const [, w] of this.waiters) {
+      clearTimeout(w.timer);
+      w.reject(new StoreError('indeterminate', 'the peer stopped before the write was acknowledged; it may or may not have been applied'));
+    }
+    this.waiters.clear();
+    await this.rpc.stop();
+    await this.channel.stop();
+    // Let Readys in progress finish before the database closes (bounded).
+    for (let i = 0; i < 200 && [...this.slots.values()].some((s) => s.draining); i++) await sleep(10);
+    for (const inc of this.incoming.values()) await inc.writer.abort().catch(() => {});
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Map changes: create, update and remove replica cores.
+
+  private onMapChange(): void {
+    if (this.stopped) return;
+    this.view = this.opts.coordinator.mapView();
+    const now = this.now();
+    if (this.opts.coordinator.isLeader) this.controller.observe(now, this.view);
+    this.view.shards.forEach((a, shard) => {
+      const slot = this.slots.get(shard);
+      if (slot !== undefined) {
+        slot.core.setAssignment(now, a);
+        this.afterInput(slot);
+      } else if (a.replicas.includes(this.self)) {
+        void this.openShard(shard);
+      }
+    });
+    const p = this.pendingLease;
+    if (p !== null && this.view.version >= p.mapVersion) {
+      this.pendingLease = null;
+      this.applyLease(p.until);
+    }
+  }
+
+  private openShard(shard: number): Promise<ShardSlot | null> {
+    const existing = this.opening.get(shard);
+    if (existing !== undefined) return existing;
+    const p = (async (): Promise<ShardSlot | null> => {
+      try {
+        const recovered = await this.shardStore.recover(shard);
+        if (this.stopped) return null;
+        const settings = this.view.settings;
+        const core = new ReplicaCore({
+          shard,
+          id: this.self,
+          config: { ...this.opts.replication, minInSync: settings?.minInSync ?? 2 },
+          recovered,
+        });
+        const slot: ShardSlot = { shard, core, mutex: Promise.resolve(), draining: false, again: false, removed: false };
+        this.slots.set(shard, slot);
+        const now = this.now();
+        const a = this.view.shards[shard];
+        if (a !== undefined) core.setAssignment(now, a);
+        core.setLease(now, this.leaseUntil);
+        this.afterInput(slot);
+        this.opts.log.debug('shard opened', { shard, appliedSeq: recovered.appliedSeq, log: recovered.log.length, epoch: recovered.epoch });
+        return slot;
+      } catch (err) {
+        this.opts.log.error('cannot open shard', { shard, err });
+        return null;
+      } finally {
+        this.opening.delete(shard);
+      }
+    })();
+    this.opening.set(shard, p);
+    return p;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The Ready loop.
+
+  private afterInput(slot: ShardSlot): void {
+    if (slot.core.hasReady() || slot.core.role === 'removed') this.kick(slot);
+  }
+
+  private kick(slot: ShardSlot): void {
+    if (this.stopped || slot.removed) return;
+    if (slot.draining) {
+      slot.again = true;
+      return;
+    }
+    slot.draining = true;
+    void this.drain(slot).finally(() => {
+      slot.draining = false;
+    });
+  }
+
+  private exclusive<T>(slot: ShardSlot, fn: () => Promise<T>): Promise<T> {
+    const run = slot.mutex.then(fn);
+    slot.mutex = run.then(
+      () => {},
+      () => {},
+    );
+    return run;
+  }
+
+  private async drain(slot: ShardSlot): Promise<void> {
+    for (let rounds = 0; rounds < 100_000 && !this.stopped; rounds++) {
+      slot.again = false;
+      if (slot.core.role === 'removed' && !slot.core.hasReady()) {
+        await this.removeShard(slot);
+        return;
+      }
+      if (!slot.core.hasReady()) {
+        if (slot.again) continue;
+        return;
+      }
+      try {
+        await this.exclusive(slot, () => this.handleReady(slot));
+      } catch (err) {
+        // Losing the disk under a replica breaks its promises: stop this replica rather than lie.
+        this.opts.log.error('shard persistence failed; dropping the replica until restart', { shard: slot.shard, err });
+        slot.removed = true;
+        this.slots.delete(slot.shard);
+        return;
+      }
+    }
+  }
+
+  private async handleReady(slot: ShardSlot): Promise<void> {
+    const core = slot.core;
+    const rd: ReplicationReady = core.ready();
+    const logChange = rd.appendLog.length > 0 || rd.truncateLogAfterSeq !== undefined;
+    const durable = logChange || rd.apply.length > 0 || rd.hardState !== undefined || rd.trimLogThroughSeq !== undefined;
+    if (durable) {
+      const sync = rd.hardState !== undefined || (this.opts.sync && (logChange || rd.apply.length > 0));
+      await this.shardStore.persistReady(slot.shard, rd, { sync });
+    }
+    for (const m of rd.messages) this.channel.send(m.to, encodeReplicationMessage(m));
+    for (const s of rd.snapshots) void this.sendSnapshot(s.shard, s.to, s.epoch);
+    for (const a of rd.answers) {
+      const w = this.waiters.get(a.requestId);
+      if (w === undefined) continue;
+      this.waiters.delete(a.requestId);
+      clearTimeout(w.timer);
+      if (a.ok) w.resolve(a.result);
+      else w.reject(a.error);
+    }
+    if (rd.coordinatorRequests.length > 0) {
+      this.pendingRequests.push(...rd.coordinatorRequests);
+      if (this.pendingRequests.length > 1024) this.pendingRequests.splice(0, this.pendingRequests.length - 1024);
+      void this.renewLease(true);
+    }
+    core.advance(this.now(), rd);
+  }
+
+  private async removeShard(slot: ShardSlot): Promise<void> {
+    slot.removed = true;
+    this.slots.delete(slot.shard);
+    const inc = this.incoming.get(slot.shard);
+    if (inc !== undefined) {
+      this.incoming.delete(slot.shard);
+      await inc.writer.abort().catch(() => {});
+    }
+    await this.exclusive(slot, () => this.shardStore.deleteShard(slot.shard, { sync: false })).catch((err: unknown) =>
+      this.opts.log.warn('cannot delete shard data', { shard: slot.shard, err }),
+    );
+    this.opts.log.info('shard replica removed', { shard: slot.shard });
+    // The map may list us again already.
+    if (this.view.shards[slot.shard]?.replicas.includes(this.self)) void this.openShard(slot.shard);
+  }
+
+  private tick(): void {
+    if (this.stopped) return;
+    const now = this.now();
+    for (const slot of this.slots.values()) {
+      slot.core.tick(now);
+      this.afterInput(slot);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Replication messages.
+
+  private onReplicationFrame(from: string, frame: Uint8Array): void {
+    if (this.stopped) return;
+    const m = decodeReplicationMessage(frame);
+    if (m.from !== from) throw new InvalidMessageError(`replication message claims to be from ${m.from} but came from ${from}`);
+    if (m.to !== this.self) throw new InvalidMessageError(`replication message for ${m.to} reached ${this.self}`);
+    const slot = this.slots.get(m.shard);
+    if (slot === undefined) {
+      // Not ours (yet): opening it is the map's business; the sender retries.
+      return;
+    }
+    slot.core.step(this.now(), m);
+    this.afterInput(slot);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Snapshots: primary → replica over the store RPC, in bounded chunks.
+
+  private async sendSnapshot(shard: number, to: string, epoch: number): Promise<void> {
+    const key = `${shard}:${to}`;
+    if (this.sendingSnapshots.has(key)) return;
+    this.sendingSnapshots.add(key);
+    try {
+      const reader = await this.shardStore.snapshotData(shard);
+      try {
+        const meta = { shard, epoch, from: this.self, seq: reader.seq, seqEpoch: reader.epoch };
+        await this.rpc.request(to, encodeFrame(FrameKind.snapBegin, meta), { timeoutMs: 10_000 });
+        let entries = 0;
+        for await (const batch of reader.batches) {
+          const index: Array<[string, number, number]> = [];
+          const parts: Uint8Array[] = [];
+          for (const e of batch) {
+            index.push([e.key, e.version, e.value === null ? -1 : e.value.length]);
+            if (e.value !== null) parts.push(e.value);
+          }
+          await this.rpc.request(to, encodeFrame(FrameKind.snapChunk, { shard, entries: index }, Buffer.concat(parts)), { timeoutMs: 30_000 });
+          entries += batch.length;
+        }
+        await this.rpc.request(to, encodeFrame(FrameKind.snapEnd, { shard }), { timeoutMs: 30_000 });
+        this.counters.snapshotsSent++;
+        this.opts.log.info('snapshot sent', { shard, to, seq: reader.seq, entries });
+      } finally {
+        await reader.close();
+      }
+    } catch (err) {
+      this.opts.log.warn('snapshot not sent', { shard, to, err });
+    } finally {
+      this.sendingSnapshots.delete(key);
+    }
+  }
+
+  private async onSnapBegin(from: string, h: Record<string, unknown>): Promise<Uint8Array> {
+    const shard = int(h, 'shard', 0, 1023);
+    const meta: SnapshotMeta = { shard, epoch: int(h, 'epoch', 1), from: str(h, 'from', 128), seq: int(h, 'seq'), seqEpoch: int(h, 'seqEpoch') };
+    if (meta.from !== from) throw new InvalidMessageError('from: not the sender');
+    const slot = this.slots.get(shard) ?? (await this.openShard(shard));
+    if (slot === null || slot === undefined) throw new StoreError('unavailable', `shard ${shard} is not held here`);
+    const old = this.incoming.get(shard);
+    if (old !== undefined) {
+      this.incoming.delete(shard);
+      await old.writer.abort().catch(() => {});
+    }
+    const writer = await this.shardStore.beginSnapshot(shard);
+    this.incoming.set(shard, { from, meta, writer });
+    return encodeFrame(FrameKind.reply, { ok: true });
+  }
+
+  private async onSnapChunk(from: string, h: Record<string, unknown>, payload: Uint8Array): Promise<Uint8Array> {
+    const shard = int(h, 'shard', 0, 1023);
+    const inc = this.incoming.get(shard);
+    if (inc === undefined || inc.from !== from) throw new InvalidMessageError('no snapshot of this shard is being received from you');
+    const index = arr(h, 'entries', 1_000_000);
+    const entries: ShardEntry[] = [];
+    let offset = 0;
+    for (const [k, row] of index.entries()) {
+      if (!Array.isArray(row) || row.length !== 3) throw new InvalidMessageError(`entries[${k}]: must be [key, version, length]`);
+      const [key, version, length] = row as [unknown, unknown, unknown];
+      if (typeof key !== 'string' || typeof version !== 'number' || typeof length !== 'number' || !Number.isSafeInteger(length) || length < -1) {
+        throw new InvalidMessageError(`entries[${k}]: bad entry`);
+      }
+      if (length > payload.length - offset) throw new InvalidMessageError(`entries[${k}]: value runs past the payload`);
+      const value = length < 0 ? null : payload.slice(offset, offset + length);
+      offset += Math.max(0, length);
+      entries.push({ key, version, value });
+    }
+    await inc.writer.write(entries); // validates keys, versions and sizes
+    return encodeFrame(FrameKind.reply, { ok: true });
+  }
+
+  private async onSnapEnd(from: string, h: Record<string, unknown>): Promise<Uint8Array> {
+    const shard = int(h, 'shard', 0, 1023);
+    const inc = this.incoming.get(shard);
+    const slot = this.slots.get(shard);
+    if (inc === undefined || inc.from !== from) throw new InvalidMessageError('no snapshot of this shard is being received from you');
+    this.incoming.delete(shard);
+    if (slot === undefined) {
+      await inc.writer.abort();
+      return encodeFrame(FrameKind.reply, { ok: true, installed: false });
+    }
+    const installed = await this.exclusive(slot, async () => {
+      if (!slot.core.installSnapshot(this.now(), inc.meta)) {
+        await inc.writer.abort();
+        return false;
+      }
+      await inc.writer.commit({ seq: inc.meta.seq, epoch: inc.meta.seqEpoch }, { sync: true });
+      return true;
+    });
+    if (installed) {
+      this.counters.snapshotsInstalled++;
+      this.opts.log.info('snapshot installed', { shard, from, seq: inc.meta.seq });
+    }
+    this.afterInput(slot);
+    return encodeFrame(FrameKind.reply, { ok: true, installed });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Leases: this peer's side.
+
+  private applyLease(until: number): void {
+    this.leaseUntil = until;
+    const now = this.now();
+    for (const slot of this.slots.values()) {
+      slot.core.setLease(now, until);
+      this.afterInput(slot);
+    }
+  }
+
+  /** Renew the lease with the coordinator, carrying progress and in-sync requests. */
+  private async renewLease(urgent = false): Promise<void> {
+    if (this.stopped || this.renewing) return;
+    const now = this.now();
+    if (urgent && now - this.lastRenewAt < 20) return;
+    const leader = this.opts.coordinator.status().coordinator;
+    if (leader === null || this.view.settings === null) return;
+    this.renewing = true;
+    this.lastRenewAt = now;
+    const requests = this.pendingRequests.splice(0);
+    const progress: ReplicaProgress[] = [...this.slots.values()].filter((s) => !s.removed).map((s) => s.core.progress());
+    const header = { mapVersion: this.view.version, capacity: this.opts.capacity, progress, requests };
+    const sentAt = this.now();
+    try {
+      let reply: Record<string, unknown>;
+      if (leader === this.self) {
+        reply = this.grantLease(this.self, header);
+      } else {
+        const bytes = await this.rpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs: Math.max(50, this.opts.leaseMs) });
+        reply = decodeFrame(bytes).header;
+      }
+      const leaseMs = int(reply, 'leaseMs', 1, 600_000);
+      const mapVersion = int(reply, 'mapVersion');
+      // Count from when the renewal was sent, minus a margin for clock-rate drift and scheduling.
+      const until = sentAt + leaseMs - Math.max(20, Math.floor(leaseMs / 10));
+      this.counters.leaseRenewals++;
+      if (this.view.version >= mapVersion) this.applyLease(until);
+      else this.pendingLease = { until, mapVersion };
+    } catch (err) {
+      this.counters.leaseFailures++;
+      // The core repeats requests it still needs; keep the newest few meanwhile.
+      this.opts.log.debug('lease renewal failed', { leader, err });
+    } finally {
+      this.renewing = false;
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Leases and shard control: the coordinator's side.
+
+  private grantLease(from: string, h: Record<string, unknown>): Record<string, unknown> {
+    if (!this.opts.coordinator.isLeader) throw Object.assign(new Error('not the coordinator'), { code: 'not_leader' });
+    const now = this.now();
+    this.checkLeader(now);
+    const progress = arr(h, 'progress', 1024).map((p, k) => {
+      const o = obj(p, `progress[${k}]`);
+      return { shard: int(o, 'shard', 0, 1023), epoch: int(o, 'epoch'), lastSeq: int(o, 'lastSeq'), lastEpoch: int(o, 'lastEpoch'), commitSeq: int(o, 'commitSeq') };
+    });
+    const requests = arr(h, 'requests', 4096).map((r, k): InSyncChangeRequest => {
+      const o = obj(r, `requests[${k}]`);
+      const kind = o.kind;
+      if (kind !== 'shrink-in-sync' && kind !== 'expand-in-sync') throw new InvalidMessageError(`requests[${k}].kind: unknown`);
+      const req = { kind, shard: int(o, 'shard', 0, 1023), from: str(o, 'from', 128), replica: str(o, 'replica', 128), epoch: int(o, 'epoch') } as InSyncChangeRequest;
+      if (req.from !== from) throw new InvalidMessageError(`requests[${k}].from: not the sender`);
+      return req;
+    });
+    this.controller.renew(now, from, progress, requests);
+    // --capacity takes effect when a peer joins (the map starts members at 1) or restarts with a
+    // new value; an operator's PUT /v1/cluster/members/{id} overrides it until then.
+    const capacity = h.capacity;
+    const member = this.view.members[from];
+    const prev = this.reportedCapacity.get(from);
+    if (typeof capacity === 'number') this.reportedCapacity.set(from, capacity);
+    const wanted = prev === undefined ? member?.capacity === 1 && capacity !== 1 : prev !== capacity;
+    if (typeof capacity === 'number' && member !== undefined && wanted && member.capacity !== capacity && !this.capacityUpdates.has(from)) {
+      this.capacityUpdates.add(from);
+      this.opts.coordinator
+        .propose({ type: 'update-member', peerId: from, capacity })
+        .catch((err: unknown) => {
+          this.reportedCapacity.delete(from);
+          this.opts.log.warn('capacity update not applied', { peer: from, capacity, err });
+        })
+        .finally(() => this.capacityUpdates.delete(from));
+    }
+    if (requests.length > 0) setImmediate(() => this.control());
+    return { leaseMs: this.opts.leaseMs, mapVersion: this.view.version };
+  }
+
+  private checkLeader(now: number): void {
+    const leader = this.opts.coordinator.isLeader;
+    if (leader && !this.wasLeader) {
+      this.controller.becameLeader(now);
+      this.reportedCapacity.clear();
+      this.controller.observe(now, this.view);
+      this.opts.log.info('shard controller active', { leaseMs: this.opts.leaseMs });
+    }
+    this.wasLeader = leader;
+  }
+
+  private control(): void {
+    if (this.stopped) return;
+    const now = this.now();
+    this.checkLeader(now);
+    if (!this.wasLeader || this.planning) return;
+    const plan = this.controller.plan(now, this.view);
+    if (plan === null) return;
+    this.planning = true;
+    this.counters.assignmentsProposed++;
+    this.opts.log.info('shard assignment proposed', { shards: plan.cmd.updates.length, reasons: plan.reasons.slice(0, 8) });
+    this.opts.coordinator
+      .propose(plan.cmd)
+      .catch((err: unknown) => this.opts.log.info('shard assignment not applied', { err }))
+      .finally(() => {
+        this.planning = false;
+      });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The store RPC: requests from other peers.
+
+  private async handleRpc(from: string, body: Uint8Array): Promise<Uint8Array> {
+    if (this.stopped) throw Object.assign(new Error('stopping'), { code: 'stopping' });
+    const f: Frame = decodeFrame(body);
+    switch (f.kind) {
+      case FrameKind.lease:
+        return encodeFrame(FrameKind.reply, this.grantLease(from, f.header));
+      case FrameKind.kv:
+        return this.encodeReply(await this.serveLocal(this.decodeKvRequest(f)));
+      case FrameKind.snapBegin:
+        return this.onSnapBegin(from, f.header);
+      case FrameKind.snapChunk:
+        return this.onSnapChunk(from, f.header, f.payload);
+      case FrameKind.snapEnd:
+        return this.onSnapEnd(from, f.header);
+      default:
+        throw new InvalidMessageError(`frame.kind: ${f.kind} is not a request`);
+    }
+  }
+
+  private decodeKvRequest(f: Frame): KvRequest {
+    const h = f.header;
+    const op = h.op;
+    if (op !== 'put' && op !== 'delete' && op !== 'get') throw new InvalidMessageError('op: must be put, delete or get');
+    const key = str(h, 'key', MAX_KEY_BYTES);
+    const req: KvRequest = { op, key };
+    const ifVersion = optInt(h, 'ifVersion');
+    if (ifVersion !== undefined) req.ifVersion = ifVersion;
+    if (h.consistency !== undefined) {
+      if (h.consistency !== 'strong' && h.consistency !== 'any') throw new InvalidMessageError('consistency: must be strong or any');
+      req.consistency = h.consistency;
+    }
+    if (op === 'put') {
+      if (f.payload.length > MAX_VALUE_BYTES) throw new InvalidMessageError('value: too large');
+      req.value = f.payload;
+    }
+    return req;
+  }
+
+  private encodeReply(r: OpReply): Uint8Array {
+    if (r.ok) return encodeFrame(FrameKind.reply, { ok: true, version: r.version, present: r.present }, r.value ?? new Uint8Array(0));
+    return encodeFrame(FrameKind.reply, { ok: false, code: r.code, message: r.message, current: r.current });
+  }
+
+  private decodeReply(bytes: Uint8Array): OpReply {
+    const f = decodeFrame(bytes);
+    const h = f.header;
+    if (h.ok === true) {
+      const present = h.present === true;
+      return { ok: true, version: int(h, 'version'), present, value: present ? f.payload : null };
+    }
+    const code = str(h, 'code', 64) as StoreErrorCode | 'not_primary';
+    const reply: OpReply = { ok: false, code, message: str(h, 'message', 4096) };
+    if (h.current !== undefined) {
+      const c = obj(h.current, 'current');
+      reply.current = { version: int(c, 'version'), present: c.present === true };
+    }
+    return reply;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Serving an operation on this peer's replica.
+
+  private async serveLocal(req: KvRequest): Promise<OpReply> {
+    const settings = this.view.settings;
+    if (settings === null || this.view.shards.length === 0) return { ok: false, code: 'unavailable', message: 'the shards are not assigned yet' };
+    const problem = keyProblem(req.key, MAX_KEY_BYTES);
+    if (problem !== null) return { ok: false, code: 'invalid_key', message: problem };
+    const shard = shardOf(req.key, settings.shardCount);
+    const slot = this.slots.get(shard);
+    if (slot === undefined || slot.removed) return { ok: false, code: 'not_primary', message: `no replica of shard ${shard} here` };
+    this.counters.served++;
+    if (req.op === 'get') {
+      try {
+        slot.core.read(this.now(), req.key, req.consistency ?? 'strong');
+      } catch (err) {
+        return this.replyForError(err);
+      }
+      const r = await this.shardStore.readValue(shard, req.key);
+      return { ok: true, version: r.version, present: r.present, value: r.value };
+    }
+    const op: WriteOp =
+      req.op === 'delete'
+        ? { kind: 'delete', key: req.key }
+        : req.ifVersion !== undefined
+          ? { kind: 'cas', key: req.key, expectVersion: req.ifVersion, value: req.value ?? new Uint8Array(0) }
+          : { kind: 'put', key: req.key, value: req.value ?? new Uint8Array(0) };
+    try {
+      const result = await this.writeLocal(slot, op);
+      if (result.applied) return { ok: true, version: result.version, present: op.kind !== 'delete', value: null };
+      return {
+        ok: false,
+        code: 'version_mismatch',
+        message: `key ${JSON.stringify(req.key)} is at version ${result.current.version}${result.current.present ? '' : ' (absent)'}, not ${req.ifVersion}`,
+        current: { version: result.current.version, present: result.current.present },
+      };
+    } catch (err) {
+      return this.replyForError(err);
+    }
+  }
+
+  private async writeLocal(slot: ShardSlot, op: WriteOp): Promise<WriteResult> {
+    for (let attempt = 0; ; attempt++) {
+      const r = await this.shardStore.readValue(slot.shard, op.key);
+      const requestId = this.nextRequestId++;
+      const answer = new Promise<WriteResult>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.waiters.delete(requestId);
+          reject(new StoreError('indeterminate', `no answer within ${WRITE_ANSWER_TIMEOUT_MS} ms; the write may or may not have been applied`));
+        }, WRITE_ANSWER_TIMEOUT_MS);
+        this.waiters.set(requestId, { resolve, reject, timer });
+      });
+      try {
+        slot.core.write(this.now(), { requestId, op, durable: { version: r.version, present: r.present }, durableAtSeq: r.durableAtSeq });
+      } catch (err) {
+        const w = this.waiters.get(requestId);
+        if (w !== undefined) clearTimeout(w.timer);
+        this.waiters.delete(requestId);
+        answer.catch(() => {});
+        if ((err as Error).name === 'StaleVersionError' && attempt < 5) continue;
+        throw err;
+      }
+      this.kick(slot);
+      return answer;
+    }
+  }
+
+  private replyForError(err: unknown): OpReply {
+    const e = err as Error;
+    switch (e.name) {
+      case 'NotPrimaryError':
+      case 'NotInSyncError':
+        return { ok: false, code: 'not_primary', message: e.message };
+      case 'NotEnoughReplicasError':
+        return { ok: false, code: 'not_enough_replicas', message: `writes refused: ${e.message}` };
+      case 'OverloadedError':
+        return { ok: false, code: 'overloaded', message: e.message };
+      case 'IndeterminateWriteError':
+        return { ok: false, code: 'indeterminate', message: `${e.message}; the write may or may not have been applied` };
+      case 'InvalidRequestError':
+        return { ok: false, code: 'invalid_request', message: e.message };
+      case 'StoreError':
+        return { ok: false, code: (e as StoreError).code, message: e.message };
+      default:
+        this.opts.log.error('store operation failed', { err });
+        return { ok: false, code: 'indeterminate', message: `internal error: ${e.message}` };
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Client operations (any peer): validate, route to the primary (or a replica), retry while the
+  // shard has no serving primary, up to requestTimeoutMs.
+
+  private validateKey(key: unknown): string {
+    const problem = keyProblem(key, this.opts.limits.maxKeyBytes);
+    if (problem !== null) throw new StoreError('invalid_key', problem);
+    return key as string;
+  }
+
+  async put(key: string, value: Uint8Array | string, options: PutOptions = {}): Promise<WriteOutcome> {
+    this.validateKey(key);
+    const bytes = typeof value === 'string' ? textEncoder.encode(value) : value;
+    if (!(bytes instanceof Uint8Array)) throw new StoreError('invalid_request', 'the value must be a Uint8Array or a string');
+    if (bytes.length > this.opts.limits.maxValueBytes) {
+      throw new StoreError('value_too_large', `the value is ${bytes.length} bytes; the limit is ${this.opts.limits.maxValueBytes}`);
+    }
+    const ifVersion = options.ifVersion;
+    if (ifVersion !== undefined && (!Number.isSafeInteger(ifVersion) || ifVersion < 0)) {
+      throw new StoreError('invalid_request', `ifVersion must be a non-negative integer, got ${String(ifVersion)}`);
+    }
+    const req: KvRequest = { op: 'put', key, value: bytes };
+    if (ifVersion !== undefined) req.ifVersion = ifVersion;
+    const r = await this.route(req);
+    return { version: r.version };
+  }
+
+  async get(key: string, options: GetOptions = {}): Promise<GetOutcome | null> {
+    this.validateKey(key);
+    const consistency = options.consistency ?? 'strong';
+    if (consistency !== 'strong' && consistency !== 'any') throw new StoreError('invalid_request', `consistency must be strong or any, got ${String(consistency)}`);
+    const r = await this.route({ op: 'get', key, consistency });
+    return r.present && r.value !== null ? { value: r.value, version: r.version } : null;
+  }
+
+  async delete(key: string): Promise<WriteOutcome> {
+    this.validateKey(key);
+    const r = await this.route({ op: 'delete', key });
+    return { version: r.version };
+  }
+
+  private async route(req: KvRequest): Promise<{ version: number; present: boolean; value: Uint8Array | null }> {
+    if (this.stopped) throw new StoreError('stopping', 'this peer is stopping', undefined, 1);
+    const deadline = this.now() + this.opts.requestTimeoutMs;
+    let last: OpReply = { ok: false, code: 'unavailable', message: 'no coordinator has assigned the shards yet' };
+    for (let attempt = 0; attempt < 10_000; attempt++) {
+      if (attempt > 0) {
+        const wait = Math.min(50, 5 * attempt);
+        if (this.now() + wait > deadline || this.stopped) break;
+        await sleep(wait);
+      }
+      const target = this.pickTarget(req);
+      if (target === null) continue;
+      let reply: OpReply;
+      const started = this.now();
+      if (target === this.self) {
+        reply = await this.serveLocal(req);
+      } else {
+        this.counters.forwarded++;
+        try {
+          const header: Record<string, unknown> = { op: req.op, key: req.key };
+          if (req.ifVersion !== undefined) header.ifVersion = req.ifVersion;
+          if (req.consistency !== undefined) header.consistency = req.consistency;
+          const bytes = await this.rpc.request(target, encodeFrame(FrameKind.kv, header, req.value), { timeoutMs: FORWARD_TIMEOUT_MS });
+          reply = this.decodeReply(bytes);
+        } catch (err) {
+          const notSent = err instanceof RpcUnavailableError && err.notSent;
+          if (req.op === 'get' || notSent) {
+            last = { ok: false, code: 'unavailable', message: `cannot reach ${target}: ${(err as Error).message}` };
+            continue;
+          }
+          throw new StoreError('indeterminate', `lost contact with the primary ${target} (${(err as Error).message}); the write may or may not have been applied`);
+        }
+      }
+      this.observeLatency(target, this.now() - started);
+      if (reply.ok) return reply;
+      last = reply;
+      if (reply.code === 'not_primary' || reply.code === 'unavailable' || reply.code === 'stopping') continue;
+      if (reply.code === 'not_enough_replicas' && this.now() + 100 < deadline) continue;
+      break;
+    }
+    if (last.ok) throw new Error('unreachable');
+    const code: StoreErrorCode = last.code === 'not_primary' ? 'unavailable' : last.code;
+    const message = last.code === 'not_primary' ? `no serving primary for the key's shard within ${this.opts.requestTimeoutMs} ms (${last.message})` : last.message;
+    throw new StoreError(code, message, last.current, code === 'unavailable' || code === 'not_enough_replicas' || code === 'overloaded' || code === 'stopping' ? 1 : undefined);
+  }
+
+  /** The peer to send `req` to: the primary, or for `any` reads one in-sync replica by the read policy. */
+  private pickTarget(req: KvRequest): string | null {
+    const settings = this.view.settings;
+    if (settings === null || this.view.shards.length === 0) return null;
+    const a: ShardAssignment | undefined = this.view.shards[shardOf(req.key, settings.shardCount)];
+    if (a === undefined) return null;
+    if (req.op !== 'get' || req.consistency !== 'any') return a.primary;
+    const candidates = a.inSync.filter((id) => this.view.members[id]?.status === 'active');
+    if (candidates.length === 0) return a.primary;
+    switch (this.opts.readPolicy) {
+      case 'round-robin':
+        return candidates[this.roundRobin++ % candidates.length]!;
+      case 'random':
+        return candidates[Math.floor(Math.random() * candidates.length)]!;
+      case 'weighted': {
+        const weights = candidates.map((id) => this.view.members[id]?.capacity ?? 1);
+        let x = Math.random() * weights.reduce((s, w) => s + w, 0);
+        for (const [k, id] of candidates.entries()) {
+          x -= weights[k]!;
+          if (x <= 0) return id;
+        }
+        return candidates[candidates.length - 1]!;
+      }
+      case 'least-latency': {
+        // Unmeasured peers first (so each gets a sample), then the lowest EWMA.
+        let best = candidates[0]!;
+        let bestMs = this.latencyEwma.get(best) ?? -1;
+        for (const id of candidates) {
+          const ms = this.latencyEwma.get(id) ?? -1;
+          if (ms < bestMs) {
+            best = id;
+            bestMs = ms;
+          }
+        }
+        return best;
+      }
+    }
+  }
+
+  private observeLatency(peer: string, ms: number): void {
+    const prev = this.latencyEwma.get(peer);
+    this.latencyEwma.set(peer, prev === undefined ? ms : prev * 0.8 + ms * 0.2);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Status.
+
+  shards(): ShardInfo[] {
+    return this.view.shards.map((a, shard) => {
+      const slot = this.slots.get(shard);
+      return { shard, ...a, seq: slot === undefined ? null : slot.core.progress().lastSeq };
+    });
+  }
+
+  summary(): ShardSummary | null {
+    const s = this.view.settings;
+    if (s === null) return null;
+    const perPeer: ShardSummary['perPeer'] = {};
+    let writable = 0;
+    for (const a of this.view.shards) {
+      if (a.primary !== null && a.inSync.length >= s.minInSync) writable++;
+      for (const id of a.replicas) {
+        const p = (perPeer[id] ??= { primaries: 0, replicas: 0 });
+        p.replicas++;
+        if (id === a.primary) p.primaries++;
+      }
+    }
+    return { shardCount: s.shardCount, replicationFactor: s.replicationFactor, minInSync: s.minInSync, writableShards: writable, perPeer };
+  }
+
+  /** Local replica states (for tests and debugging). */
+  replicaStatus(): ShardStatusCore[] {
+    const now = this.now();
+    return [...this.slots.values()].map((s) => s.core.status(now));
+  }
+
+  get leaseValid(): boolean {
+    return this.now() < this.leaseUntil;
+  }
+}
+
+export { MAX_KEY_BYTES, MAX_VALUE_BYTES };

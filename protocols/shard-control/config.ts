@@ -1,0 +1,78 @@
+/**
+ * Shard controller options: defaults with the reason for each, and their validation (throws a
+ * ConfigError naming the field). Times are in ms of the `nowMs` the shell passes in.
+ */
+import { ConfigError } from '../errors.js';
+import { DEFAULT_PLACEMENT_OPTIONS, validatePlacementOptions } from '../placement/index.js';
+
+export interface ShardControllerOptions {
+  /**
+   * Length of the lease the coordinator grants with each renewal. Required, no default: it must
+   * be the value the shell tells the peers (it decides when a silent primary is known to have
+   * stopped serving). A peer's lease, as the coordinator sees it, expires at the receive time of
+   * its last renewal + `leaseMs`.
+   */
+  leaseMs: number;
+  /**
+   * The first assignment waits for `replicationFactor` active members, or this long after the
+   * controller first saw the bootstrapped map without shards. Default 3000: long enough for the
+   * peers started together to join (so the first placement is not immediately moved), short
+   * enough that a single-peer cluster starts serving quickly.
+   */
+  initialAssignmentDelayMs?: number;
+  /**
+   * Most replicas a peer is catching up on at once (in `replicas`, not yet in-sync, on a shard
+   * with a primary); rebalancing adds no more to it until some finish. Default 2 (DESIGN §7,
+   * Riak's transfer limit): a joining peer is not flooded with snapshots.
+   */
+  maxCatchUpsPerPeer?: number;
+  /**
+   * A dead member keeps its replicas (and its place in the target placement) this long before
+   * they are re-created elsewhere, ms. Default 30 000 (DESIGN §7): a restart should not move every
+   * shard. The in-sync sets shrink at once anyway (the primary's ack timeout).
+   */
+  reReplicateAfterMs?: number;
+  /** Placement: virtual nodes per unit of capacity. Default: the placement default (128). */
+  vnodesPerUnitCapacity?: number;
+  /** Placement: bounded-load factor. Default: the placement default (1.25). */
+  loadFactor?: number;
+}
+
+export type ResolvedShardControllerOptions = Required<ShardControllerOptions>;
+
+export const DEFAULT_SHARD_CONTROLLER_OPTIONS: Readonly<Omit<ResolvedShardControllerOptions, 'leaseMs'>> = Object.freeze({
+  initialAssignmentDelayMs: 3000,
+  maxCatchUpsPerPeer: 2,
+  reReplicateAfterMs: 30_000,
+  vnodesPerUnitCapacity: DEFAULT_PLACEMENT_OPTIONS.vnodesPerUnitCapacity,
+  loadFactor: DEFAULT_PLACEMENT_OPTIONS.loadFactor,
+});
+
+const KEYS: ReadonlyArray<keyof ShardControllerOptions> = ['leaseMs', 'initialAssignmentDelayMs', 'maxCatchUpsPerPeer', 'reReplicateAfterMs', 'vnodesPerUnitCapacity', 'loadFactor'];
+
+/**
+ * Fill in the defaults and check every field.
+ * @throws ConfigError naming the first bad field (unknown keys are refused: they are typos).
+ */
+export function validateShardControllerOptions(opts: ShardControllerOptions): ResolvedShardControllerOptions {
+  if (opts === null || typeof opts !== 'object') throw new ConfigError('options', 'must be an object');
+  for (const key of Object.keys(opts)) {
+    if (!KEYS.includes(key as keyof ShardControllerOptions)) throw new ConfigError(key, 'is not a shard controller option');
+  }
+  const resolved: ResolvedShardControllerOptions = { ...DEFAULT_SHARD_CONTROLLER_OPTIONS, leaseMs: opts.leaseMs };
+  for (const key of KEYS) {
+    const value = opts[key];
+    if (value !== undefined) resolved[key] = value;
+  }
+  const { leaseMs, initialAssignmentDelayMs, maxCatchUpsPerPeer } = resolved;
+  if (typeof leaseMs !== 'number' || !Number.isFinite(leaseMs) || leaseMs <= 0) throw new ConfigError('leaseMs', 'must be a positive number');
+  if (typeof initialAssignmentDelayMs !== 'number' || !Number.isFinite(initialAssignmentDelayMs) || initialAssignmentDelayMs < 0) {
+    throw new ConfigError('initialAssignmentDelayMs', 'must be a number ≥ 0');
+  }
+  if (!Number.isSafeInteger(maxCatchUpsPerPeer) || maxCatchUpsPerPeer < 1) throw new ConfigError('maxCatchUpsPerPeer', 'must be an integer ≥ 1');
+  if (typeof resolved.reReplicateAfterMs !== 'number' || !Number.isFinite(resolved.reReplicateAfterMs) || resolved.reReplicateAfterMs < 0) {
+    throw new ConfigError('reReplicateAfterMs', 'must be a number ≥ 0');
+  }
+  validatePlacementOptions({ vnodesPerUnitCapacity: resolved.vnodesPerUnitCapacity, loadFactor: resolved.loadFactor });
+  return resolved;
+}

@@ -1,0 +1,526 @@
+/**
+ * The shard controller: a pure core that runs on the coordinator (the Raft leader) and decides
+ * how shard assignments change — the first assignment, in-sync set changes the primaries ask for,
+ * failover after a primary's lease lapsed, dropping replicas of dead or departed peers, and
+ * rebalancing toward the placement of the active members (DESIGN §3 "Leases", §4; PacificA).
+ *
+ * It reads no clock and does no I/O: time comes in as `nowMs` (a monotonic local clock), and its
+ * output is one `set-shard-assignment` command for the shell to propose.
+ *
+ * ## Shell contract
+ *
+ * - `becameLeader(nowMs)` when this peer becomes the Raft leader (again). Everything learnt
+ *   before is forgotten: the previous leader may have granted leases this one never saw, so no
+ *   lease counts as expired before `nowMs + leaseMs`.
+ * - `renew(nowMs, peer, progress, requests)` for every lease renewal received (`nowMs`: when it
+ *   was received). The lease granted in the reply must be `leaseMs` long, measured by the peer
+ *   from when it *sent* the renewal, and the reply must carry (or be preceded by) the committed
+ *   assignments as of `nowMs`, so a peer never extends a lease for a primaryship it has lost.
+ * - `observe(nowMs, map)` after every applied cluster-map change (and right after
+ *   `becameLeader`): the controller notices when a shard loses its primary.
+ * - `plan(nowMs, map)` whenever something may have changed (a renewal with requests, a map
+ *   change, a timer of about leaseMs / 4). Propose the returned command, at most one at a time:
+ *   call `plan` again only after the previous proposal committed (or failed). Every update of a
+ *   non-full command carries `expectEpoch`, so a command planned from a stale map is rejected
+ *   with `epoch-mismatch` instead of overwriting a newer assignment; just plan again.
+ *
+ * ## Rules
+ *
+ * First assignment (`full: true`, epoch 1): once the bootstrapped map has active members, and
+ * either `replicationFactor` of them or `initialAssignmentDelayMs` after the controller first saw
+ * it without shards; replicas from `assignReplicas`, primary = first, all in sync (all empty).
+ *
+ * Afterwards, at most one change per shard and plan, each bumping the epoch by exactly one and
+ * checked with the map's own rules (checkShardAssignment). By priority:
+ *
+ * 1. In-sync change requests of the shard's primary at the current epoch, while its lease is not
+ *    expired: shrink removes an in-sync backup, expand adds a replica that is not dead or gone.
+ *    Every valid request of that epoch goes into one change. Stale requests are dropped.
+ * 2. Promotion, only when the current primary X cannot be serving: X's lease expired (whatever
+ *    its member status), or X is null and the shard was vacated by V whose lease has expired or
+ *    at least `leaseMs` ago (a shard found without primary at `becameLeader` counts as vacated
+ *    then, by someone unknown). Candidates: in-sync replicas other than X with a valid lease,
+ *    status active (draining ones only if no active one qualifies); target replicas first, then
+ *    the highest reported (lastEpoch, lastSeq), then order in `replicas`. X leaves the in-sync set.
+ * 3. Drop replicas (not the primary) whose member is dead, has left, or is gone — never the last
+ *    in-sync one.
+ * 4. Rebalance: add replicas of the target placement (assignReplicas over the active members)
+ *    that the shard lacks, as catching-up (not in sync), up to replicationFactor + 1 replicas
+ *    and `maxCatchUpsPerPeer` per peer. If the shard is already full (the target moved while a
+ *    move was in flight), a non-target backup makes room in the same change: a catching-up one,
+ *    or else an in-sync one once no target replica is catching up. Only on shards with a primary.
+ * 5. Once every target replica is in sync: remove the non-target backups; a non-target primary
+ *    is vacated (primary null) if a target replica could be promoted, and rule 2 promotes one
+ *    after the lease wait.
+ *
+ * A change also drops non-primary replicas that have left (the map refuses them in any new
+ * assignment). A change the map would refuse is not proposed; the next rule is tried instead.
+ */
+import { checkShardAssignment } from '../cluster-map/cluster-map.js';
+import { CLUSTER_MAP_LIMITS } from '../cluster-map/commands.js';
+import type {
+  ClusterMapView,
+  ClusterSettings,
+  MemberInfo,
+  SetShardAssignmentCommand,
+  ShardAssignment,
+  ShardAssignmentUpdate,
+} from '../cluster-map/types.js';
+import { assignReplicas, type PlacementMember } from '../placement/index.js';
+import type { InSyncChangeRequest, ReplicaProgress } from '../replication/types.js';
+import { validateShardControllerOptions, type ResolvedShardControllerOptions, type ShardControllerOptions } from './config.js';
+
+/** What `plan` returns: one command to propose, and a line per changed shard saying why. */
+export interface ShardPlan {
+  cmd: SetShardAssignmentCommand;
+  reasons: string[];
+}
+
+/** Most peers whose renewals are tracked (members are bounded by the map; this bounds strangers). */
+const MAX_TRACKED_PEERS = 2 * CLUSTER_MAP_LIMITS.maxMembers;
+/** Most pending in-sync change requests kept per shard; older ones are dropped first. */
+const MAX_REQUESTS_PER_SHARD = 4 * (CLUSTER_MAP_LIMITS.maxReplicationFactor + 1);
+
+/** A shard found without a primary: since when, and who vacated it (null: unknown). */
+interface Vacancy {
+  by: string | null;
+  atMs: number;
+}
+
+interface Change {
+  assignment: ShardAssignment;
+  reason: string;
+}
+
+/** What one plan shares between shards. */
+interface PlanContext {
+  nowMs: number;
+  map: ClusterMapView;
+  settings: ClusterSettings;
+  /** Target replicas per shard, or null when there is no active member. */
+  target: string[][] | null;
+  /** Replicas each peer is catching up on (shards with a primary), plus those added by this plan. */
+  catchUps: Map<string, number>;
+}
+
+function memberOf(map: ClusterMapView, id: string): MemberInfo | undefined {
+  return Object.hasOwn(map.members, id) ? map.members[id] : undefined;
+}
+
+/** Dead, left, or no longer a member: its replicas are to be dropped. */
+function isGone(map: ClusterMapView, id: string): boolean {
+  const m = memberOf(map, id);
+  return m === undefined || m.status === 'dead' || m.status === 'left';
+}
+
+function without(list: readonly string[], remove: readonly string[]): string[] {
+  return list.filter((id) => !remove.includes(id));
+}
+
+/** inSync in the order of `replicas` (a canonical form). */
+function inReplicaOrder(replicas: readonly string[], inSync: Iterable<string>): string[] {
+  const set = new Set(inSync);
+  return replicas.filter((id) => set.has(id));
+}
+
+export class ShardController {
+  private readonly opts: ResolvedShardControllerOptions;
+  /** Null until the first becameLeader: plan does nothing before. */
+  private leaderSinceMs: number | null = null;
+  /** Receive time of each peer's last renewal since becameLeader. */
+  private readonly renewedAtMs = new Map<string, number>();
+  /** Last reported progress per peer and shard. */
+  private readonly progress = new Map<string, Map<number, ReplicaProgress>>();
+  /** Pending in-sync change requests per shard, oldest first. */
+  private readonly requests = new Map<number, InSyncChangeRequest[]>();
+  private readonly vacancies = new Map<number, Vacancy>();
+  /** Primary and epoch of every shard at the last look, or null: no look since becameLeader. */
+  private lastSeen: Array<{ primary: string | null; epoch: number }> | null = null;
+  /** When the bootstrapped map was first seen without shards. */
+  private unassignedSinceMs: number | null = null;
+  /** When each member was first seen `dead` (cleared when it is not). */
+  private readonly deadSinceMs = new Map<string, number>();
+  private targetKey = '';
+  private target: string[][] | null = null;
+
+  /** @throws ConfigError for bad options (see ShardControllerOptions). */
+  constructor(options: ShardControllerOptions) {
+    this.opts = validateShardControllerOptions(options);
+  }
+
+  /**
+   * This peer became the leader at `nowMs`: forget all leases, progress, requests and vacancies.
+   * No peer's lease counts as expired before `nowMs + leaseMs`.
+   */
+  becameLeader(nowMs: number): void {
+    this.leaderSinceMs = nowMs;
+    this.renewedAtMs.clear();
+    this.progress.clear();
+    this.requests.clear();
+    this.vacancies.clear();
+    this.lastSeen = null;
+  }
+
+  /**
+   * A lease renewal from `peer`, received at `nowMs`: its lease now lasts until
+   * `nowMs + leaseMs`; its progress per shard replaces what it reported before for those shards;
+   * its in-sync change requests (`from` must be `peer`; others are ignored) wait for `plan`.
+   */
+  renew(nowMs: number, peer: string, progress: readonly ReplicaProgress[], requests: readonly InSyncChangeRequest[]): void {
+    const previous = this.renewedAtMs.get(peer);
+    if (previous === undefined && this.renewedAtMs.size >= MAX_TRACKED_PEERS) return;
+    this.renewedAtMs.set(peer, Math.max(previous ?? Number.NEGATIVE_INFINITY, nowMs));
+    const validShard = (shard: unknown): shard is number =>
+      Number.isSafeInteger(shard) && (shard as number) >= 0 && (shard as number) < CLUSTER_MAP_LIMITS.maxShardCount;
+    let mine = this.progress.get(peer);
+    for (const p of progress.slice(0, CLUSTER_MAP_LIMITS.maxShardCount)) {
+      if (!validShard(p.shard) || !Number.isFinite(p.lastEpoch) || !Number.isFinite(p.lastSeq)) continue;
+      if (mine === undefined) this.progress.set(peer, (mine = new Map()));
+      mine.set(p.shard, { shard: p.shard, epoch: p.epoch, lastSeq: p.lastSeq, lastEpoch: p.lastEpoch, commitSeq: p.commitSeq });
+    }
+    for (const r of requests.slice(0, MAX_REQUESTS_PER_SHARD * CLUSTER_MAP_LIMITS.maxShardCount)) {
+      if (r.from !== peer || !validShard(r.shard) || !Number.isSafeInteger(r.epoch)) continue;
+      if (r.kind !== 'shrink-in-sync' && r.kind !== 'expand-in-sync') continue;
+      const list = this.requests.get(r.shard) ?? [];
+      const same = list.findIndex((q) => q.kind === r.kind && q.replica === r.replica && q.from === r.from && q.epoch === r.epoch);
+      if (same >= 0) list.splice(same, 1);
+      list.push({ kind: r.kind, shard: r.shard, from: r.from, replica: r.replica, epoch: r.epoch });
+      if (list.length > MAX_REQUESTS_PER_SHARD) list.splice(0, list.length - MAX_REQUESTS_PER_SHARD);
+      this.requests.set(r.shard, list);
+    }
+  }
+
+  /** Call after every applied map change: notices shards losing their primary, drops stale state. */
+  observe(nowMs: number, map: ClusterMapView): void {
+    this.sync(nowMs, map);
+  }
+
+  /**
+   * The changes to propose now, or null. Before the first `becameLeader`, always null.
+   * A non-full command lists each changed shard once, with `expectEpoch` = its current epoch and
+   * the new assignment at epoch + 1.
+   */
+  plan(nowMs: number, map: ClusterMapView): ShardPlan | null {
+    this.sync(nowMs, map);
+    const settings = map.settings;
+    if (this.leaderSinceMs === null || settings === null) return null;
+    if (map.shards.length === 0) return this.planInitial(nowMs, map, settings);
+    const ctx: PlanContext = { nowMs, map, settings, target: this.targetFor(nowMs, map, settings), catchUps: new Map() };
+    for (const a of map.shards) {
+      if (a.primary === null) continue;
+      for (const id of a.replicas) {
+        if (!a.inSync.includes(id) && !isGone(map, id)) ctx.catchUps.set(id, (ctx.catchUps.get(id) ?? 0) + 1);
+      }
+    }
+    const updates: ShardAssignmentUpdate[] = [];
+    const reasons: string[] = [];
+    map.shards.forEach((a, shard) => {
+      const change = this.planShard(ctx, shard, a);
+      if (change === null) return;
+      updates.push({ shard, assignment: change.assignment, expectEpoch: a.epoch });
+      reasons.push(`shard ${shard} epoch ${a.epoch + 1}: ${change.reason}`);
+    });
+    if (updates.length === 0) return null;
+    return { cmd: { type: 'set-shard-assignment', full: false, updates }, reasons };
+  }
+
+  /** The peer renewed since becameLeader and its lease has not run out at `nowMs`. */
+  leaseValid(nowMs: number, peer: string): boolean {
+    const at = this.renewedAtMs.get(peer);
+    return this.leaderSinceMs !== null && at !== undefined && nowMs < at + this.opts.leaseMs;
+  }
+
+  /**
+   * The peer cannot hold a lease at `nowMs`: its last renewal (or, with none since,
+   * becameLeader) was at least `leaseMs` ago. Neither valid nor expired: a peer that has not
+   * renewed since becameLeader, during the first `leaseMs`.
+   */
+  leaseExpired(nowMs: number, peer: string): boolean {
+    if (this.leaderSinceMs === null) return false;
+    const since = Math.max(this.leaderSinceMs, this.renewedAtMs.get(peer) ?? Number.NEGATIVE_INFINITY);
+    return nowMs >= since + this.opts.leaseMs;
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  private sync(nowMs: number, map: ClusterMapView): void {
+    if (map.settings !== null && map.shards.length === 0 && this.unassignedSinceMs === null) this.unassignedSinceMs = nowMs;
+    for (const [id, m] of Object.entries(map.members)) {
+      if (m.status !== 'dead') this.deadSinceMs.delete(id);
+      else if (!this.deadSinceMs.has(id)) this.deadSinceMs.set(id, nowMs);
+    }
+    for (const id of this.deadSinceMs.keys()) if (memberOf(map, id) === undefined) this.deadSinceMs.delete(id);
+    if (this.leaderSinceMs === null) return;
+    const shards = map.shards;
+    // Vacancies. Who vacated a shard is known only when the one change since the last look took
+    // its primary away; otherwise (several changes, or the first look) wait a full lease.
+    shards.forEach((a, shard) => {
+      if (a.primary !== null) {
+        this.vacancies.delete(shard);
+        return;
+      }
+      if (this.vacancies.has(shard)) return;
+      if (this.lastSeen === null) {
+        this.vacancies.set(shard, { by: null, atMs: this.leaderSinceMs! });
+        return;
+      }
+      const before = this.lastSeen[shard];
+      const by = before !== undefined && before.primary !== null && before.epoch + 1 === a.epoch ? before.primary : null;
+      this.vacancies.set(shard, { by, atMs: nowMs });
+    });
+    for (const shard of this.vacancies.keys()) if (shard >= shards.length) this.vacancies.delete(shard);
+    this.lastSeen = shards.map((a) => ({ primary: a.primary, epoch: a.epoch }));
+    // Stale requests: an older epoch, or the current one but not from the primary.
+    if (shards.length > 0) {
+      for (const [shard, list] of this.requests) {
+        const a = shards[shard];
+        const keep = a === undefined ? [] : list.filter((r) => r.epoch > a.epoch || (r.epoch === a.epoch && r.from === a.primary));
+        if (keep.length === 0) this.requests.delete(shard);
+        else this.requests.set(shard, keep);
+      }
+    }
+    // Peers that are no longer members: their progress, and their renewals once expired (an
+    // expired renewal says no more than none at all).
+    for (const peer of this.progress.keys()) if (memberOf(map, peer) === undefined) this.progress.delete(peer);
+    for (const peer of this.renewedAtMs.keys()) {
+      if (memberOf(map, peer) === undefined && this.leaseExpired(nowMs, peer)) this.renewedAtMs.delete(peer);
+    }
+  }
+
+  /** The target placement over the active members, cached until they or their capacities change. */
+  private targetFor(nowMs: number, map: ClusterMapView, settings: ClusterSettings, keepRecentlyDead = true): string[][] | null {
+    const active: PlacementMember[] = [];
+    for (const id of Object.keys(map.members).sort()) {
+      const m = map.members[id]!;
+      // A recently dead member keeps its place until reReplicateAfterMs (see replacing()).
+      const recentlyDead = keepRecentlyDead && m.status === 'dead' && nowMs < (this.deadSinceMs.get(id) ?? nowMs) + this.opts.reReplicateAfterMs;
+      if (m.status === 'active' || recentlyDead) active.push({ peerId: id, capacity: m.capacity });
+    }
+    if (active.length === 0) return null;
+    const key = `${keepRecentlyDead}/${settings.shardCount}/${settings.replicationFactor}/${active.map((m) => `${m.peerId}:${m.capacity}`).join(',')}`;
+    if (key !== this.targetKey) {
+      try {
+        this.target = assignReplicas(active, {
+          shardCount: settings.shardCount,
+          replicationFactor: settings.replicationFactor,
+          vnodesPerUnitCapacity: this.opts.vnodesPerUnitCapacity,
+          loadFactor: this.opts.loadFactor,
+        });
+      } catch {
+        // Capacities too large for the ring (ConfigError): no placement until they change.
+        this.target = null;
+      }
+      this.targetKey = key;
+    }
+    return this.target;
+  }
+
+  private planInitial(nowMs: number, map: ClusterMapView, settings: ClusterSettings): ShardPlan | null {
+    const active = Object.values(map.members).filter((m) => m.status === 'active').length;
+    if (active === 0) return null;
+    const waitedEnough = this.unassignedSinceMs !== null && nowMs >= this.unassignedSinceMs + this.opts.initialAssignmentDelayMs;
+    if (active < settings.replicationFactor && !waitedEnough) return null;
+    const target = this.targetFor(nowMs, map, settings, false);
+    if (target === null) return null;
+    const updates = target.map((replicas, shard) => ({
+      shard,
+      assignment: { replicas: [...replicas], primary: replicas[0]!, inSync: [...replicas], epoch: 1 },
+    }));
+    return {
+      cmd: { type: 'set-shard-assignment', full: true, updates },
+      reasons: [`initial assignment of ${settings.shardCount} shards over ${active} active members`],
+    };
+  }
+
+  /** The one change for `shard`, by rule priority, that the map would accept; or null. */
+  private planShard(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
+    const rules: Array<() => Change | null> = [
+      () => this.applyRequests(ctx, shard, a),
+      () => this.promote(ctx, shard, a),
+      () => this.dropGone(ctx, a),
+      () => this.addTargetReplicas(ctx, shard, a),
+      () => this.trimToTarget(ctx, shard, a),
+    ];
+    for (const rule of rules) {
+      const change = rule();
+      if (change === null) continue;
+      const final = this.withoutLeft(ctx, change);
+      const problem = checkShardAssignment(final.assignment, ctx.settings, (id) => memberOf(ctx.map, id));
+      if (problem === null) {
+        if (rule === rules[3]) {
+          for (const id of final.assignment.replicas) {
+            if (!a.replicas.includes(id)) ctx.catchUps.set(id, (ctx.catchUps.get(id) ?? 0) + 1);
+          }
+        }
+        return final;
+      }
+    }
+    return null;
+  }
+
+  /** Also drop non-primary replicas that left or are gone (no new assignment may hold them). */
+  private withoutLeft(ctx: PlanContext, change: Change): Change {
+    const a = change.assignment;
+    const left = a.replicas.filter((id) => id !== a.primary && (memberOf(ctx.map, id)?.status ?? 'left') === 'left');
+    if (left.length === 0) return change;
+    const replicas = without(a.replicas, left);
+    const inSync = without(a.inSync, left);
+    if (replicas.length === 0 || (a.inSync.length > 0 && inSync.length === 0)) return change; // the map will refuse it
+    return { assignment: { ...a, replicas, inSync }, reason: `${change.reason}; drop ${left.join(', ')} (left)` };
+  }
+
+  /** Rule 1: the primary's in-sync change requests at the current epoch. */
+  private applyRequests(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
+    const list = this.requests.get(shard);
+    if (list === undefined || a.primary === null || this.leaseExpired(ctx.nowMs, a.primary)) return null;
+    const inSync = new Set(a.inSync);
+    const done: string[] = [];
+    for (const r of list) {
+      if (r.epoch !== a.epoch || r.from !== a.primary) continue;
+      if (r.kind === 'shrink-in-sync') {
+        if (r.replica === a.primary || !inSync.has(r.replica)) continue;
+        inSync.delete(r.replica);
+        done.push(`shrink ${r.replica}`);
+      } else {
+        if (!a.replicas.includes(r.replica) || inSync.has(r.replica) || isGone(ctx.map, r.replica)) continue;
+        inSync.add(r.replica);
+        done.push(`expand ${r.replica}`);
+      }
+    }
+    if (done.length === 0) return null;
+    return {
+      assignment: { replicas: [...a.replicas], primary: a.primary, inSync: inReplicaOrder(a.replicas, inSync), epoch: a.epoch + 1 },
+      reason: `${done.join(', ')} (asked by primary ${a.primary})`,
+    };
+  }
+
+  /** Rule 2: a new primary, once the current one (or the one that vacated) cannot be serving. */
+  private promote(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
+    const { nowMs } = ctx;
+    const x = a.primary;
+    let why: string;
+    if (x === null) {
+      let vacancy = this.vacancies.get(shard);
+      if (vacancy === undefined) this.vacancies.set(shard, (vacancy = { by: null, atMs: nowMs }));
+      if (vacancy.by !== null && this.leaseExpired(nowMs, vacancy.by)) why = `vacated by ${vacancy.by}, whose lease expired`;
+      else if (nowMs >= vacancy.atMs + this.opts.leaseMs) why = `vacated ${nowMs - vacancy.atMs} ms ago`;
+      else return null;
+    } else {
+      if (!this.leaseExpired(nowMs, x)) return null;
+      why = `primary ${x}'s lease expired`;
+    }
+    const leased = a.inSync.filter((id) => id !== x && this.leaseValid(nowMs, id));
+    let candidates = leased.filter((id) => memberOf(ctx.map, id)?.status === 'active');
+    if (candidates.length === 0) candidates = leased.filter((id) => memberOf(ctx.map, id)?.status === 'draining');
+    const target = ctx.target?.[shard];
+    if (target !== undefined && candidates.some((id) => target.includes(id))) candidates = candidates.filter((id) => target.includes(id));
+    let best: string | null = null;
+    let bestRank: [number, number] = [-Infinity, -Infinity];
+    for (const id of candidates) {
+      // Highest (lastEpoch, lastSeq); missing progress ranks lowest; ties by order in `replicas`.
+      const p = this.progress.get(id)?.get(shard);
+      const rank: [number, number] = p === undefined ? [-1, -1] : [p.lastEpoch, p.lastSeq];
+      const better =
+        best === null ||
+        rank[0] > bestRank[0] ||
+        (rank[0] === bestRank[0] && rank[1] > bestRank[1]) ||
+        (rank[0] === bestRank[0] && rank[1] === bestRank[1] && a.replicas.indexOf(id) < a.replicas.indexOf(best));
+      if (better) {
+        best = id;
+        bestRank = rank;
+      }
+    }
+    if (best === null) return null;
+    const inSync = x === null ? [...a.inSync] : without(a.inSync, [x]);
+    return {
+      assignment: { replicas: [...a.replicas], primary: best, inSync, epoch: a.epoch + 1 },
+      reason: `promote ${best} (${why}; progress ${bestRank[0]}/${bestRank[1]})`,
+    };
+  }
+
+  /**
+   * A member whose replicas are to be re-created elsewhere: left, no longer a member, or dead for
+   * `reReplicateAfterMs` (DESIGN §4: a short outage or a restart does not move every shard).
+   */
+  private replacing(ctx: PlanContext, id: string): boolean {
+    const m = memberOf(ctx.map, id);
+    if (m === undefined || m.status === 'left') return true;
+    if (m.status !== 'dead') return false;
+    const since = this.deadSinceMs.get(id) ?? ctx.nowMs;
+    return ctx.nowMs >= since + this.opts.reReplicateAfterMs;
+  }
+
+  /** Rule 3: drop backups that are dead, left or gone; never the last in-sync replica. */
+  private dropGone(ctx: PlanContext, a: ShardAssignment): Change | null {
+    let replicas = [...a.replicas];
+    let inSync = [...a.inSync];
+    const dropped: string[] = [];
+    for (const id of a.replicas) {
+      if (id === a.primary || !this.replacing(ctx, id) || replicas.length === 1) continue;
+      if (inSync.length === 1 && inSync[0] === id) continue;
+      replicas = without(replicas, [id]);
+      inSync = without(inSync, [id]);
+      dropped.push(id);
+    }
+    if (dropped.length === 0) return null;
+    return {
+      assignment: { replicas, primary: a.primary, inSync, epoch: a.epoch + 1 },
+      reason: `drop ${dropped.map((id) => `${id} (${memberOf(ctx.map, id)?.status ?? 'not a member'})`).join(', ')}`,
+    };
+  }
+
+  /** Rule 4: add missing target replicas as catching-up, making room if the shard is full. */
+  private addTargetReplicas(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
+    const target = ctx.target?.[shard];
+    if (target === undefined || a.primary === null) return null;
+    const limit = this.opts.maxCatchUpsPerPeer;
+    const missing = target.filter((id) => !a.replicas.includes(id) && memberOf(ctx.map, id)?.status === 'active' && (ctx.catchUps.get(id) ?? 0) < limit);
+    if (missing.length === 0) return null;
+    const room = ctx.settings.replicationFactor + 1 - a.replicas.length;
+    if (room > 0) {
+      const add = missing.slice(0, room);
+      return {
+        assignment: { replicas: [...a.replicas, ...add], primary: a.primary, inSync: [...a.inSync], epoch: a.epoch + 1 },
+        reason: `add ${add.join(', ')} (catching up, target ${target.join(', ')})`,
+      };
+    }
+    // Full: a backup outside the target makes room: a catching-up one if there is one; an
+    // in-sync one only while no target replica is still catching up (wait for it instead).
+    const extras = a.replicas.filter((id) => id !== a.primary && !target.includes(id));
+    const targetCatchingUp = a.replicas.some((id) => target.includes(id) && !a.inSync.includes(id));
+    const victim = extras.find((id) => !a.inSync.includes(id)) ?? (targetCatchingUp ? undefined : extras[0]);
+    if (victim === undefined) return null;
+    const add = missing[0]!;
+    return {
+      assignment: {
+        replicas: [...without(a.replicas, [victim]), add],
+        primary: a.primary,
+        inSync: without(a.inSync, [victim]),
+        epoch: a.epoch + 1,
+      },
+      reason: `replace ${victim} by ${add} (catching up, target ${target.join(', ')})`,
+    };
+  }
+
+  /** Rule 5: every target replica in sync: remove the others; vacate a non-target primary. */
+  private trimToTarget(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
+    const target = ctx.target?.[shard];
+    if (target === undefined || !target.every((id) => a.inSync.includes(id))) return null;
+    const extras = a.replicas.filter((id) => !target.includes(id));
+    if (extras.length === 0) return null;
+    const backups = extras.filter((id) => id !== a.primary);
+    if (backups.length > 0) {
+      return {
+        assignment: { replicas: without(a.replicas, backups), primary: a.primary, inSync: without(a.inSync, backups), epoch: a.epoch + 1 },
+        reason: `remove ${backups.join(', ')} (not in target ${target.join(', ')}, which is in sync)`,
+      };
+    }
+    // Only the primary is outside the target: hand over, if some target replica could take it.
+    const successor = target.some((id) => this.leaseValid(ctx.nowMs, id) && memberOf(ctx.map, id)?.status === 'active');
+    if (!successor) return null;
+    return {
+      assignment: { replicas: [...a.replicas], primary: null, inSync: [...a.inSync], epoch: a.epoch + 1 },
+      reason: `vacate primary ${a.primary} (not in target ${target.join(', ')}, which is in sync)`,
+    };
+  }
+}

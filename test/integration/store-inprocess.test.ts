@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { createPeer, type Peer } from '../../node/index.js';
+import { createLogger } from '../../node/log.js';
+import { StoreError } from '../../node/store-api.js';
+import { makeTempDir, removeDir, waitFor } from './harness.js';
+
+const quiet = createLogger('silent');
+
+function startPeer(dir: string, name: string, joinAddrs: string[] = [], extra: Record<string, unknown> = {}): Promise<Peer> {
+  return createPeer(
+    { dataDir: join(dir, name), listen: ['/ip4/127.0.0.1/tcp/0'], http: 'off', join: joinAddrs, cluster: { shardCount: 16 }, ...extra },
+    { log: quiet },
+  );
+}
+
+const text = (b: Uint8Array | undefined): string => Buffer.from(b ?? new Uint8Array(0)).toString('utf8');
+
+describe('store: 3 peers in one process (library API)', function () {
+  this.timeout(60_000);
+  let dir: string;
+  const peers: Peer[] = [];
+
+  before(async () => {
+    dir = await makeTempDir();
+    peers.push(await startPeer(dir, 'p0'));
+    for (let i = 1; i < 3; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).addrs[0] as string]));
+    await waitFor(
+      'every shard writable with 3 in-sync replicas on every peer',
+      () =>
+        peers.every((p) => {
+          const s = p.status().shards;
+          return s !== null && s.writableShards === s.shardCount && Object.keys(s.perPeer).length === 3;
+        }),
+      { timeoutMs: 30_000 },
+    );
+  });
+
+  after(async () => {
+    await Promise.all(peers.map((p) => p.stop().catch(() => {})));
+    await removeDir(dir);
+  });
+
+  it('places every shard on 3 distinct peers, one of them primary', () => {
+    const s = peers[0]!.status().shards!;
+    assert.equal(s.shardCount, 16);
+    const replicas = Object.values(s.perPeer).reduce((n, p) => n + p.replicas, 0);
+    const primaries = Object.values(s.perPeer).reduce((n, p) => n + p.primaries, 0);
+    assert.equal(replicas, 16 * 3);
+    assert.equal(primaries, 16);
+  });
+
+  it('put, get and delete through any peer; versions count every write', async () => {
+    for (let k = 0; k < 20; k++) {
+      const key = `key-${k}`;
+      const via = peers[k % 3]!;
+      const w1 = await via.put(key, `v1-${k}`);
+      assert.equal(w1.version, 1);
+      const w2 = await peers[(k + 1) % 3]!.put(key, new Uint8Array([0, 255, k]));
+      assert.equal(w2.version, 2);
+      const got = await peers[(k + 2) % 3]!.get(key);
+      assert.ok(got !== null);
+      assert.deepEqual([...got.value], [0, 255, k]);
+      assert.equal(got.version, 2);
+    }
+    const d = await peers[1]!.delete('key-3');
+    assert.equal(d.version, 3);
+    assert.equal(await peers[2]!.get('key-3'), null);
+    const again = await peers[0]!.put('key-3', 'back');
+    assert.equal(again.version, 4, 'a delete keeps the version: a later put continues from it');
+  });
+
+  it('compare-and-set: ifVersion matches, mismatches with the current version, and 0 means absent', async () => {
+    const p = peers[0]!;
+    const created = await p.put('cas-key', 'a', { ifVersion: 0 });
+    assert.equal(created.version, 1);
+    await assert.rejects(p.put('cas-key', 'b', { ifVersion: 0 }), (err: unknown) => {
+      assert.ok(err instanceof StoreError);
+      assert.equal(err.code, 'version_mismatch');
+      assert.deepEqual(err.current, { version: 1, present: true });
+      return true;
+    });
+    const next = await peers[2]!.put('cas-key', 'c', { ifVersion: 1 });
+    assert.equal(next.version, 2);
+    assert.equal(text((await peers[1]!.get('cas-key'))?.value), 'c');
+  });
+
+  it('consistency=any reads an in-sync replica: it may lag, but soon shows the write on every replica', async () => {
+    const w = await peers[0]!.put('any-key', 'x');
+    await waitFor('six any-reads in a row to see the write', async () => {
+      for (let i = 0; i < 6; i++) {
+        const got = await peers[i % 3]!.get('any-key', { consistency: 'any' });
+        if (got === null) return false;
+        assert.ok(got.version <= w.version, 'never a version that was not written');
+        if (text(got.value) !== 'x') return false;
+      }
+      return true;
+    });
+  });
+
+  it('rejects bad input with a StoreError naming what was wrong', async () => {
+    const p = peers[0]!;
+    const code = async (f: () => Promise<unknown>, expected: string): Promise<void> => {
+      await assert.rejects(f, (err: unknown) => err instanceof StoreError && err.code === expected);
+    };
+    await code(() => p.put('', 'v'), 'invalid_key');
+    await code(() => p.put('k'.repeat(1025), 'v'), 'invalid_key');
+    await code(() => p.put('\ud800', 'v'), 'invalid_key');
+    await code(() => p.put('k', new Uint8Array(1024 * 1024 + 1)), 'value_too_large');
+    await code(() => p.put('k', 'v', { ifVersion: -1 }), 'invalid_request');
+    await code(() => p.get('k', { consistency: 'eventual' as never }), 'invalid_request');
+    assert.equal((await p.put('still-serving', 'yes')).version, 1);
+  });
+
+  it('a 1 MiB value round-trips', async () => {
+    const big = new Uint8Array(1024 * 1024).map((_, i) => i % 251);
+    await peers[1]!.put('big', big);
+    const got = await peers[2]!.get('big');
+    assert.equal(got?.value.length, big.length);
+    assert.ok(Buffer.from(got!.value).equals(Buffer.from(big)));
+  });
+});

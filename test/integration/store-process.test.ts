@@ -1,0 +1,903 @@
+/**
+ * The key-value store with real `shoal` processes: a shard's primary is SIGKILLed or SIGSTOPped
+ * while clients write, read and cas over HTTP; every client operation is recorded and the
+ * whole history is checked for linearizability and for lost acknowledged writes. Then a full
+ * crash (SIGKILL of every peer) and restart, which must keep every acknowledged write.
+ *
+ * Outcomes (see node/store-api.ts): a 200 (or a 412 for a cas) is ok; a 503 `indeterminate`,
+ * a timeout or a connection error on a write is unknown; any other 503 or 4xx did not apply.
+ */
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { PeerStatus } from '../../node/peer.js';
+import type { ShardInfo, ShardSummary } from '../../node/store-api.js';
+import { shardOf } from '../../protocols/placement/index.js';
+import { SeededRandom } from '../../protocols/random.js';
+import { describeOperation, HistoryRecorder, type KvOp, type Outcome } from '../checker/history.js';
+import { checkLinearizable } from '../checker/linearizability.js';
+import { findLostAcknowledgedWrites, type FinalRead } from '../checker/lost-writes.js';
+import { makeTempDir, ProcessPeer, removeDir, waitFor } from './harness.js';
+
+/** The status with the store's summary (`shards` is null until the store runs). */
+type StoreStatus = PeerStatus & { shards?: ShardSummary | null };
+
+const now = (): number => performance.now();
+const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** One HTTP request over `agent`, bounded by `timeoutMs` (then the request is destroyed and rejects). */
+function request(agent: http.Agent, address: string, method: string, path: string, body: Buffer | undefined, timeoutMs: number): Promise<Reply> {
+  const colon = address.lastIndexOf(':');
+  const host = address.slice(0, colon);
+  const port = Number(address.slice(colon + 1));
+  return new Promise<Reply>((resolve, reject) => {
+    let settled = false;
+    const settle = (fn: () => void): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      fn();
+    };
+    const headers: Record<string, string | number> = {};
+    if (body !== undefined) {
+      headers['content-type'] = 'application/octet-stream';
+      headers['content-length'] = body.length;
+    }
+    const req = http.request({ host, port, method, path, agent, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => settle(() => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) })));
+      res.on('error', (err) => settle(() => reject(err)));
+      res.on('aborted', () => settle(() => reject(new Error('response aborted'))));
+    });
+    const timer = setTimeout(() => {
+      settle(() => reject(new Error(`timeout after ${timeoutMs} ms`)));
+      req.destroy();
+    }, timeoutMs);
+    req.on('error', (err) => settle(() => reject(err)));
+    req.end(body);
+  });
+}
+
+function jsonOf(body: Buffer): Record<string, unknown> {
+  try {
+    const v: unknown = JSON.parse(body.toString('utf8'));
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+}
+
+const kvPath = (key: string): string => `/v1/kv/${encodeURIComponent(key)}`;
+
+/** The outcome of one store operation as the history records it, and a short note of what was seen. */
+interface Sent {
+  outcome: Outcome;
+  /** HTTP status and error code, or the exception: for summaries and dumps. */
+  detail: string;
+}
+
+/** Sends `op` to the peer at `address` and classifies the answer (never throws). */
+async function sendOp(agent: http.Agent, address: string, op: KvOp, timeoutMs: number): Promise<Sent> {
+  let reply: Reply;
+  try {
+    if (op.type === 'read') reply = await request(agent, address, 'GET', `${kvPath(op.key)}?consistency=strong`, undefined, timeoutMs);
+    else if (op.type === 'cas') reply = await request(agent, address, 'PUT', `${kvPath(op.key)}?ifVersion=${op.expectVersion}`, Buffer.from(op.value), timeoutMs);
+    else if (op.value === null) reply = await request(agent, address, 'DELETE', kvPath(op.key), undefined, timeoutMs);
+    else reply = await request(agent, address, 'PUT', kvPath(op.key), Buffer.from(op.value), timeoutMs);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    // A read that got no answer observed nothing; a write that got none may have applied.
+    return { outcome: { status: 'unknown' }, detail: e.code ?? e.message };
+  }
+  const body = jsonOf(reply.body);
+  const code = typeof body.error === 'string' ? body.error : '';
+  const detail = `${reply.status}${code === '' ? '' : ` ${code}`}`;
+  if (op.type === 'read') {
+    if (reply.status === 200) {
+      const header = reply.headers['x-shoal-version'];
+      const version = typeof header === 'string' && /^\d+$/.test(header) ? Number(header) : undefined;
+      const value = reply.body.toString('utf8');
+      return { outcome: version === undefined ? { status: 'ok', value } : { status: 'ok', value, version }, detail };
+    }
+    // The store's 404 carries no version of the tombstone.
+    if (reply.status === 404 && code === 'not_found') return { outcome: { status: 'ok', value: null }, detail };
+    return { outcome: { status: 'fail' }, detail };
+  }
+  if (reply.status === 200) {
+    return { outcome: typeof body.version === 'number' ? { status: 'ok', version: body.version } : { status: 'ok' }, detail };
+  }
+  if (reply.status === 412 && op.type === 'cas' && code === 'version_mismatch') {
+    const current = body.currentVersion;
+    return { outcome: typeof current === 'number' ? { status: 'ok', casFailed: true, version: current } : { status: 'ok', casFailed: true }, detail };
+  }
+  if (reply.status === 503 && code !== 'indeterminate' && code !== '') return { outcome: { status: 'fail' }, detail };
+  if (reply.status >= 400 && reply.status < 500) return { outcome: { status: 'fail' }, detail };
+  // 503 indeterminate, a 5xx without a code, anything unexpected: it may have applied.
+  return { outcome: { status: 'unknown' }, detail };
+}
+
+// ---------------------------------------------------------------------------------------------
+// A cluster of processes
+
+const short = (id: string | null | undefined): string => (id == null ? '-' : id.slice(-6));
+
+class Cluster {
+  /** The current process of each slot (p0, p1, ...). */
+  readonly peers: ProcessPeer[] = [];
+  /** Processes that were replaced by a restart (kept for their stderr in dumps). */
+  readonly retired: ProcessPeer[] = [];
+
+  private constructor(readonly dir: string, readonly extraArgs: string[]) {}
+
+  /** An empty cluster with its temp dir; {@link startPeers} starts the processes. */
+  static async create(extraArgs: string[] = []): Promise<Cluster> {
+    return new Cluster(await makeTempDir('shoal-store-it-'), extraArgs);
+  }
+
+  /** Starts `n` peers, the first one seeding the others (each kept as soon as it runs, for cleanup). */
+  async startPeers(n: number): Promise<void> {
+    const seed = await ProcessPeer.start(join(this.dir, 'p0'), { extraArgs: this.extraArgs });
+    this.peers.push(seed);
+    const others = await Promise.allSettled(
+      Array.from({ length: n - 1 }, (_, i) => ProcessPeer.start(join(this.dir, `p${i + 1}`), { join: [seed.joinAddr], extraArgs: this.extraArgs })),
+    );
+    for (const o of others) if (o.status === 'fulfilled') this.peers.push(o.value);
+    const failed = others.find((o) => o.status === 'rejected');
+    if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+  }
+
+  label(peerId: string | null | undefined): string {
+    if (peerId == null) return '-';
+    const i = this.peers.findIndex((p) => p.peerId === peerId);
+    return i >= 0 ? `p${i}` : short(peerId);
+  }
+
+  async status(p: ProcessPeer, timeoutMs = 2000): Promise<StoreStatus> {
+    const res = await fetch(`http://${p.httpAddress}/v1/status`, { signal: AbortSignal.timeout(timeoutMs) });
+    if (!res.ok) throw new Error(`status ${res.status}`);
+    return (await res.json()) as StoreStatus;
+  }
+
+  async shards(p: ProcessPeer, timeoutMs = 2000): Promise<ShardInfo[]> {
+    const res = await fetch(`http://${p.httpAddress}/v1/shards`, { signal: AbortSignal.timeout(timeoutMs) });
+    if (!res.ok) throw new Error(`/v1/shards: ${res.status} ${await res.text()}`);
+    return ((await res.json()) as { shards: ShardInfo[] }).shards;
+  }
+
+  /** Every peer of `ps` is alive in every view, they agree on a coordinator, and all shards are writable everywhere. */
+  async waitWritable(what: string, ps: ProcessPeer[] = this.peers, timeoutMs = 40_000): Promise<StoreStatus[]> {
+    return waitFor(
+      `${what}: every peer alive everywhere, one coordinator, shards.writableShards === shardCount on every peer`,
+      async () => {
+        const st = await Promise.all(ps.map((p) => this.status(p)));
+        const f = st[0] as StoreStatus;
+        const ok =
+          f.coordinator !== null &&
+          st.every(
+            (s) =>
+              s.coordinator === f.coordinator &&
+              s.shards != null &&
+              s.shards.shardCount > 0 &&
+              s.shards.writableShards === s.shards.shardCount &&
+              ps.every((p) => s.members.find((m) => m.peerId === p.peerId)?.state === 'alive'),
+          );
+        return ok ? st : null;
+      },
+      { timeoutMs, intervalMs: 200 },
+    ).catch(async (err: Error) => {
+      throw new Error(`${err.message}\n${await this.dump()}`);
+    });
+  }
+
+  /**
+   * A settled cluster: writable everywhere (see waitWritable), and every peer shows the same shard
+   * table in which every shard has a primary and all its replicas (min(R, peers)) in sync, the
+   * same table on two polls in a row (no move or in-sync change under way).
+   */
+  async waitSettled(what: string, timeoutMs = 60_000): Promise<void> {
+    const deadline = now() + timeoutMs;
+    await this.waitWritable(what, this.peers, timeoutMs);
+    let previous = '';
+    await waitFor(
+      `${what}: the same settled shard table (all replicas in sync) on every peer, twice in a row`,
+      async () => {
+        const st = await this.status(this.peers[0] as ProcessPeer);
+        const want = Math.min((st.shards as ShardSummary).replicationFactor, this.peers.length);
+        const views = await Promise.all(this.peers.map((p) => this.shards(p)));
+        const strip = (v: ShardInfo[]): string => JSON.stringify(v.map(({ seq: _seq, ...rest }) => rest));
+        const text = strip(views[0] as ShardInfo[]);
+        const settled =
+          views.every((v) => strip(v) === text) &&
+          (views[0] as ShardInfo[]).every((s) => s.primary !== null && s.replicas.length === want && s.inSync.length === want);
+        const stable = settled && text === previous;
+        previous = settled ? text : '';
+        return stable;
+      },
+      { timeoutMs: Math.max(1000, deadline - now()), intervalMs: 500 },
+    ).catch(async (err: Error) => {
+      throw new Error(`${err.message}\n${await this.dump()}`);
+    });
+  }
+
+  /** Restarts slot `i` on its data dir, joining through `via`. */
+  async restart(i: number, via: ProcessPeer[]): Promise<ProcessPeer> {
+    const old = this.peers[i] as ProcessPeer;
+    this.retired.push(old);
+    const again = await ProcessPeer.start(old.dataDir, { join: via.map((p) => p.joinAddr), extraArgs: this.extraArgs });
+    this.peers[i] = again;
+    assert.equal(again.peerId, old.peerId, 'the restarted peer keeps its identity');
+    return again;
+  }
+
+  /** What every peer shows: status summary, its shard table, and the tail of its stderr. */
+  async dump(): Promise<string> {
+    const lines: string[] = ['---- cluster dump ----'];
+    for (const [i, p] of this.peers.entries()) {
+      const head = `p${i} ${short(p.peerId)} http=${p.httpAddress} pid=${p.child.pid} ${p.running ? 'running' : `exited(${p.child.exitCode ?? p.child.signalCode})`}`;
+      if (!p.running) {
+        lines.push(head);
+        continue;
+      }
+      try {
+        const s = await this.status(p, 1500);
+        lines.push(
+          `${head} role=${s.role} term=${s.term} commit=${s.commitIndex} coordinator=${this.label(s.coordinator)} map=${s.clusterMapVersion} ` +
+            `members=[${s.members.map((m) => `${this.label(m.peerId)}:${m.state}`).join(' ')}] shards=${JSON.stringify(s.shards ?? null)}`,
+        );
+      } catch (err) {
+        lines.push(`${head} status: ${(err as Error).message}`);
+      }
+      try {
+        const table = await this.shards(p, 1500);
+        lines.push(
+          `  p${i} /v1/shards: ` +
+            table
+              .map(
+                (s) =>
+                  `${s.shard}:${this.label(s.primary)}[${s.inSync.map((r) => this.label(r)).join(',')}/${s.replicas.map((r) => this.label(r)).join(',')}]e${s.epoch}s${s.seq ?? '?'}`,
+              )
+              .join(' '),
+        );
+      } catch (err) {
+        lines.push(`  p${i} /v1/shards: ${(err as Error).message}`);
+      }
+    }
+    for (const [i, p] of this.peers.entries()) lines.push(`---- p${i} ${short(p.peerId)} stderr (tail) ----`, p.stderr.slice(-3000));
+    for (const p of this.retired) lines.push(`---- retired process of ${this.label(p.peerId)} (pid ${p.child.pid}) stderr (tail) ----`, p.stderr.slice(-3000));
+    return lines.join('\n');
+  }
+
+  async destroy(): Promise<void> {
+    await Promise.all([...this.peers, ...this.retired].map((p) => p.destroy()));
+    await removeDir(this.dir);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/** One completed client operation, with who served it. */
+interface OpRecord {
+  client: string;
+  peerId: string;
+  op: KvOp;
+  invokeAt: number;
+  completeAt: number;
+  outcome: Outcome;
+  detail: string;
+}
+
+const isAppliedWrite = (r: OpRecord): boolean => r.op.type !== 'read' && r.outcome.status === 'ok' && r.outcome.casFailed !== true;
+
+/**
+ * Concurrent clients, each with one operation in flight, over a fixed key set: puts of unique
+ * values, strong gets, cas from the last version the client saw, and a few deletes. Each
+ * client sends to the peers of `targets` in turn (or to `focus`, when set, half the time).
+ */
+class Workload {
+  readonly recorder = new HistoryRecorder({ now });
+  readonly agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
+  readonly records: OpRecord[] = [];
+  targets: ProcessPeer[];
+  focus: ProcessPeer | null = null;
+  private stopping = false;
+  private loops: Promise<void>[] = [];
+
+  constructor(
+    initialTargets: ProcessPeer[],
+    readonly keys: string[],
+    readonly hotKeys: ReadonlySet<string>,
+    readonly timeoutMs = 4000,
+  ) {
+    this.targets = initialTargets.slice();
+  }
+
+  start(clients: number, seed: number): void {
+    for (let c = 0; c < clients; c++) this.loops.push(this.client(`c${c}`, new SeededRandom(seed + c), c));
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(this.loops);
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  /** Runs `op` against `peer` and records it (invoke, then complete). */
+  async run(client: string, peer: ProcessPeer, op: KvOp): Promise<OpRecord> {
+    const invokeAt = now();
+    const id = this.recorder.invoke(client, op);
+    const sent = await sendOp(this.agent, peer.httpAddress, op, this.timeoutMs);
+    this.recorder.complete(id, sent.outcome);
+    const record: OpRecord = { client, peerId: peer.peerId, op, invokeAt, completeAt: now(), outcome: sent.outcome, detail: sent.detail };
+    this.records.push(record);
+    return record;
+  }
+
+  private async client(name: string, rng: SeededRandom, offset: number): Promise<void> {
+    const hot = this.keys.filter((k) => this.hotKeys.has(k));
+    const cold = this.keys.filter((k) => !this.hotKeys.has(k));
+    /** The last version this client saw for each key (from a read, a write or a mismatch). */
+    const seen = new Map<string, number>();
+    let turn = offset;
+    let n = 0;
+    while (!this.stopping) {
+      const targets = this.targets;
+      if (targets.length === 0) {
+        await pause(20);
+        continue;
+      }
+      const peer = this.focus !== null && rng.chance(0.5) ? this.focus : (targets[turn++ % targets.length] as ProcessPeer);
+      const key = hot.length > 0 && (cold.length === 0 || rng.chance(0.5)) ? rng.pick(hot) : rng.pick(cold);
+      const dice = rng.next();
+      const value = `${name}-${n++}`;
+      let op: KvOp;
+      if (dice < 0.4) op = { type: 'write', key, value };
+      else if (dice < 0.75) op = { type: 'read', key };
+      else if (dice < 0.95) op = { type: 'cas', key, expectVersion: seen.get(key) ?? 0, value };
+      else op = { type: 'write', key, value: null };
+      const r = await this.run(name, peer, op);
+      if (r.outcome.status === 'ok' && r.outcome.version !== undefined) seen.set(key, r.outcome.version);
+      // A refused request comes back at once: do not spin on a shard that is failing over.
+      if (r.outcome.status !== 'ok') await pause(10);
+    }
+  }
+
+  /** Completion time of the first write or cas to a hot key, invoked after `since`, that applied. */
+  firstHotWriteAfter(since: number): number | null {
+    let first: number | null = null;
+    for (const r of this.records) {
+      if (r.invokeAt > since && this.hotKeys.has(r.op.key) && isAppliedWrite(r) && (first === null || r.completeAt < first)) first = r.completeAt;
+    }
+    return first;
+  }
+
+  countHotWrites(since = -Infinity): number {
+    return this.records.filter((r) => r.invokeAt > since && this.hotKeys.has(r.op.key) && isAppliedWrite(r)).length;
+  }
+
+  /** Ok operations served by `peerId`, invoked after `since`. */
+  okServedBy(peerId: string, since: number, type?: KvOp['type']): number {
+    return this.records.filter((r) => r.peerId === peerId && r.invokeAt > since && r.outcome.status === 'ok' && (type === undefined || r.op.type === type)).length;
+  }
+
+  /** Counts of outcomes by operation type and detail, e.g. `write 503 unavailable: 12`. */
+  summary(label: (peerId: string) => string): string {
+    const counts = new Map<string, number>();
+    const add = (k: string): void => {
+      counts.set(k, (counts.get(k) ?? 0) + 1);
+    };
+    for (const r of this.records) {
+      const kind = r.op.type === 'write' && r.op.value === null ? 'delete' : r.op.type;
+      add(`${kind} ${r.outcome.status}${r.outcome.status === 'ok' && r.outcome.casFailed === true ? '(mismatch)' : ''} ${r.detail}`);
+    }
+    const byPeer = new Map<string, number>();
+    for (const r of this.records) byPeer.set(label(r.peerId), (byPeer.get(label(r.peerId)) ?? 0) + 1);
+    return (
+      `${this.records.length} ops; by peer: ${[...byPeer].map(([p, c]) => `${p}=${c}`).join(' ')}\n  ` +
+      [...counts]
+        .sort()
+        .map(([k, c]) => `${k}: ${c}`)
+        .join('\n  ')
+    );
+  }
+
+  /** Operations on `keys` invoked in [from, to], for a dump. */
+  excerpt(keys: ReadonlySet<string>, from: number, to: number, label: (peerId: string) => string, max = 60): string {
+    const picked = this.records.filter((r) => keys.has(r.op.key) && r.invokeAt >= from && r.invokeAt <= to).sort((a, b) => a.invokeAt - b.invokeAt);
+    return picked
+      .slice(0, max)
+      .map((r) => `${r.invokeAt.toFixed(1)}..${r.completeAt.toFixed(1)} ${r.client}@${label(r.peerId)} ${JSON.stringify(r.op)} → ${JSON.stringify(r.outcome)} (${r.detail})`)
+      .join('\n');
+  }
+}
+
+/**
+ * Final strong reads of every key through `peer`, recorded in the history (client `final@pN`).
+ * A 404 carries no version, so an absent key's version is learnt from a cas that cannot match
+ * (recorded too: a refused cas changes nothing). Retries refusals, bounded.
+ */
+async function finalReads(workload: Workload, peer: ProcessPeer, name: string, keys: readonly string[]): Promise<Map<string, FinalRead>> {
+  const finals = new Map<string, FinalRead>();
+  for (const key of keys) {
+    const read = await waitFor(
+      `a final strong read of ${key} through ${name}`,
+      async () => {
+        const r = await workload.run(`final@${name}`, peer, { type: 'read', key });
+        return r.outcome.status === 'ok' ? r : null;
+      },
+      { timeoutMs: 15_000, intervalMs: 100 },
+    );
+    const outcome = read.outcome as { value: string | null; version?: number };
+    if (outcome.value !== null) {
+      assert.ok(outcome.version !== undefined, `a 200 read of ${key} without X-Shoal-Version`);
+      finals.set(key, { value: outcome.value, version: outcome.version });
+      continue;
+    }
+    const probe = await waitFor(
+      `the version of absent ${key} through ${name}`,
+      async () => {
+        const r = await workload.run(`final@${name}`, peer, { type: 'cas', key, expectVersion: 1_000_000_000, value: 'never' });
+        return r.outcome.status === 'ok' ? r : null;
+      },
+      { timeoutMs: 15_000, intervalMs: 100 },
+    );
+    const p = probe.outcome as { casFailed?: boolean; version?: number };
+    assert.ok(p.casFailed === true && p.version !== undefined, `the probe cas on absent ${key} must be refused with the current version: ${JSON.stringify(p)}`);
+    finals.set(key, { value: null, version: p.version });
+  }
+  return finals;
+}
+
+/** Saves the history for later study; returns the file name. */
+async function saveHistory(workload: Workload, tag: string): Promise<string> {
+  const file = join(tmpdir(), `shoal-store-history-${tag}-${Date.now()}.json`);
+  await writeFile(file, JSON.stringify(workload.recorder.toJSON()));
+  return file;
+}
+
+/** Linearizability of the whole history and no lost acknowledged write, with a readable failure. */
+async function checkHistory(workload: Workload, finals: ReadonlyMap<string, FinalRead>, tag: string): Promise<void> {
+  // The checker is only as sharp as the versions it gets: every ok answer but a 404 carries one.
+  const unversioned = workload.records.filter((r) => r.outcome.status === 'ok' && r.outcome.version === undefined && !(r.op.type === 'read' && r.outcome.value === null));
+  assert.equal(unversioned.length, 0, `ok answers without a version: ${unversioned.slice(0, 5).map((r) => `${JSON.stringify(r.op)} (${r.detail})`).join('; ')}`);
+  const history = workload.recorder.history();
+  const started = now();
+  const lin = checkLinearizable(history, { timeoutMs: 30_000 });
+  const linMs = now() - started;
+  const lost = findLostAcknowledgedWrites(history, finals);
+  console.log(`    [${tag}] checked ${workload.records.length} ops: linearizable=${String(lin.ok)} (${linMs.toFixed(0)} ms), lost-write reports=${lost.length}`);
+  if (lin.ok !== true || lost.length > 0) {
+    const file = await saveHistory(workload, tag);
+    let msg = `history saved to ${file}\n`;
+    if (lin.ok === false) {
+      msg += `NOT LINEARIZABLE: ${lin.reason}\n`;
+      if (lin.witnessStart !== undefined) msg += `witness starts from ${JSON.stringify(lin.witnessStart)}\n`;
+      msg += (lin.minimalWitness ?? []).map((o) => `  ${describeOperation(o)}`).join('\n') + '\n';
+    } else if (lin.ok === 'unknown') {
+      msg += `linearizability check gave up: ${lin.reason}\n`;
+    }
+    if (lost.length > 0) msg += `LOST ACKNOWLEDGED WRITES:\n${lost.map((l) => `  ${l.key} ${l.kind}: ${l.detail}`).join('\n')}\n`;
+    assert.fail(msg);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault scenario shared by the first three tests
+
+interface FaultScenario {
+  fault: 'SIGKILL' | 'SIGSTOP';
+  clients: number;
+  /** Load before the fault. */
+  warmupMs: number;
+  /** How long the primary stays frozen at least (SIGSTOP). */
+  freezeMs?: number;
+  seed: number;
+  /**
+   * Whose shard is made hot: a primary that is not the coordinator (default: the store's failover
+   * alone), or the coordinator itself (a Raft election and the shard failover together).
+   */
+  victim?: 'not-coordinator' | 'coordinator';
+}
+
+/** What a suite's tests share: its cluster, and what the running test noted for the failure dump. */
+interface SuiteContext {
+  cluster?: Cluster;
+  workload?: Workload;
+  /** Set by the test as it goes, for the failure dump. */
+  notes: string[];
+  hotKeys?: Set<string>;
+  faultAt?: number;
+}
+
+async function runFaultScenario(cluster: Cluster, ctx: SuiteContext, opts: FaultScenario): Promise<void> {
+  const tag = `${opts.fault}-${cluster.peers.length}peers${opts.victim === 'coordinator' ? '-coordinator' : ''}`;
+  const label = (id: string): string => cluster.label(id);
+  const first = cluster.peers[0] as ProcessPeer;
+  const st = await cluster.status(first);
+  const shardCount = (st.shards as ShardSummary).shardCount;
+  const table = await cluster.shards(first);
+  assert.equal(table.length, shardCount, '/v1/shards lists every shard');
+
+  // The hot shard: served by a primary that is not the coordinator (the store's failover, not Raft's), or by the coordinator.
+  const wantCoordinator = opts.victim === 'coordinator';
+  const hot = table.find((s) => s.primary !== null && (s.primary === st.coordinator) === wantCoordinator) ?? table.find((s) => s.primary !== null);
+  assert.ok(hot !== undefined, 'a shard with a primary');
+  const hotKeys: string[] = [];
+  const coldKeys: string[] = [];
+  for (let i = 0; hotKeys.length < 4 || coldKeys.length < 4; i++) {
+    assert.ok(i < 100_000, 'keys for the hot shard');
+    const key = `${tag}/key-${i}`;
+    if (shardOf(key, shardCount) === hot.shard) {
+      if (hotKeys.length < 4) hotKeys.push(key);
+    } else if (coldKeys.length < 4) coldKeys.push(key);
+  }
+  const keys = [...hotKeys, ...coldKeys];
+  ctx.hotKeys = new Set(hotKeys);
+  ctx.notes.push(`hot shard ${hot.shard} (primary ${label(hot.primary as string)}, coordinator ${label(st.coordinator as string)}), hot keys ${hotKeys.join(',')}, cold keys ${coldKeys.join(',')}`);
+  console.log(`    [${tag}] hot shard ${hot.shard}: primary ${label(hot.primary as string)}, coordinator ${label(st.coordinator as string)}`);
+
+  const workload = new Workload(cluster.peers, keys, ctx.hotKeys);
+  ctx.workload = workload;
+  const loadStart = now();
+  workload.start(opts.clients, opts.seed);
+  await waitFor(
+    `the warm-up: ${opts.warmupMs} ms of load with writes to the hot shard applied`,
+    () => now() - loadStart >= opts.warmupMs && workload.countHotWrites() >= 5,
+    { timeoutMs: 20_000 },
+  );
+
+  // Whoever is the hot shard's primary now is the victim.
+  const current = (await cluster.shards(first)).find((s) => s.shard === hot.shard) as ShardInfo;
+  const slot = cluster.peers.findIndex((p) => p.peerId === current.primary);
+  assert.ok(slot >= 0, `the hot shard has a primary among the peers: ${JSON.stringify(current)}`);
+  const victim = cluster.peers[slot] as ProcessPeer;
+  const survivors = cluster.peers.filter((p) => p !== victim);
+  const hotBefore = workload.countHotWrites();
+
+  const faultAt = now();
+  ctx.faultAt = faultAt;
+  victim.signal(opts.fault);
+  workload.targets = survivors;
+  ctx.notes.push(`${opts.fault} of p${slot} (${short(victim.peerId)}) at ${faultAt.toFixed(1)} after ${(faultAt - loadStart).toFixed(0)} ms of load, ${hotBefore} hot writes applied before`);
+  if (opts.fault === 'SIGKILL') await victim.waitExit();
+
+  let thawAt: number | null = null;
+  try {
+    const failedOver = await waitFor('a write to the hot shard applied after the fault', () => workload.firstHotWriteAfter(faultAt), { timeoutMs: 15_000 });
+    const failoverMs = failedOver - faultAt;
+    console.log(`    [${tag}] failover of shard ${hot.shard}: ${opts.fault} → first acknowledged write ${failoverMs.toFixed(0)} ms`);
+    ctx.notes.push(`failover ${failoverMs.toFixed(0)} ms`);
+
+    // The survivors agree that the shard has a new primary.
+    await waitFor(
+      'the survivors to show a new primary for the hot shard',
+      async () => {
+        const views = await Promise.all(survivors.map((p) => cluster.shards(p)));
+        return views.every((v) => {
+          const s = v.find((x) => x.shard === hot.shard);
+          return s !== undefined && s.primary !== null && s.primary !== victim.peerId;
+        });
+      },
+      { timeoutMs: 10_000 },
+    );
+
+    if (opts.fault === 'SIGSTOP') {
+      const freezeMs = opts.freezeMs ?? 3000;
+      await waitFor(`the freeze to last ${freezeMs} ms`, () => now() - faultAt >= freezeMs, { timeoutMs: freezeMs + 1000 });
+      victim.signal('SIGCONT');
+      thawAt = now();
+      ctx.notes.push(`SIGCONT at ${thawAt.toFixed(1)} after ${(thawAt - faultAt).toFixed(0)} ms frozen`);
+      // Straight back in the rotation, and half of all requests go to it: stale strong reads would show.
+      workload.targets = cluster.peers.slice();
+      workload.focus = victim;
+      const thawed = thawAt;
+      await waitFor(
+        'the thawed peer to answer 40 operations ok (strong reads among them)',
+        () => workload.okServedBy(victim.peerId, thawed) >= 40 && workload.okServedBy(victim.peerId, thawed, 'read') >= 10,
+        { timeoutMs: 20_000 },
+      );
+      workload.focus = null;
+    }
+
+    // Some load after the failover, then quiesce.
+    const after = workload.countHotWrites(faultAt);
+    await waitFor('more writes to the hot shard after the failover', () => workload.countHotWrites(faultAt) >= after + 10, { timeoutMs: 10_000 });
+  } finally {
+    if (opts.fault === 'SIGSTOP' && thawAt === null) victim.signal('SIGCONT');
+    await workload.stop();
+  }
+  ctx.notes.push(`load stopped at ${now().toFixed(1)}`);
+  console.log(`    [${tag}] ${workload.summary(label)}`);
+
+  // The killed peer comes back on its data dir; the frozen one is already back.
+  let back = victim;
+  if (opts.fault === 'SIGKILL') {
+    back = await cluster.restart(slot, survivors);
+    ctx.notes.push(`p${slot} restarted at ${now().toFixed(1)}`);
+  }
+  const rejoinStart = now();
+  await cluster.waitWritable(`after the ${opts.fault}`);
+  console.log(`    [${tag}] all shards writable on every peer again ${(now() - rejoinStart).toFixed(0)} ms after the ${opts.fault === 'SIGKILL' ? 'restart' : 'load stopped'}`);
+
+  // Final strong reads through every peer: they agree with each other and with the history.
+  const finalsByPeer: Map<string, FinalRead>[] = [];
+  for (const [i, p] of cluster.peers.entries()) finalsByPeer.push(await finalReads(workload, p, `p${i}`, keys));
+  const finals = finalsByPeer[0] as Map<string, FinalRead>;
+  for (const [i, f] of finalsByPeer.entries()) {
+    assert.deepEqual(Object.fromEntries(f), Object.fromEntries(finals), `final reads through p${i} agree with those through p0`);
+  }
+  assert.ok(workload.countHotWrites() > hotBefore, 'writes to the hot shard were acknowledged after the fault');
+  await checkHistory(workload, finals, tag);
+
+  // The peer that was down is a full replica again: every shard fully in sync, and it holds some of them.
+  await waitFor(
+    `p${slot} back in the in-sync sets, every shard with ${(st.shards as ShardSummary).replicationFactor} in-sync replicas`,
+    async () => {
+      const views = await Promise.all(cluster.peers.map((p) => cluster.shards(p)));
+      return views.every(
+        (v) =>
+          v.length === shardCount &&
+          v.every((s) => s.primary !== null && s.inSync.length === s.replicas.length && s.replicas.length === (st.shards as ShardSummary).replicationFactor) &&
+          v.some((s) => s.inSync.includes(back.peerId)),
+      );
+    },
+    { timeoutMs: 30_000, intervalMs: 250 },
+  );
+}
+
+/**
+ * A describe block around one cluster of `peers` processes shared by its tests: started and
+ * settled before them, destroyed after them, and dumped (statuses, shard tables, stderr, the
+ * workload) after a failed test.
+ */
+function clusterSuite(title: string, peers: number, body: (ctx: SuiteContext) => void): void {
+  describe(title, function () {
+    this.timeout(120_000);
+    const ctx: SuiteContext = { notes: [] };
+
+    before(async function () {
+      this.timeout(90_000);
+      const started = now();
+      ctx.cluster = await Cluster.create();
+      await ctx.cluster.startPeers(peers);
+      await ctx.cluster.waitSettled(`${peers} fresh peers`, 60_000);
+      console.log(`    cluster of ${peers} settled (every shard writable, all replicas in sync) after ${(now() - started).toFixed(0)} ms`);
+    });
+
+    beforeEach(() => {
+      ctx.workload?.close();
+      ctx.workload = undefined;
+      ctx.notes = [];
+      ctx.hotKeys = undefined;
+      ctx.faultAt = undefined;
+    });
+
+    afterEach(async function () {
+      if (this.currentTest?.state !== 'failed' || ctx.cluster === undefined) return;
+      const label = (id: string): string => (ctx.cluster as Cluster).label(id);
+      const out = [`==== failure dump: ${this.currentTest.title} ====`, ...ctx.notes];
+      if (ctx.workload !== undefined) {
+        out.push(`workload: ${ctx.workload.summary(label)}`);
+        if (ctx.hotKeys !== undefined && ctx.faultAt !== undefined) {
+          out.push(`hot-key operations from 300 ms before the fault:`, ctx.workload.excerpt(ctx.hotKeys, ctx.faultAt - 300, Infinity, label));
+        }
+        out.push(`history saved to ${await saveHistory(ctx.workload, 'dump')}`);
+      }
+      out.push(await ctx.cluster.dump());
+      console.log(out.join('\n'));
+    });
+
+    after(async () => {
+      ctx.workload?.close();
+      await ctx.cluster?.destroy();
+    });
+
+    body(ctx);
+  });
+}
+
+/** One fault test: from a settled cluster, the scenario. */
+function faultTest(ctx: SuiteContext, scenario: FaultScenario): void {
+  const whose = scenario.victim === 'coordinator' ? 'the coordinator, primary of the busiest shard,' : 'the primary of the busiest shard';
+  const how = scenario.fault === 'SIGKILL' ? 'SIGKILLed mid-write' : `SIGSTOPped for ${scenario.freezeMs ?? 3000} ms or more, then SIGCONT`;
+  it(`${whose} ${how}: failover, linearizable history, nothing lost, the peer rejoins`, async () => {
+    const cluster = ctx.cluster as Cluster;
+    await cluster.waitSettled('precondition: a settled cluster');
+    await runFaultScenario(cluster, ctx, scenario);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Full crash and restart
+
+/** Every peer SIGKILLed at once and restarted on its data dir: every acknowledged write is there. */
+function fullRestartTest(ctx: SuiteContext): void {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+  after(() => agent.destroy());
+
+  /** The current value and version of `key` (a strong read; for an absent key, a cas that cannot match). */
+  async function currentState(c: Cluster, turn: number, key: string): Promise<FinalRead> {
+    return waitFor(
+      `the current state of ${key}`,
+      async () => {
+        const peer = c.peers[turn % c.peers.length] as ProcessPeer;
+        const r = await sendOp(agent, peer.httpAddress, { type: 'read', key }, 5000);
+        if (r.outcome.status !== 'ok') return null;
+        if (r.outcome.value != null) return r.outcome.version === undefined ? null : { value: r.outcome.value, version: r.outcome.version };
+        const probe = await sendOp(agent, peer.httpAddress, { type: 'cas', key, expectVersion: 1_000_000_000, value: 'never' }, 5000);
+        return probe.outcome.status === 'ok' && probe.outcome.casFailed === true && probe.outcome.version !== undefined
+          ? { value: null, version: probe.outcome.version }
+          : null;
+      },
+      { timeoutMs: 15_000, intervalMs: 100 },
+    );
+  }
+
+  /** Writes of unknown outcome met by mustWrite (each resolved by reading the key back). */
+  const unknownWrites: string[] = [];
+
+  /**
+   * Applies `op` (the only writer of its key; the key is at `before`) through the peers in turn
+   * until it is acknowledged: refusals are retried, and an unknown outcome is resolved by reading
+   * the key back (values are unique), then retried if it did not apply. Returns the new version.
+   */
+  async function mustWrite(c: Cluster, turn: number, op: KvOp, before: FinalRead): Promise<number> {
+    assert.ok(op.type !== 'read');
+    const deadline = now() + 20_000;
+    let last = '';
+    for (let attempt = 0; now() < deadline; attempt++) {
+      const peer = c.peers[(turn + attempt) % c.peers.length] as ProcessPeer;
+      const { outcome, detail } = await sendOp(agent, peer.httpAddress, op, 5000);
+      if (outcome.status === 'ok') {
+        assert.ok(outcome.version !== undefined && outcome.casFailed !== true, `${JSON.stringify(op)} → ${JSON.stringify(outcome)}`);
+        return outcome.version;
+      }
+      last = detail;
+      if (outcome.status === 'unknown') {
+        const state = await currentState(c, turn + attempt, op.key);
+        const applied = state.value === op.value && state.version === before.version + 1;
+        unknownWrites.push(`${JSON.stringify(op)} via ${c.label(peer.peerId)}: ${detail}; read back ${JSON.stringify(state)} → ${applied ? 'applied' : 'not applied'}`);
+        if (applied) return state.version;
+        assert.deepEqual(state, before, `${JSON.stringify(op)} had an unknown outcome (${detail}) and the key is in neither state`);
+      }
+      await pause(Math.min(50 * (attempt + 1), 500));
+    }
+    assert.fail(`${JSON.stringify(op)} refused for 20 s (last: ${last})`);
+  }
+
+  /** Runs `fn` over `items` with `width` at a time. */
+  async function inParallel<T>(items: readonly T[], width: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: width }, async () => {
+        while (next < items.length) {
+          const i = next++;
+          await fn(items[i] as T, i);
+        }
+      }),
+    );
+  }
+
+  it('every acknowledged put, overwrite, delete and cas survives a crash of every process (default, no --sync)', async () => {
+    const c = ctx.cluster as Cluster;
+    await c.waitSettled('precondition: a settled cluster');
+    const notes = ctx.notes;
+    const keys = Array.from({ length: 200 }, (_, i) => `restart/${i}`);
+    const expected = new Map<string, { value: string | null; version: number }>();
+    const started = now();
+
+    await inParallel(keys, 8, async (key, i) => {
+      const version = await mustWrite(c, i, { type: 'write', key, value: `first-${i}` }, { value: null, version: 0 });
+      assert.equal(version, 1, `first put of ${key}`);
+      expected.set(key, { value: `first-${i}`, version });
+    });
+    // Overwrites, deletes and cas on subsets (some keys get several of them).
+    await inParallel(keys, 8, async (key, i) => {
+      const e = expected.get(key) as { value: string | null; version: number };
+      if (i % 3 === 0) {
+        e.version = await mustWrite(c, i, { type: 'write', key, value: `second-${i}` }, { ...e });
+        e.value = `second-${i}`;
+        assert.equal(e.version, 2, `overwrite of ${key}`);
+      }
+      if (i % 7 === 0) {
+        const value = `cas-${i}`;
+        const version = await mustWrite(c, i, { type: 'cas', key, expectVersion: e.version, value }, { ...e });
+        assert.equal(version, e.version + 1, `cas of ${key}`);
+        Object.assign(e, { value, version });
+      }
+      if (i % 5 === 0) {
+        const version = await mustWrite(c, i, { type: 'write', key, value: null }, { ...e });
+        assert.equal(version, e.version + 1, `delete of ${key}`);
+        Object.assign(e, { value: null, version });
+      }
+    });
+    const written = now();
+    notes.push(`wrote ${keys.length} keys in ${(written - started).toFixed(0)} ms`);
+    if (unknownWrites.length > 0) console.log(`    [full restart] writes of unknown outcome on a settled cluster, resolved by reading back:\n      ${unknownWrites.join('\n      ')}`);
+
+    // Crash everything at once: acknowledged writes sit in the OS buffers of at least minInSync peers.
+    for (const p of c.peers) p.signal('SIGKILL');
+    await Promise.all(c.peers.map((p) => p.waitExit()));
+    const restartAt = now();
+    const seed = await c.restart(0, []);
+    await Promise.all([1, 2].map((i) => c.restart(i, [seed])));
+    await c.waitWritable('after restarting every peer', c.peers, 60_000);
+    const writableMs = now() - restartAt;
+    notes.push(`writable again ${writableMs.toFixed(0)} ms after the restart began`);
+    await c.waitSettled('after restarting every peer', 60_000);
+
+    const wrong: string[] = [];
+    await inParallel(keys, 8, async (key, i) => {
+      const e = expected.get(key) as { value: string | null; version: number };
+      const peer = c.peers[i % c.peers.length] as ProcessPeer;
+      const read = await waitFor(
+        `a strong read of ${key}`,
+        async () => {
+          const r = await sendOp(agent, peer.httpAddress, { type: 'read', key }, 5000);
+          return r.outcome.status === 'ok' ? r.outcome : null;
+        },
+        { timeoutMs: 15_000, intervalMs: 100 },
+      );
+      if (read.value !== e.value || (read.version !== undefined && read.version !== e.version) || (read.value !== null && read.version === undefined)) {
+        wrong.push(`${key}: expected ${JSON.stringify(e.value)}@v${e.version}, read ${JSON.stringify(read.value)}@v${read.version ?? '?'}`);
+      }
+    });
+    assert.equal(wrong.length, 0, `keys read back wrong after the restart:\n${wrong.join('\n')}`);
+
+    // Tombstones kept their versions: a cas that cannot match reports them, and a new put continues from them.
+    const deleted = keys.filter((_, i) => i % 5 === 0);
+    await inParallel(deleted, 8, async (key, i) => {
+      const e = expected.get(key) as { value: string | null; version: number };
+      const r = await sendOp(agent, (c.peers[i % 3] as ProcessPeer).httpAddress, { type: 'cas', key, expectVersion: 1_000_000_000, value: 'never' }, 5000);
+      if (r.outcome.status !== 'ok' || r.outcome.casFailed !== true || r.outcome.version !== e.version) {
+        wrong.push(`tombstone ${key}: expected a mismatch at v${e.version}, got ${JSON.stringify(r.outcome)} (${r.detail})`);
+      }
+    });
+    assert.equal(wrong.length, 0, `tombstones after the restart:\n${wrong.join('\n')}`);
+    const again = await mustWrite(c, 0, { type: 'write', key: deleted[0] as string, value: 'reborn' }, { ...(expected.get(deleted[0] as string) as FinalRead) });
+    assert.equal(again, (expected.get(deleted[0] as string) as { version: number }).version + 1, 'a put after the restart continues from the tombstone');
+    console.log(
+      `    [full restart] ${keys.length} keys written in ${(written - started).toFixed(0)} ms; writable ${writableMs.toFixed(0)} ms after the restart; all read back`,
+    );
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suites
+
+clusterSuite('store: 3 shoal processes under load, a shard primary killed, frozen; then all crashed and restarted', 3, (ctx) => {
+  faultTest(ctx, { fault: 'SIGKILL', clients: 6, warmupMs: 1500, seed: 1000 });
+  faultTest(ctx, { fault: 'SIGSTOP', clients: 6, warmupMs: 1500, freezeMs: 3000, seed: 2000 });
+  // Last: it replaces every process.
+  fullRestartTest(ctx);
+});
+
+clusterSuite('store: 5 shoal processes (R=3 over 5) under load, a shard primary killed', 5, (ctx) => {
+  faultTest(ctx, { fault: 'SIGKILL', clients: 6, warmupMs: 1000, seed: 3000 });
+});
+
+// Longer runs, on demand (SHOAL_STORE_IT_EXTRA=1): the primary killed or frozen is also the coordinator.
+if (process.env.SHOAL_STORE_IT_EXTRA === '1') {
+  clusterSuite('store (extra): 3 shoal processes, the coordinator killed and frozen', 3, (ctx) => {
+    faultTest(ctx, { fault: 'SIGKILL', clients: 6, warmupMs: 1500, seed: 4000, victim: 'coordinator' });
+    faultTest(ctx, { fault: 'SIGSTOP', clients: 6, warmupMs: 1500, freezeMs: 3000, seed: 5000, victim: 'coordinator' });
+  });
+  clusterSuite('store (extra): 5 shoal processes, the coordinator killed', 5, (ctx) => {
+    faultTest(ctx, { fault: 'SIGKILL', clients: 6, warmupMs: 1000, seed: 6000, victim: 'coordinator' });
+  });
+}
