@@ -616,7 +616,7 @@ async function runFaultScenario(cluster: Cluster, ctx: SuiteContext, opts: Fault
 
     // Some load after the failover, then quiesce.
     const after = workload.countHotWrites(faultAt);
-    await waitFor('more writes to the hot shard after the failover', () => workload.countHotWrites(faultAt) >= after + 10, { timeoutMs: 10_000 });
+    await waitFor('more writes to the hot shard after the failover', () => workload.countHotWrites(faultAt) >= after + 6, { timeoutMs: 10_000 });
   } finally {
     if (opts.fault === 'SIGSTOP' && thawAt === null) victim.signal('SIGCONT');
     await workload.stop();
@@ -694,12 +694,20 @@ function clusterSuite(title: string, peers: number, body: (ctx: SuiteContext) =>
       if (ctx.workload !== undefined) {
         out.push(`workload: ${ctx.workload.summary(label)}`);
         if (ctx.hotKeys !== undefined && ctx.faultAt !== undefined) {
-          out.push(`hot-key operations from 300 ms before the fault:`, ctx.workload.excerpt(ctx.hotKeys, ctx.faultAt - 300, Infinity, label));
+          out.push(`hot-key operations from 150 ms before the fault (first 80):`, ctx.workload.excerpt(ctx.hotKeys, ctx.faultAt - 150, Infinity, label, 80));
         }
         out.push(`history saved to ${await saveHistory(ctx.workload, 'dump')}`);
       }
       out.push(await ctx.cluster.dump());
       console.log(out.join('\n'));
+      // Give the next test a whole cluster: thaw every peer, restart the dead ones.
+      const cluster = ctx.cluster;
+      for (const p of cluster.peers) if (p.running) p.signal('SIGCONT');
+      const live = cluster.peers.filter((p) => p.running);
+      for (const [i, p] of cluster.peers.entries()) {
+        if (p.running || live.length === 0) continue;
+        await cluster.restart(i, live).catch((err: Error) => console.log(`could not restart p${i}: ${err.message}`));
+      }
     });
 
     after(async () => {
