@@ -15,7 +15,15 @@ import { shardOf } from '../protocols/placement/index.js';
 import { decodeReplicationMessage, encodeReplicationMessage, REPLICATION_PROTOCOL_ID } from '../protocols/replication/codec.js';
 import { MAX_KEY_BYTES, MAX_VALUE_BYTES, type ReplicationConfig } from '../protocols/replication/config.js';
 import { ReplicaCore } from '../protocols/replication/replica.js';
-import type { InSyncChangeRequest, ReplicaProgress, ReplicationReady, SnapshotMeta, WriteOp, WriteResult } from '../protocols/replication/types.js';
+import type {
+  InSyncChangeRequest,
+  ReplicaProgress,
+  ReplicationMessage,
+  ReplicationReady,
+  SnapshotMeta,
+  WriteOp,
+  WriteResult,
+} from '../protocols/replication/types.js';
 import { ShardController } from '../protocols/shard-control/index.js';
 import type { KvStore } from '../storage/kv-store.js';
 import { ShardStore, type ShardEntry, type ShardSnapshotWriter } from '../storage/shard-store.js';
@@ -75,6 +83,10 @@ const CONTROL_MS = 50;
 const WRITE_ANSWER_TIMEOUT_MS = 10_000;
 /** Most bytes of replication messages batched into one frame to a peer (the channel's limit is 16 MiB). */
 const REPLICATION_BATCH_BYTES = 8 * 1024 * 1024;
+/** Longest a replication message of a newer epoch waits for the local map to catch up, ms. */
+const PARK_MS = 300;
+/** Most such messages held per shard. */
+const MAX_PARKED = 256;
 /** Timeout of one forwarded request, ms. */
 const FORWARD_TIMEOUT_MS = 5_000;
 
@@ -88,6 +100,8 @@ interface ShardSlot {
   draining: boolean;
   again: boolean;
   removed: boolean;
+  /** Messages of a newer epoch than the local map, held for the map to catch up (see onReplicationFrame). */
+  parked: Array<{ m: ReplicationMessage; atMs: number }>;
 }
 
 interface IncomingSnapshot {
@@ -248,6 +262,7 @@ export class StoreService implements KvApi {
       const slot = this.slots.get(shard);
       if (slot !== undefined) {
         slot.core.setAssignment(now, a);
+        this.unpark(slot, now, false);
         this.afterInput(slot);
       } else if (a.replicas.includes(this.self)) {
         void this.openShard(shard);
@@ -274,7 +289,7 @@ export class StoreService implements KvApi {
           config: { heartbeatIntervalMs: REPLICATION_HEARTBEAT_MS, ...this.opts.replication, minInSync: settings?.minInSync ?? 2 },
           recovered,
         });
-        const slot: ShardSlot = { shard, core, mutex: Promise.resolve(), draining: false, again: false, removed: false };
+        const slot: ShardSlot = { shard, core, mutex: Promise.resolve(), draining: false, again: false, removed: false, parked: [] };
         this.slots.set(shard, slot);
         const now = this.now();
         const a = this.view.shards[shard];
@@ -388,10 +403,20 @@ export class StoreService implements KvApi {
     if (this.view.shards[slot.shard]?.replicas.includes(this.self)) void this.openShard(slot.shard);
   }
 
+  /** Step parked messages: all of them after a map change, else those held PARK_MS. */
+  private unpark(slot: ShardSlot, now: number, onlyExpired: boolean): void {
+    if (slot.parked.length === 0) return;
+    const due = onlyExpired ? slot.parked.filter((p) => now - p.atMs >= PARK_MS) : slot.parked;
+    if (due.length === 0) return;
+    slot.parked = onlyExpired ? slot.parked.filter((p) => now - p.atMs < PARK_MS) : [];
+    for (const p of due) slot.core.step(now, p.m);
+  }
+
   private tick(): void {
     if (this.stopped) return;
     const now = this.now();
     for (const slot of this.slots.values()) {
+      this.unpark(slot, now, true);
       slot.core.tick(now);
       this.afterInput(slot);
     }
@@ -455,6 +480,17 @@ export class StoreService implements KvApi {
       const slot = this.slots.get(m.shard);
       // Not ours (yet): opening it is the map's business; the sender retries.
       if (slot === undefined) continue;
+      // A backup applied a map change (epoch bump) a moment before we did. Were the primary to
+      // adopt the epoch from the message, it would step down until its own map catches up and
+      // answer its in-flight writes `indeterminate`, though it stays primary at the new epoch
+      // (a replica added or the in-sync set changed). Hold such messages until our map has the
+      // epoch (Raft applies it here within milliseconds), at most PARK_MS: delaying a message is
+      // always safe, like a slow network.
+      const mapEpoch = this.view.shards[m.shard]?.epoch ?? 0;
+      if (slot.core.role === 'primary' && m.epoch > slot.core.epoch && m.epoch > mapEpoch && slot.parked.length < MAX_PARKED) {
+        slot.parked.push({ m, atMs: now });
+        continue;
+      }
       slot.core.step(now, m);
       touched.add(slot);
     }
