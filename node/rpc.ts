@@ -2,6 +2,7 @@ import type { Libp2p, Stream, StreamHandler } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { pushable, type Pushable } from 'it-pushable';
 import * as lp from 'it-length-prefixed';
+import { coalesceFrames } from './coalesce.js';
 import { pipe } from 'it-pipe';
 import { InvalidMessageError } from '../protocols/errors.js';
 import { ConfigError } from './errors.js';
@@ -449,13 +450,11 @@ export class RpcEndpoint {
     out.stream = stream;
     this.counters.streamsOpened++;
     // Frames of requests that timed out or were aborted before they left are not sent at all.
-    const live = async function* (source: AsyncIterable<QueuedFrame>): AsyncGenerator<Uint8Array> {
-      for await (const f of source) {
-        out.queuedBytes -= f.bytes.length;
-        if (out.pending.has(f.id)) yield f.bytes;
-      }
+    const live = (f: QueuedFrame): Uint8Array | null => {
+      out.queuedBytes -= f.bytes.length;
+      return out.pending.has(f.id) ? f.bytes : null;
     };
-    pipe(out.queue, live, (src) => lp.encode(src), stream.sink).catch((err: unknown) => {
+    pipe(coalesceFrames(out.queue, live), stream.sink).catch((err: unknown) => {
       this.closeOutbound(out, 'failed', new RpcUnavailableError(`stream to ${out.peer} failed while writing: ${(err as Error).message}`), err);
     });
     try {
@@ -591,13 +590,11 @@ export class RpcEndpoint {
     }
     const st: Inbound = { stream, from, out: pushable<Uint8Array>(), running: new Map(), queued: 0, lastId: 0, readDone: false, closed: false };
     this.inbound.add(st);
-    const counted = async function* (source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-      for await (const f of source) {
-        st.queued--;
-        yield f;
-      }
+    const counted = (f: Uint8Array): Uint8Array => {
+      st.queued--;
+      return f;
     };
-    pipe(st.out, counted, (src) => lp.encode(src), stream.sink).then(
+    pipe(coalesceFrames(st.out, counted), stream.sink).then(
       () => this.closeInbound(st, 'done'),
       (err: unknown) => this.closeInbound(st, 'failed', err),
     );
