@@ -1024,6 +1024,16 @@ export class StoreService implements KvApi {
     return { shardCount: s.shardCount, replicationFactor: s.replicationFactor, minInSync: s.minInSync, writableShards: writable, perPeer };
   }
 
+  /** This peer's applied copy of `key`, whatever its role (for tests and debugging); null when absent or the shard is not held here. */
+  async localValue(key: string): Promise<GetOutcome | null> {
+    const settings = this.view.settings;
+    if (settings === null) return null;
+    const shard = shardOf(this.validateKey(key), settings.shardCount);
+    if (!this.slots.has(shard)) return null;
+    const r = await this.shardStore.readValue(shard, key);
+    return r.present && r.value !== null ? { value: r.value, version: r.version } : null;
+  }
+
   /** Local replica states (for tests and debugging). */
   replicaStatus(): ShardStatusCore[] {
     const now = this.now();

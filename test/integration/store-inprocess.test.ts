@@ -3,6 +3,8 @@ import { join } from 'node:path';
 import { createPeer, type Peer } from '../../node/index.js';
 import { createLogger } from '../../node/log.js';
 import { StoreError } from '../../node/store-api.js';
+import type { StoreService } from '../../node/store-service.js';
+import { shardOf } from '../../protocols/placement/index.js';
 import { makeTempDir, removeDir, waitFor } from './harness.js';
 
 const quiet = createLogger('silent');
@@ -24,7 +26,9 @@ describe('store: 3 peers in one process (library API)', function () {
   before(async () => {
     dir = await makeTempDir();
     peers.push(await startPeer(dir, 'p0'));
-    for (let i = 1; i < 3; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).addrs[0] as string]));
+    // Each peer reads `any` by another policy.
+    peers.push(await startPeer(dir, 'p1', [(peers[0] as Peer).addrs[0] as string], { readPolicy: 'random' }));
+    peers.push(await startPeer(dir, 'p2', [(peers[0] as Peer).addrs[0] as string], { readPolicy: 'weighted' }));
     await waitFor(
       'every shard writable with 3 in-sync replicas on every peer',
       () =>
@@ -171,7 +175,7 @@ describe('store: a 4th peer joins 3 under write load', function () {
     const workers = Array.from({ length: 6 }, (_, w) => worker(w));
     try {
       await waitFor('some writes before the join', () => ok >= 50, { timeoutMs: 10_000 });
-      peers.push(await startPeer(dir, 'p3', [(peers[0] as Peer).addrs[0] as string]));
+      peers.push(await startPeer(dir, 'p3', [(peers[0] as Peer).addrs[0] as string], { readPolicy: 'least-latency' }));
       await waitFor('4 peers settled: every shard 3 in-sync replicas, each peer holds some', () => settled(4), { timeoutMs: 45_000 });
     } finally {
       stop = true;
@@ -185,5 +189,107 @@ describe('store: a 4th peer joins 3 under write load', function () {
       const got = await peers[3]!.get(key);
       assert.ok(got !== null && got.version >= version, `${key}: acknowledged version ${version}, read ${got?.version}`);
     }
+  });
+});
+
+/** The store service behind a peer (tests only: replica states, local copies, counters). */
+function kvOf(p: Peer): StoreService {
+  return (p as unknown as { kv: StoreService }).kv;
+}
+
+describe('store: a new replica of a shard whose log was trimmed gets a snapshot', function () {
+  this.timeout(120_000);
+  let dir: string;
+  const peers: Peer[] = [];
+
+  before(async () => {
+    dir = await makeTempDir();
+    peers.push(await startPeer(dir, 'p0', [], { cluster: { shardCount: 8 } }));
+    for (let i = 1; i < 3; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).addrs[0] as string]));
+    await waitFor('3 peers, every shard writable', () => peers.every((p) => p.status().shards?.writableShards === 8), { timeoutMs: 30_000 });
+  });
+
+  after(async () => {
+    await Promise.all(peers.map((p) => p.stop().catch(() => {})));
+    await removeDir(dir);
+  });
+
+  it('writes 300 groups to every shard, a 4th peer joins, and its replicas hold every key', async () => {
+    // Sequential writes per shard: one group each, so each shard's log passes the 256 groups kept.
+    const keysOf: string[][] = Array.from({ length: 8 }, () => []);
+    for (let i = 0; keysOf.some((k) => k.length < 20) && i < 100_000; i++) {
+      const key = `snap-${i}`;
+      const list = keysOf[shardOf(key, 8)]!;
+      if (list.length < 20) list.push(key);
+    }
+    const last = new Map<string, string>();
+    await Promise.all(
+      keysOf.map(async (keys, shard) => {
+        for (let n = 0; n < 300; n++) {
+          const key = keys[n % keys.length]!;
+          const value = `s${shard}-n${n}`;
+          await peers[n % 3]!.put(key, value);
+          last.set(key, value);
+        }
+      }),
+    );
+    peers.push(await startPeer(dir, 'p3', [(peers[0] as Peer).addrs[0] as string]));
+    const p3 = peers[3]!;
+    await waitFor(
+      'p3 holds in-sync replicas and every shard has 3 in-sync replicas',
+      () => {
+        const shards = kvOf(p3).shards();
+        return shards.some((a) => a.inSync.includes(p3.peerId)) && shards.every((a) => a.inSync.length === 3 && a.replicas.length === 3);
+      },
+      { timeoutMs: 60_000 },
+    );
+    assert.ok(kvOf(p3).counters.snapshotsInstalled > 0, 'at least one replica was filled by a snapshot');
+    let checked = 0;
+    for (const a of kvOf(p3).shards()) {
+      if (!a.inSync.includes(p3.peerId)) continue;
+      for (const key of keysOf[a.shard]!) {
+        const local = await kvOf(p3).localValue(key);
+        assert.equal(text(local?.value), last.get(key), `${key} on the new replica`);
+        checked++;
+      }
+    }
+    assert.ok(checked >= 20, `checked ${checked} keys on the new replicas`);
+  });
+});
+
+describe('store: writes are refused while the in-sync set is below minInSync', function () {
+  this.timeout(60_000);
+  let dir: string;
+  const peers: Peer[] = [];
+
+  after(async () => {
+    await Promise.all(peers.map((p) => p.stop().catch(() => {})));
+    await removeDir(dir);
+  });
+
+  it('2 peers with R = 2 and minInSync = 2: after one leaves, a put fails with not_enough_replicas and a get still works', async () => {
+    dir = await makeTempDir();
+    peers.push(await startPeer(dir, 'p0', [], { cluster: { shardCount: 8, replicationFactor: 2, minInSync: 2 }, requestTimeoutMs: 1500 }));
+    peers.push(await startPeer(dir, 'p1', [(peers[0] as Peer).addrs[0] as string]));
+    await waitFor(
+      'both peers hold every shard in sync',
+      () => kvOf(peers[0]!).shards().length === 8 && kvOf(peers[0]!).shards().every((a) => a.inSync.length === 2),
+      { timeoutMs: 30_000 },
+    );
+    const p0 = peers[0]!;
+    await p0.put('kept', 'yes');
+    await peers[1]!.stop();
+    await waitFor(
+      'p0 alone in every shard\'s in-sync set and primary of every shard',
+      () => kvOf(p0).shards().length === 8 && kvOf(p0).shards().every((a) => a.primary === p0.peerId && a.inSync.length === 1),
+      { timeoutMs: 30_000 },
+    );
+    await assert.rejects(p0.put('refused', 'no'), (err: unknown) => {
+      assert.ok(err instanceof StoreError, String(err));
+      assert.equal(err.code, 'not_enough_replicas', err.message);
+      assert.match(err.message, /1.*2|in-sync|minInSync/);
+      return true;
+    });
+    assert.equal(text((await p0.get('kept'))?.value), 'yes', 'reads go on');
   });
 });
