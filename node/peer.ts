@@ -254,6 +254,8 @@ class PeerImpl implements Peer {
         this.log.info('leaving');
         // Hand over the coordinator role first, so the cluster does not wait out an election.
         await this.coordinator.transferLeadershipAway().catch(() => {});
+        // Then give up the primary lease, so the shards this peer leads move at once.
+        await this.kv.releaseLease().catch(() => {});
         await this.membership.leave().catch(() => {});
         // The coordinator removes a peer that left; wait (bounded) for that while others remain.
         const st = this.coordinator.status();

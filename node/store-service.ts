@@ -177,6 +177,7 @@ export class StoreService implements KvApi {
   /** A granted lease waiting for the local map to reach the version it was granted at. */
   private pendingLease: { until: number; mapVersion: number } | null = null;
   private renewing = false;
+  private releasing = false;
   private lastRenewAt = 0;
   private pendingRequests: InSyncChangeRequest[] = [];
   // Coordinator side.
@@ -609,9 +610,32 @@ export class StoreService implements KvApi {
     }
   }
 
+  /**
+   * Before a graceful stop: stop serving as primary at once and tell the coordinator, which can
+   * then promote other replicas without waiting out the lease (no write outage on a rolling
+   * restart). Best effort and bounded: without it the lease simply lapses.
+   */
+  async releaseLease(timeoutMs = 1000): Promise<void> {
+    if (this.stopped || this.releasing) return;
+    this.releasing = true;
+    for (let i = 0; i < 100 && this.renewing; i++) await sleep(5);
+    this.pendingLease = null;
+    this.applyLease(Number.NEGATIVE_INFINITY);
+    const leader = this.opts.coordinator.status().coordinator;
+    if (leader === null) return;
+    const header = { release: true, mapVersion: this.view.version, capacity: this.opts.capacity, progress: [], requests: [] };
+    try {
+      if (leader === this.self) this.grantLease(this.self, header);
+      else await this.rpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs });
+      this.opts.log.info('lease released', { coordinator: leader });
+    } catch (err) {
+      this.opts.log.info('lease release not delivered; it will lapse', { err });
+    }
+  }
+
   /** Renew the lease with the coordinator, carrying progress and in-sync requests. */
   private async renewLease(urgent = false): Promise<void> {
-    if (this.stopped || this.renewing) return;
+    if (this.stopped || this.renewing || this.releasing) return;
     const now = this.now();
     if (urgent && now - this.lastRenewAt < 20) return;
     const leader = this.opts.coordinator.status().coordinator;
@@ -665,6 +689,11 @@ export class StoreService implements KvApi {
       if (req.from !== from) throw new InvalidMessageError(`requests[${k}].from: not the sender`);
       return req;
     });
+    if (h.release === true) {
+      this.controller.release(now, from);
+      setImmediate(() => this.control());
+      return { leaseMs: this.opts.leaseMs, mapVersion: this.view.version };
+    }
     this.controller.renew(now, from, progress, requests);
     // --capacity takes effect when a peer joins (the map starts members at 1) or restarts with a
     // new value; an operator's PUT /v1/cluster/members/{id} overrides it until then.

@@ -127,6 +127,8 @@ export class ShardController {
   private readonly opts: ResolvedShardControllerOptions;
   /** Null until the first becameLeader: plan does nothing before. */
   private leaderSinceMs: number | null = null;
+  /** Peers that released their lease since their last renewal (see release). */
+  private readonly released = new Set<string>();
   /** Receive time of each peer's last renewal since becameLeader. */
   private readonly renewedAtMs = new Map<string, number>();
   /** Last reported progress per peer and shard. */
@@ -155,6 +157,7 @@ export class ShardController {
   becameLeader(nowMs: number): void {
     this.leaderSinceMs = nowMs;
     this.renewedAtMs.clear();
+    this.released.clear();
     this.progress.clear();
     this.requests.clear();
     this.vacancies.clear();
@@ -170,6 +173,7 @@ export class ShardController {
     const previous = this.renewedAtMs.get(peer);
     if (previous === undefined && this.renewedAtMs.size >= MAX_TRACKED_PEERS) return;
     this.renewedAtMs.set(peer, Math.max(previous ?? Number.NEGATIVE_INFINITY, nowMs));
+    this.released.delete(peer);
     const validShard = (shard: unknown): shard is number =>
       Number.isSafeInteger(shard) && (shard as number) >= 0 && (shard as number) < CLUSTER_MAP_LIMITS.maxShardCount;
     let mine = this.progress.get(peer);
@@ -188,6 +192,18 @@ export class ShardController {
       if (list.length > MAX_REQUESTS_PER_SHARD) list.splice(0, list.length - MAX_REQUESTS_PER_SHARD);
       this.requests.set(r.shard, list);
     }
+  }
+
+  /**
+   * `peer` gave up its lease (a graceful stop): it has stopped serving as primary and will not
+   * renew, so its shards may get new primaries at once instead of after `leaseMs`. A later
+   * renewal takes it back. The caller must deliver it after the peer's last renewal (one stream).
+   */
+  release(nowMs: number, peer: string): void {
+    void nowMs;
+    if (this.leaderSinceMs === null) return;
+    if (!this.released.has(peer) && this.released.size >= MAX_TRACKED_PEERS) return;
+    this.released.add(peer);
   }
 
   /** Call after every applied map change: notices shards losing their primary, drops stale state. */
@@ -226,6 +242,7 @@ export class ShardController {
 
   /** The peer renewed since becameLeader and its lease has not run out at `nowMs`. */
   leaseValid(nowMs: number, peer: string): boolean {
+    if (this.released.has(peer)) return false;
     const at = this.renewedAtMs.get(peer);
     return this.leaderSinceMs !== null && at !== undefined && nowMs < at + this.opts.leaseMs;
   }
@@ -237,6 +254,7 @@ export class ShardController {
    */
   leaseExpired(nowMs: number, peer: string): boolean {
     if (this.leaderSinceMs === null) return false;
+    if (this.released.has(peer)) return true;
     const since = Math.max(this.leaderSinceMs, this.renewedAtMs.get(peer) ?? Number.NEGATIVE_INFINITY);
     return nowMs >= since + this.opts.leaseMs;
   }

@@ -417,6 +417,24 @@ describe('shard controller', () => {
       assert.deepEqual(update(w.step(), 0)?.replicas, [b1, b2]);
     });
 
+    it('promotes at once when the primary released its lease (graceful stop); a renewal takes the release back', () => {
+      const w = assignedWorld(['a', 'b', 'c']);
+      const [p, b1, b2] = w.shards[0]!.replicas as [string, string, string];
+      w.advance(LEASE_MS);
+      for (const id of [p, b1, b2]) w.renew(id);
+      assert.equal(update(w.plan(), 0), undefined, 'a renewed primary keeps the shard');
+      // A release then a renewal (a peer that changed its mind): nothing moves.
+      w.ctl.release(w.now, p);
+      w.renew(p);
+      assert.equal(update(w.plan(), 0), undefined);
+      w.advance(10);
+      w.ctl.release(w.now, p);
+      assert.ok(w.ctl.leaseExpired(w.now, p) && !w.ctl.leaseValid(w.now, p));
+      const next = update(w.plan(), 0);
+      assert.ok(next !== undefined && next.primary !== p && [b1, b2].includes(next.primary!), 'a backup is promoted without waiting leaseMs');
+      assert.ok(!next.inSync.includes(p));
+    });
+
     it('leaves the shard alone when no in-sync replica has a valid lease', () => {
       const w = assignedWorld(['a', 'b', 'c']);
       w.advance(3 * LEASE_MS);
