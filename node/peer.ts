@@ -6,7 +6,7 @@ import type { KvStore } from '../storage/kv-store.js';
 import { openDiskStore } from '../storage/level-store.js';
 import { validatePeerOptions, type PeerOptions } from './config.js';
 import { createHost, fullAddrs, type Host } from './host.js';
-import { HttpError, startHttpServer, type HttpServer } from './http/server.js';
+import { HttpError, startHttpServer, type HttpServer, type StoreMetrics } from './http/server.js';
 import { loadOrCreatePrivateKey, nextIncarnation } from './identity.js';
 import { LoadSampler } from './load-sampler.js';
 import { createLogger, type Logger } from './log.js';
@@ -213,8 +213,8 @@ class PeerImpl implements Peer {
     return this.host.peerId.toString();
   }
 
-  get counters(): { membership: MembershipCounters; raft: ChannelCounters } {
-    return { membership: this.membership.counters, raft: this.coordinator.channelCounters };
+  get counters(): { membership: MembershipCounters; raft: ChannelCounters; store: StoreMetrics } {
+    return { membership: this.membership.counters, raft: this.coordinator.channelCounters, store: this.kv.metrics() };
   }
 
   get addrs(): string[] {

@@ -47,6 +47,7 @@ import {
 } from './store-api.js';
 import { arr, decodeFrame, encodeFrame, FrameKind, int, obj, optInt, str, STORE_PROTOCOL_ID, type Frame } from './store-wire.js';
 import { StreamChannel, type ChannelCounters } from './stream-channel.js';
+import type { StoreMetrics } from './http/server.js';
 
 export interface StoreServiceOptions {
   host: Host;
@@ -1061,6 +1062,25 @@ export class StoreService implements KvApi {
     if (!this.slots.has(shard)) return null;
     const r = await this.shardStore.readValue(shard, key);
     return r.present && r.value !== null ? { value: r.value, version: r.version } : null;
+  }
+
+  /** Counters and gauges for /metrics. */
+  metrics(): StoreMetrics {
+    const now = this.now();
+    let primaries = 0;
+    let serving = 0;
+    for (const slot of this.slots.values()) {
+      if (slot.core.role === 'primary') primaries++;
+      if (slot.core.isServing(now)) serving++;
+    }
+    return {
+      counters: { ...this.counters },
+      leaseValid: now < this.leaseUntil,
+      primaries,
+      replicas: this.slots.size,
+      serving,
+      replication: { ...this.channel.counters },
+    };
   }
 
   /** Local replica states (for tests and debugging). */

@@ -26,7 +26,7 @@ export { ClientGoneError, HttpError };
 /** Handlers answer null while the peer is still starting (the API answers 503 then). */
 export interface HttpHandlers {
   status(): PeerStatus | null;
-  counters(): { membership: MembershipCounters; raft: ChannelCounters } | null;
+  counters(): { membership: MembershipCounters; raft: ChannelCounters; store?: StoreMetrics } | null;
   clusterMap(): ClusterMapView | null;
   /** Start a graceful stop of this peer (hand over, announce left, exit); returns at once. */
   leave(): void;
@@ -63,7 +63,43 @@ function family(name: string, type: MetricType, help: string, samples: Array<[st
   return [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...samples.map(([labels, v]) => `${name}${labels} ${v}`)];
 }
 
-function metricsText({ membership: m, raft }: { membership: MembershipCounters; raft: ChannelCounters }, status: PeerStatus): string {
+/** What the store reports to /metrics (see StoreService.metrics). */
+export interface StoreMetrics {
+  counters: Record<'forwarded' | 'served' | 'leaseRenewals' | 'leaseFailures' | 'snapshotsSent' | 'snapshotsInstalled' | 'assignmentsProposed', number>;
+  leaseValid: boolean;
+  primaries: number;
+  replicas: number;
+  serving: number;
+  replication: ChannelCounters;
+}
+
+function storeLines(st: StoreMetrics): string[] {
+  const c = st.counters;
+  return [
+    ...family('shoal_store_requests_forwarded_total', 'counter', 'Client operations this peer forwarded to another peer.', [['', c.forwarded]]),
+    ...family('shoal_store_requests_served_total', 'counter', 'Operations served by a replica on this peer.', [['', c.served]]),
+    ...family('shoal_store_lease_renewals_total', 'counter', 'Lease renewals granted by the coordinator.', [['', c.leaseRenewals]]),
+    ...family('shoal_store_lease_failures_total', 'counter', 'Lease renewals that failed.', [['', c.leaseFailures]]),
+    ...family('shoal_store_lease_valid', 'gauge', '1 while this peer holds a valid primary lease.', [['', st.leaseValid ? 1 : 0]]),
+    ...family('shoal_store_snapshots_sent_total', 'counter', 'Shard snapshots sent to catching-up replicas.', [['', c.snapshotsSent]]),
+    ...family('shoal_store_snapshots_installed_total', 'counter', 'Shard snapshots installed here.', [['', c.snapshotsInstalled]]),
+    ...family('shoal_store_assignments_proposed_total', 'counter', 'Shard assignment commands proposed (coordinator).', [['', c.assignmentsProposed]]),
+    ...family('shoal_store_replicas', 'gauge', 'Shard replicas held here, by role.', [
+      ['{role="primary"}', st.primaries],
+      ['{role="any"}', st.replicas],
+    ]),
+    ...family('shoal_store_primaries_serving', 'gauge', 'Shards this peer serves as primary right now (lease valid, reconciled or not).', [['', st.serving]]),
+    ...family('shoal_replication_frames_sent_total', 'counter', 'Replication frames sent (each batches the messages of one event-loop turn).', [['', st.replication.framesSent]]),
+    ...family('shoal_replication_frames_received_total', 'counter', 'Replication frames received.', [['', st.replication.framesReceived]]),
+    ...family('shoal_replication_frames_dropped_total', 'counter', 'Replication frames dropped (queue full or peer unreachable).', [['', st.replication.framesDropped]]),
+    ...family('shoal_replication_streams_reset_total', 'counter', 'Inbound replication streams reset for a bad frame.', [['', st.replication.streamsReset]]),
+  ];
+}
+
+function metricsText(
+  { membership: m, raft, store }: { membership: MembershipCounters; raft: ChannelCounters; store?: StoreMetrics },
+  status: PeerStatus,
+): string {
   const byState = new Map<string, number>();
   for (const mem of status.members) byState.set(mem.state, (byState.get(mem.state) ?? 0) + 1);
   const states = ['alive', 'suspect', 'dead', 'left'];
@@ -85,6 +121,7 @@ function metricsText({ membership: m, raft }: { membership: MembershipCounters; 
     ...family('shoal_raft_term', 'gauge', 'Current Raft term.', [['', status.term]]),
     ...family('shoal_raft_commit_index', 'gauge', 'Raft commit index.', [['', status.commitIndex]]),
     ...family('shoal_raft_is_leader', 'gauge', '1 on the coordinator.', [['', status.role === 'leader' ? 1 : 0]]),
+    ...(store === undefined ? [] : storeLines(store)),
   ];
   return lines.join('\n') + '\n';
 }

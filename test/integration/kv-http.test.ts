@@ -113,6 +113,19 @@ describe('HTTP key-value API: 3 peers in one process', function () {
     }
   });
 
+  it('GET /metrics reports the store: replicas held, lease, forwarded and served operations', async () => {
+    const text = await (await fetch(`${base}/metrics`)).text();
+    const sample = (name: string): number => {
+      const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(text);
+      assert.ok(m, `${name} in /metrics`);
+      return Number(m[1]);
+    };
+    assert.ok(sample('shoal_store_replicas\\{role="any"\\}') > 0);
+    assert.equal(sample('shoal_store_lease_valid'), 1);
+    assert.ok(sample('shoal_store_requests_served_total') + sample('shoal_store_requests_forwarded_total') > 0);
+    assert.ok(sample('shoal_replication_frames_sent_total') > 0);
+  });
+
   it('GET /v1/shards lists every shard with its replicas and primary', async () => {
     const r = await fetch(`${base}/v1/shards`);
     assert.equal(r.status, 200);
