@@ -101,7 +101,16 @@ interface PlanContext {
   target: string[][] | null;
   /** Replicas each peer is catching up on (shards with a primary), plus those added by this plan. */
   catchUps: Map<string, number>;
+  /** Shards without a primary now, plus those this plan vacates to balance primaries. */
+  vacant: number;
 }
+
+/**
+ * Most shards without a primary at once for which the controller still vacates another to move
+ * its primary to the preferred replica: each handover stops the shard's writes for about a
+ * lease, so balance is restored a couple of shards at a time.
+ */
+const MAX_BALANCING_VACANCIES = 2;
 
 function memberOf(map: ClusterMapView, id: string): MemberInfo | undefined {
   return Object.hasOwn(map.members, id) ? map.members[id] : undefined;
@@ -136,6 +145,8 @@ export class ShardController {
   /** Pending in-sync change requests per shard, oldest first. */
   private readonly requests = new Map<number, InSyncChangeRequest[]>();
   private readonly vacancies = new Map<number, Vacancy>();
+  /** Shards this leader vacated to hand the primary to their preferred replica, and to whom. */
+  private readonly balancingTo = new Map<number, string>();
   /** Primary and epoch of every shard at the last look, or null: no look since becameLeader. */
   private lastSeen: Array<{ primary: string | null; epoch: number }> | null = null;
   /** When the bootstrapped map was first seen without shards. */
@@ -161,6 +172,7 @@ export class ShardController {
     this.progress.clear();
     this.requests.clear();
     this.vacancies.clear();
+    this.balancingTo.clear();
     this.lastSeen = null;
   }
 
@@ -221,7 +233,14 @@ export class ShardController {
     const settings = map.settings;
     if (this.leaderSinceMs === null || settings === null) return null;
     if (map.shards.length === 0) return this.planInitial(nowMs, map, settings);
-    const ctx: PlanContext = { nowMs, map, settings, target: this.targetFor(nowMs, map, settings), catchUps: new Map() };
+    const ctx: PlanContext = {
+      nowMs,
+      map,
+      settings,
+      target: this.targetFor(nowMs, map, settings),
+      catchUps: new Map(),
+      vacant: map.shards.filter((a) => a.primary === null).length,
+    };
     for (const a of map.shards) {
       if (a.primary === null) continue;
       for (const id of a.replicas) {
@@ -275,6 +294,7 @@ export class ShardController {
     shards.forEach((a, shard) => {
       if (a.primary !== null) {
         this.vacancies.delete(shard);
+        this.balancingTo.delete(shard);
         return;
       }
       if (this.vacancies.has(shard)) return;
@@ -358,6 +378,7 @@ export class ShardController {
       () => this.dropGone(ctx, a),
       () => this.addTargetReplicas(ctx, shard, a),
       () => this.trimToTarget(ctx, shard, a),
+      () => this.balancePrimary(ctx, shard, a),
     ];
     for (const rule of rules) {
       const change = rule();
@@ -432,6 +453,10 @@ export class ShardController {
     if (candidates.length === 0) candidates = leased.filter((id) => memberOf(ctx.map, id)?.status === 'draining');
     const target = ctx.target?.[shard];
     if (target !== undefined && candidates.some((id) => target.includes(id))) candidates = candidates.filter((id) => target.includes(id));
+    // A shard vacated for balance goes to the replica it was vacated for (every in-sync replica
+    // holds every acknowledged write; any of them is safe).
+    const preferred = x === null ? this.balancingTo.get(shard) : undefined;
+    if (preferred !== undefined && candidates.includes(preferred)) candidates = [preferred];
     let best: string | null = null;
     let bestRank: [number, number] = [-Infinity, -Infinity];
     for (const id of candidates) {
@@ -521,6 +546,31 @@ export class ShardController {
   }
 
   /** Rule 5: every target replica in sync: remove the others; vacate a non-target primary. */
+  /**
+   * Rule 6: preferred primaries (Kafka's preferred leader election). Failovers and joins leave
+   * primaries where they landed, and a peer that joined after the first assignment would lead
+   * nothing. In a settled shard (replicas exactly the target, all in sync) whose primary is not
+   * the target's first replica, and no replica anywhere is catching up, vacate it for that
+   * replica, a few shards at a time; the
+   * promotion (rule 2) then waits out the old primary's lease and picks the preferred replica.
+   */
+  private balancePrimary(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
+    const target = ctx.target?.[shard];
+    if (target === undefined || a.primary === null) return null;
+    const preferred = target[0]!;
+    if (preferred === a.primary) return null;
+    const settled = a.replicas.length === target.length && target.every((id) => a.replicas.includes(id)) && a.inSync.length === a.replicas.length;
+    if (!settled || !this.leaseValid(ctx.nowMs, preferred) || memberOf(ctx.map, preferred)?.status !== 'active') return null;
+    // Moves first: balance only once no replica anywhere is catching up.
+    if (ctx.vacant >= MAX_BALANCING_VACANCIES || ctx.catchUps.size > 0) return null;
+    ctx.vacant++;
+    this.balancingTo.set(shard, preferred);
+    return {
+      assignment: { replicas: [...a.replicas], primary: null, inSync: [...a.inSync], epoch: a.epoch + 1 },
+      reason: `vacate primary ${a.primary} for the preferred replica ${preferred} (balance)`,
+    };
+  }
+
   private trimToTarget(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
     const target = ctx.target?.[shard];
     if (target === undefined || !target.every((id) => a.inSync.includes(id))) return null;

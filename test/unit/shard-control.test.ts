@@ -521,6 +521,40 @@ describe('shard controller', () => {
     });
   });
 
+  describe('preferred primaries', () => {
+    it('moves primaries back to each shard\'s preferred replica, at most 2 shards vacant at a time', () => {
+      const members = ['a', 'b', 'c'];
+      const goal = target(members);
+      // Every shard led by 'a' (as after failovers onto it), replicas and in-sync sets settled.
+      const shards = goal.map((replicas) => ({ replicas, primary: 'a', inSync: [...replicas], epoch: 1 }));
+      const w = new World({ members, shards });
+      let moved = 0;
+      for (let round = 0; round < 200 && w.shards.some((a, k) => a.primary !== goal[k]![0]); round++) {
+        w.advance(100);
+        for (const id of members) w.renew(id);
+        const plan = w.step();
+        const vacant = w.shards.filter((a) => a.primary === null).length;
+        assert.ok(vacant <= 2, `round ${round}: ${vacant} shards without a primary`);
+        for (const u of plan?.cmd.updates ?? []) if (u.assignment.primary !== null && u.assignment.primary !== 'a') moved++;
+      }
+      w.shards.forEach((a, k) => assert.equal(a.primary, goal[k]![0], `shard ${k} led by its preferred replica`));
+      assert.equal(moved, goal.filter((t) => t[0] !== 'a').length, 'each shard moved once, to its preferred replica');
+    });
+
+    it('does not balance while a replica is catching up', () => {
+      const members = ['a', 'b', 'c'];
+      const goal = target(members);
+      const shards = goal.map((replicas) => ({ replicas, primary: 'a', inSync: [...replicas], epoch: 1 }));
+      const w = new World({ members, shards });
+      w.advance(100);
+      w.addMember('d');
+      for (const id of [...members, 'd']) w.renew(id);
+      const plan = w.plan();
+      assert.ok(plan !== null);
+      for (const u of plan.cmd.updates) assert.notEqual(u.assignment.primary, null, `shard ${u.shard}: no balancing vacancy while d catches up`);
+    });
+  });
+
   describe('dead and departed replicas', () => {
     it('keeps a dead backup, and its place in the target, for reReplicateAfterMs (a restart moves nothing)', () => {
       const w = new World({ members: ['a', 'b', 'c', 'd'], controller: { reReplicateAfterMs: 30_000 } });
