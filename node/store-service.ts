@@ -84,6 +84,11 @@ const CONTROL_MS = 50;
 const WRITE_ANSWER_TIMEOUT_MS = 10_000;
 /** Most bytes of replication messages batched into one frame to a peer (the channel's limit is 16 MiB). */
 const REPLICATION_BATCH_BYTES = 8 * 1024 * 1024;
+/**
+ * After the map names a new primary for a shard, a request still waiting on the old one gets
+ * this long to answer (a demoted primary answers at once; a frozen or cut-off one never does).
+ */
+const SUPERSEDED_GRACE_MS = 250;
 /** Longest a replication message of a newer epoch waits for the local map to catch up, ms. */
 const PARK_MS = 300;
 /** Most such messages held per shard. */
@@ -103,6 +108,14 @@ interface ShardSlot {
   removed: boolean;
   /** Messages of a newer epoch than the local map, held for the map to catch up (see onReplicationFrame). */
   parked: Array<{ m: ReplicationMessage; atMs: number }>;
+}
+
+/** A request forwarded to a shard's primary, aborted if the map names another primary. */
+interface ForwardWatch {
+  shard: number;
+  target: string;
+  ac: AbortController;
+  timer: NodeJS.Timeout | null;
 }
 
 interface IncomingSnapshot {
@@ -165,6 +178,7 @@ export class StoreService implements KvApi {
   private readonly slots = new Map<number, ShardSlot>();
   private readonly opening = new Map<number, Promise<ShardSlot | null>>();
   private readonly waiters = new Map<number, Waiter>();
+  private readonly forwards = new Set<ForwardWatch>();
   private nextRequestId = 1;
   private readonly incoming = new Map<number, IncomingSnapshot>();
   private readonly sendingSnapshots = new Set<string>();
@@ -270,6 +284,11 @@ export class StoreService implements KvApi {
         void this.openShard(shard);
       }
     });
+    for (const w of this.forwards) {
+      if (w.timer === null && this.view.shards[w.shard] !== undefined && this.view.shards[w.shard]!.primary !== w.target) {
+        w.timer = setTimeout(() => w.ac.abort(), SUPERSEDED_GRACE_MS);
+      }
+    }
     const p = this.pendingLease;
     if (p !== null && this.view.version >= p.mapVersion) {
       this.pendingLease = null;
@@ -956,19 +975,36 @@ export class StoreService implements KvApi {
         reply = await this.serveLocal(req);
       } else {
         this.counters.forwarded++;
+        // Sent to a primary: if the map names another primary meanwhile (this one froze or was
+        // cut off), stop waiting for it after a grace period instead of FORWARD_TIMEOUT_MS.
+        const watch: ForwardWatch | null =
+          req.consistency === 'any' && req.op === 'get' ? null : { shard: this.shardOfKey(req.key), target, ac: new AbortController(), timer: null };
+        if (watch !== null) this.forwards.add(watch);
         try {
           const header: Record<string, unknown> = { op: req.op, key: req.key };
           if (req.ifVersion !== undefined) header.ifVersion = req.ifVersion;
           if (req.consistency !== undefined) header.consistency = req.consistency;
-          const bytes = await this.rpc.request(target, encodeFrame(FrameKind.kv, header, req.value), { timeoutMs: FORWARD_TIMEOUT_MS });
+          const bytes = await this.rpc.request(target, encodeFrame(FrameKind.kv, header, req.value), {
+            timeoutMs: FORWARD_TIMEOUT_MS,
+            ...(watch === null ? {} : { signal: watch.ac.signal }),
+          });
           reply = this.decodeReply(bytes);
         } catch (err) {
           const notSent = err instanceof RpcUnavailableError && err.notSent;
+          const superseded = watch?.ac.signal.aborted === true;
           if (req.op === 'get' || notSent) {
-            last = { ok: false, code: 'unavailable', message: `cannot reach ${target}: ${(err as Error).message}` };
+            last = { ok: false, code: 'unavailable', message: superseded ? `${target} is no longer the primary` : `cannot reach ${target}: ${(err as Error).message}` };
             continue;
           }
+          if (superseded) {
+            throw new StoreError('indeterminate', `the primary ${target} was replaced while the write was in flight; it may or may not have been applied`);
+          }
           throw new StoreError('indeterminate', `lost contact with the primary ${target} (${(err as Error).message}); the write may or may not have been applied`);
+        } finally {
+          if (watch !== null) {
+            this.forwards.delete(watch);
+            if (watch.timer !== null) clearTimeout(watch.timer);
+          }
         }
       }
       this.observeLatency(target, this.now() - started);
@@ -982,6 +1018,10 @@ export class StoreService implements KvApi {
     const code: StoreErrorCode = last.code === 'not_primary' ? 'unavailable' : last.code;
     const message = last.code === 'not_primary' ? `no serving primary for the key's shard within ${this.opts.requestTimeoutMs} ms (${last.message})` : last.message;
     throw new StoreError(code, message, last.current, code === 'unavailable' || code === 'not_enough_replicas' || code === 'overloaded' || code === 'stopping' ? 1 : undefined);
+  }
+
+  private shardOfKey(key: string): number {
+    return shardOf(key, this.view.settings?.shardCount ?? 64);
   }
 
   /** The peer to send `req` to: the primary, or for `any` reads one in-sync replica by the read policy. */
