@@ -55,6 +55,7 @@
 import { ConfigError } from '../protocols/errors.js';
 import { MAX_KEY_BYTES, MAX_OPS_PER_GROUP, MAX_VALUE_BYTES } from '../protocols/replication/config.js';
 import { MAX_REPLICA_ID_LENGTH, MAX_SHARD } from '../protocols/replication/codec.js';
+import { hasLoneSurrogate } from '../protocols/replication/versions.js';
 import type {
   LogGroup,
   LoggedOp,
@@ -424,8 +425,6 @@ function decodeHard(b: Uint8Array): ReplicaHardState {
 // Input validation
 // ---------------------------------------------------------------------------------------------
 
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
-
 function checkShard(shard: unknown): asserts shard is number {
   if (typeof shard !== 'number' || !Number.isInteger(shard) || shard < 0 || shard > MAX_SHARD) {
     throw new InvalidShardInputError('shard', `must be an integer in [0, ${MAX_SHARD}], got ${String(shard)}`);
@@ -438,7 +437,7 @@ function checkKey(key: unknown, field: string): asserts key is string {
     throw new InvalidShardInputError(field, `longer than ${MAX_KEY_BYTES} UTF-8 bytes`);
   }
   // A lone surrogate has no UTF-8 form: stored, it would read back as a different key (U+FFFD).
-  if (LONE_SURROGATE.test(key)) throw new InvalidShardInputError(field, 'is not well-formed UTF-16 (lone surrogate)');
+  if (hasLoneSurrogate(key)) throw new InvalidShardInputError(field, 'is not well-formed UTF-16 (lone surrogate)');
 }
 
 function checkValue(value: unknown, field: string): asserts value is Uint8Array {

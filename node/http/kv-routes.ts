@@ -17,6 +17,7 @@ import {
   type StoreLimits,
 } from '../store-api.js';
 import { ClientGoneError, HttpError } from './http-error.js';
+import { keyProblem } from '../../protocols/replication/versions.js';
 
 /** The store as the HTTP API needs it: the operations plus the shard table. */
 export type HttpKv = KvApi & { shards(): ShardInfo[] };
@@ -92,11 +93,8 @@ export function showKey(key: string): string {
 export function parseKey(rawKey: string, limits: StoreLimits): string {
   const key = percentDecodeUtf8(rawKey);
   if (key === null) throw new HttpError(400, 'invalid_key', 'the key is not well-formed: bad percent-encoding or not UTF-8');
-  if (key.length === 0) throw new HttpError(400, 'invalid_key', 'the key is empty');
-  const bytes = Buffer.byteLength(key, 'utf8');
-  if (bytes > limits.maxKeyBytes) {
-    throw new HttpError(400, 'invalid_key', `the key is ${bytes} bytes of UTF-8, over the limit of ${limits.maxKeyBytes}`);
-  }
+  const problem = keyProblem(key, limits.maxKeyBytes);
+  if (problem !== null) throw new HttpError(400, 'invalid_key', problem);
   return key;
 }
 

@@ -9,6 +9,7 @@
 import { asObject, decodeEnvelope, encodeEnvelope, fail, readBytes, readCount, readId, toBase64, type WireObject } from '../json-wire.js';
 import { MAX_KEY_BYTES, MAX_OPS_PER_GROUP, MAX_VALUE_BYTES } from './config.js';
 import type { LogGroup, LoggedOp, ReplicationMessage, ReplicationMessageType } from './types.js';
+import { hasLoneSurrogate } from './versions.js';
 
 export const REPLICATION_PROTOCOL_ID = '/shoal/replication/1.0.0';
 
@@ -40,6 +41,7 @@ function readKey(o: WireObject, path: string): string {
   if (typeof v !== 'string' || v.length > MAX_KEY_BYTES || Buffer.byteLength(v, 'utf8') > MAX_KEY_BYTES) {
     fail(`${path}.key`, `must be a string of at most ${MAX_KEY_BYTES} UTF-8 bytes`);
   }
+  if (hasLoneSurrogate(v)) fail(`${path}.key`, 'is not well-formed UTF-16 (lone surrogate)');
   return v;
 }
 

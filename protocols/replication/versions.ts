@@ -25,6 +25,26 @@ export function versionAfter(op: LoggedOp): KeyVersion {
   return { version: op.version, present: op.kind === 'put' };
 }
 
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** A lone surrogate has no UTF-8 form: stored, such a key would read back as another (U+FFFD). */
+export function hasLoneSurrogate(s: string): boolean {
+  return LONE_SURROGATE.test(s);
+}
+
+/**
+ * Why `key` is not a valid client key, or null: a key is 1..maxKeyBytes UTF-8 bytes of
+ * well-formed UTF-16. One rule for the API, the HTTP routes and peers' forwarded requests.
+ */
+export function keyProblem(key: unknown, maxKeyBytes = MAX_KEY_BYTES): string | null {
+  if (typeof key !== 'string') return 'the key must be a string';
+  if (key.length === 0) return 'the key is empty';
+  const bytes = Buffer.byteLength(key, 'utf8');
+  if (bytes > maxKeyBytes) return `the key is ${bytes} bytes of UTF-8; the limit is ${maxKeyBytes}`;
+  if (hasLoneSurrogate(key)) return 'the key is not well-formed Unicode (lone surrogate)';
+  return null;
+}
+
 /** UTF-8 length of a key, or -1 when it exceeds MAX_KEY_BYTES. */
 export function keyBytes(key: string): number {
   if (key.length > MAX_KEY_BYTES) return -1; // each UTF-16 unit is at least one UTF-8 byte

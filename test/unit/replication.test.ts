@@ -502,6 +502,7 @@ describe('replication codec', () => {
     ['version 0', mutate((o) => (o.groups[0].ops[0].version = 0)), 'message(append).groups[0].ops[0].version'],
     ['key too long', mutate((o) => (o.groups[0].ops[0].key = 'x'.repeat(1025))), 'message(append).groups[0].ops[0].key'],
     ['multi-byte key too long', mutate((o) => (o.groups[0].ops[0].key = 'é'.repeat(513))), 'message(append).groups[0].ops[0].key'],
+    ['key with a lone surrogate', mutate((o) => (o.groups[0].ops[0].key = 'a\ud800b')), 'message(append).groups[0].ops[0].key'],
     ['value not base64', mutate((o) => (o.groups[0].ops[0].value = '@@@')), 'message(append).groups[0].ops[0].value'],
     ['value too large', mutate((o) => (o.groups[0].ops[0].value = Buffer.alloc(1024 * 1024 + 1).toString('base64'))), 'message(append).groups[0].ops[0].value'],
     ['too many ops', mutate((o) => (o.groups[0].ops = Array.from({ length: 1025 }, () => o.groups[0].ops[1]))), 'message(append).groups[0].ops'],
