@@ -66,6 +66,9 @@ export const STORE_ERROR_HTTP_STATUS: Readonly<Record<StoreErrorCode, number>> =
   stopping: 503,
 });
 
+/** Codes worth retrying as they are: nothing was applied, and the condition passes. */
+export const RETRYABLE_STORE_ERRORS: ReadonlySet<StoreErrorCode> = new Set<StoreErrorCode>(['unavailable', 'not_enough_replicas', 'overloaded', 'stopping']);
+
 /** Every store failure a caller can handle; check `code`, never the message. */
 export class StoreError extends Error {
   override readonly name = 'StoreError';
@@ -81,7 +84,7 @@ export class StoreError extends Error {
   }
 
   get retryable(): boolean {
-    return this.code === 'unavailable' || this.code === 'not_enough_replicas' || this.code === 'overloaded' || this.code === 'stopping';
+    return RETRYABLE_STORE_ERRORS.has(this.code);
   }
 }
 

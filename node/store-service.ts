@@ -15,6 +15,7 @@ import { shardOf } from '../protocols/placement/index.js';
 import { decodeReplicationMessage, encodeReplicationMessage, REPLICATION_PROTOCOL_ID } from '../protocols/replication/codec.js';
 import { MAX_KEY_BYTES, MAX_VALUE_BYTES, type ReplicationConfig } from '../protocols/replication/config.js';
 import { ReplicaCore } from '../protocols/replication/replica.js';
+import { keyProblem } from '../protocols/replication/versions.js';
 import type {
   InSyncChangeRequest,
   ReplicaProgress,
@@ -32,6 +33,7 @@ import type { Host } from './host.js';
 import type { Logger } from './log.js';
 import { RpcEndpoint, RpcUnavailableError } from './rpc.js';
 import {
+  RETRYABLE_STORE_ERRORS,
   StoreError,
   type GetOptions,
   type GetOutcome,
@@ -46,7 +48,7 @@ import {
   type WriteOutcome,
 } from './store-api.js';
 import { arr, decodeFrame, encodeFrame, FrameKind, int, obj, optInt, str, STORE_PROTOCOL_ID, type Frame } from './store-wire.js';
-import { StreamChannel, type ChannelCounters } from './stream-channel.js';
+import { StreamChannel } from './stream-channel.js';
 import type { StoreMetrics } from './http/server.js';
 
 export interface StoreServiceOptions {
@@ -95,8 +97,6 @@ const PARK_MS = 300;
 const MAX_PARKED = 256;
 /** Timeout of one forwarded request, ms. */
 const FORWARD_TIMEOUT_MS = 5_000;
-
-type ShardStatusCore = ReturnType<ReplicaCore['status']>;
 
 interface ShardSlot {
   shard: number;
@@ -149,31 +149,7 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** No lone surrogates: the key survives a round trip through UTF-8. */
-function isWellFormed(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= 0xd800 && c <= 0xdbff) {
-      const d = s.charCodeAt(i + 1);
-      if (!(d >= 0xdc00 && d <= 0xdfff)) return false;
-      i++;
-    } else if (c >= 0xdc00 && c <= 0xdfff) return false;
-  }
-  return true;
-}
-
-/** A key is 1..maxKeyBytes UTF-8 bytes of well-formed UTF-16 (no lone surrogates). */
-function keyProblem(key: unknown, maxKeyBytes: number): string | null {
-  if (typeof key !== 'string') return 'the key must be a string';
-  if (key.length === 0) return 'the key is empty';
-  if (!isWellFormed(key)) return 'the key is not well-formed Unicode (lone surrogate)';
-  const bytes = Buffer.byteLength(key, 'utf8');
-  if (bytes > maxKeyBytes) return `the key is ${bytes} bytes of UTF-8; the limit is ${maxKeyBytes}`;
-  return null;
-}
-
 export class StoreService implements KvApi {
-  readonly channelCounters: () => ChannelCounters;
   private readonly self: string;
   private readonly slots = new Map<number, ShardSlot>();
   private readonly opening = new Map<number, Promise<ShardSlot | null>>();
@@ -228,7 +204,6 @@ export class StoreService implements KvApi {
       dialTimeoutMs: 2000,
       log: opts.log,
     });
-    this.channelCounters = () => this.channel.counters;
   }
 
   static async open(opts: StoreServiceOptions): Promise<StoreService> {
@@ -774,8 +749,13 @@ export class StoreService implements KvApi {
     switch (f.kind) {
       case FrameKind.lease:
         return encodeFrame(FrameKind.reply, this.grantLease(from, f.header));
-      case FrameKind.kv:
-        return this.encodeReply(await this.serveLocal(this.decodeKvRequest(f)));
+      case FrameKind.kv: {
+        // A peer's request is checked against the protocol's limit; ours were checked by validateKey.
+        const req = this.decodeKvRequest(f);
+        const problem = keyProblem(req.key, MAX_KEY_BYTES);
+        if (problem !== null) return this.encodeReply({ ok: false, code: 'invalid_key', message: problem });
+        return this.encodeReply(await this.serveLocal(req));
+      }
       case FrameKind.snapBegin:
         return this.onSnapBegin(from, f.header);
       case FrameKind.snapChunk:
@@ -833,8 +813,6 @@ export class StoreService implements KvApi {
   private async serveLocal(req: KvRequest): Promise<OpReply> {
     const settings = this.view.settings;
     if (settings === null || this.view.shards.length === 0) return { ok: false, code: 'unavailable', message: 'the shards are not assigned yet' };
-    const problem = keyProblem(req.key, MAX_KEY_BYTES);
-    if (problem !== null) return { ok: false, code: 'invalid_key', message: problem };
     const shard = shardOf(req.key, settings.shardCount);
     const slot = this.slots.get(shard);
     if (slot === undefined || slot.removed) return { ok: false, code: 'not_primary', message: `no replica of shard ${shard} here` };
@@ -967,8 +945,9 @@ export class StoreService implements KvApi {
         if (this.now() + wait > deadline || this.stopped) break;
         await sleep(wait);
       }
-      const target = this.pickTarget(req);
-      if (target === null) continue;
+      const picked = this.pickTarget(req);
+      if (picked === null || picked.target === null) continue;
+      const { shard, target } = picked;
       let reply: OpReply;
       const started = this.now();
       if (target === this.self) {
@@ -978,7 +957,7 @@ export class StoreService implements KvApi {
         // Sent to a primary: if the map names another primary meanwhile (this one froze or was
         // cut off), stop waiting for it after a grace period instead of FORWARD_TIMEOUT_MS.
         const watch: ForwardWatch | null =
-          req.consistency === 'any' && req.op === 'get' ? null : { shard: this.shardOfKey(req.key), target, ac: new AbortController(), timer: null };
+          req.consistency === 'any' && req.op === 'get' ? null : { shard, target, ac: new AbortController(), timer: null };
         if (watch !== null) this.forwards.add(watch);
         try {
           const header: Record<string, unknown> = { op: req.op, key: req.key };
@@ -1017,19 +996,21 @@ export class StoreService implements KvApi {
     if (last.ok) throw new Error('unreachable');
     const code: StoreErrorCode = last.code === 'not_primary' ? 'unavailable' : last.code;
     const message = last.code === 'not_primary' ? `no serving primary for the key's shard within ${this.opts.requestTimeoutMs} ms (${last.message})` : last.message;
-    throw new StoreError(code, message, last.current, code === 'unavailable' || code === 'not_enough_replicas' || code === 'overloaded' || code === 'stopping' ? 1 : undefined);
+    throw new StoreError(code, message, last.current, RETRYABLE_STORE_ERRORS.has(code) ? 1 : undefined);
   }
 
-  private shardOfKey(key: string): number {
-    return shardOf(key, this.view.settings?.shardCount ?? 64);
-  }
-
-  /** The peer to send `req` to: the primary, or for `any` reads one in-sync replica by the read policy. */
-  private pickTarget(req: KvRequest): string | null {
+  /** The key's shard and the peer to send `req` to, or null before the shards are assigned. */
+  private pickTarget(req: KvRequest): { shard: number; target: string | null } | null {
     const settings = this.view.settings;
     if (settings === null || this.view.shards.length === 0) return null;
-    const a: ShardAssignment | undefined = this.view.shards[shardOf(req.key, settings.shardCount)];
+    const shard = shardOf(req.key, settings.shardCount);
+    const a: ShardAssignment | undefined = this.view.shards[shard];
     if (a === undefined) return null;
+    return { shard, target: this.targetIn(a, req) };
+  }
+
+  /** The primary, or for `any` reads one in-sync replica by the read policy. */
+  private targetIn(a: ShardAssignment, req: KvRequest): string | null {
     if (req.op !== 'get' || req.consistency !== 'any') return a.primary;
     const candidates = a.inSync.filter((id) => this.view.members[id]?.status === 'active');
     if (candidates.length === 0) return a.primary;
@@ -1122,16 +1103,5 @@ export class StoreService implements KvApi {
       replication: { ...this.channel.counters },
     };
   }
-
-  /** Local replica states (for tests and debugging). */
-  replicaStatus(): ShardStatusCore[] {
-    const now = this.now();
-    return [...this.slots.values()].map((s) => s.core.status(now));
-  }
-
-  get leaseValid(): boolean {
-    return this.now() < this.leaseUntil;
-  }
 }
 
-export { MAX_KEY_BYTES, MAX_VALUE_BYTES };

@@ -1,6 +1,6 @@
 /**
  * A small seeded pseudo-random generator (sfc32 seeded through splitmix32).
- * Cores never call Math.random(): they take a `Random` so that a simulation
+ * Cores never draw from the platform's random source: they take a `Random` so that a simulation
  * replays exactly from one seed.
  */
 export interface Random {

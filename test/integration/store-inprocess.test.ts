@@ -133,7 +133,7 @@ describe('store: a 4th peer joins 3 under write load', function () {
   const settled = (n: number): boolean =>
     peers.every((p) => {
       const s = p.status().shards;
-      const shards = (p as unknown as { kv: { shards(): Array<{ replicas: string[]; inSync: string[] }> } }).kv.shards();
+      const shards = kvOf(p).shards();
       return (
         s !== null &&
         s.writableShards === s.shardCount &&
