@@ -19,16 +19,22 @@ export function toBase64(data: Uint8Array): string {
   return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('base64');
 }
 
-/** `{ v: 1, ...body }` as UTF-8 JSON. */
-export function encodeEnvelope(body: WireObject): Uint8Array {
-  return textEncoder.encode(JSON.stringify({ v: 1, ...body }));
+/** `{ v: version, ...body }` as UTF-8 JSON (version 1 unless a codec says otherwise). */
+export function encodeEnvelope(body: WireObject, version = 1): Uint8Array {
+  return textEncoder.encode(JSON.stringify({ v: version, ...body }));
 }
 
 /**
  * Parse an envelope from untrusted bytes: at most `maxBytes`, UTF-8 JSON, an object with
- * `v: 1` and a `type` among `types`. Returns the object, its type and the path for errors.
+ * `v: version` (1 unless given) and a `type` among `types`. Returns the object, its type and the
+ * path for errors.
  */
-export function decodeEnvelope<T extends string>(bytes: Uint8Array, maxBytes: number, types: readonly T[]): { o: WireObject; type: T; path: string } {
+export function decodeEnvelope<T extends string>(
+  bytes: Uint8Array,
+  maxBytes: number,
+  types: readonly T[],
+  version = 1,
+): { o: WireObject; type: T; path: string } {
   if (!(bytes instanceof Uint8Array)) fail('message', 'must be bytes');
   if (bytes.byteLength > maxBytes) fail('message', `larger than ${maxBytes} bytes`);
   let parsed: unknown;
@@ -38,7 +44,7 @@ export function decodeEnvelope<T extends string>(bytes: Uint8Array, maxBytes: nu
     fail('message', 'not UTF-8 JSON');
   }
   const o = asObject(parsed, 'message');
-  if (o.v !== 1) fail('message.v', 'unsupported version');
+  if (o.v !== version) fail('message.v', 'unsupported version');
   const type = o.type as T;
   if (!types.includes(type)) fail('message.type', 'unknown message type');
   return { o, type, path: `message(${type})` };

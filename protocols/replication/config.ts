@@ -28,6 +28,15 @@ export interface ReplicationConfig {
    */
   ackTimeoutMs: number;
   /**
+   * The bound that replaces `ackTimeoutMs` for a replica whose peer is still heard from (the shell
+   * passes, with each tick, when each peer last sent any replication traffic): it is alive, only
+   * slowed by a backlog — under a burst of megabyte values every ack waits behind other shards'
+   * work. Shrinking then would only churn the in-sync sets, and shrinking both backups of a
+   * shard would refuse its writes. Default 5000: a replica stuck on a live peer still leaves
+   * within seconds; a silent peer's replicas still leave after `ackTimeoutMs`.
+   */
+  slowAckTimeoutMs: number;
+  /**
    * The primary sends each replica an append (new groups, a retransmission from the replica's
    * last acknowledged group, or an empty heartbeat carrying the commit point) at least this
    * often. Default 50: lost messages are repaired well within `ackTimeoutMs`.
@@ -60,14 +69,31 @@ export interface ReplicationConfig {
   maxOpsPerGroup: number;
   /**
    * Most bytes of keys and values (plus OP_OVERHEAD_BYTES per op) in one group; a single larger op
-   * still forms a group of its own. Default 4 MiB: four maximal values; bounds one storage batch.
+   * still forms a group of its own. Default 1 MiB: thousands of small writes share a group, while
+   * one group (a storage batch, a message) stays small enough to cross, persist and be
+   * acknowledged well within `ackTimeoutMs`, and to yield the event loop between groups.
    */
   maxGroupBytes: number;
+  /**
+   * Groups sent to a replica and not acknowledged this long are sent again, from its last
+   * acknowledged group. Default 300: a broken stream loses what was on it, and this repairs it
+   * within `ackTimeoutMs`; yet it is several times what a full append takes to cross, persist
+   * and be acknowledged here under load, so a slow replica is not mistaken for a lossy one (a
+   * resend on every heartbeat sent a catching-up replica the same megabytes over and over).
+   */
+  retransmitTimeoutMs: number;
+  /**
+   * Most bytes of groups in flight to one replica (sent, not acknowledged). Default 4 MiB: a few
+   * appends keep a catching-up replica busy, while a shard's whole log never queues on the wire
+   * ahead of other shards' acknowledgements. One group is always allowed.
+   */
+  maxInflightBytes: number;
   /** Most groups in one append message (the catch-up batch). Default 64. */
   maxGroupsPerAppend: number;
   /**
-   * Most group bytes in one append message (at least one group is always sent). Default 4 MiB: an
-   * encoded message stays well under the codec's 16 MiB.
+   * Most group bytes in one append message (at least one group is always sent). Default 1 MiB:
+   * one message costs a bounded slice of the event loop to encode and decode (leases and
+   * heartbeats keep their timing under bulk traffic), and stays far under the frame limit.
    */
   maxAppendBytes: number;
   /**
@@ -93,6 +119,7 @@ export interface ReplicationConfig {
 export const DEFAULT_REPLICATION_CONFIG: Readonly<ReplicationConfig> = Object.freeze({
   minInSync: 2,
   ackTimeoutMs: 500,
+  slowAckTimeoutMs: 5000,
   heartbeatIntervalMs: 50,
   catchUpRetryMs: 200,
   coordinatorRetryMs: 300,
@@ -100,9 +127,11 @@ export const DEFAULT_REPLICATION_CONFIG: Readonly<ReplicationConfig> = Object.fr
   maxPendingWrites: 4096,
   maxGroupsInFlight: 1,
   maxOpsPerGroup: MAX_OPS_PER_GROUP,
-  maxGroupBytes: 4 * 1024 * 1024,
+  maxGroupBytes: 1024 * 1024,
+  retransmitTimeoutMs: 300,
+  maxInflightBytes: 4 * 1024 * 1024,
   maxGroupsPerAppend: 64,
-  maxAppendBytes: 4 * 1024 * 1024,
+  maxAppendBytes: 1024 * 1024,
   maxBufferedAppends: 16,
   logRetainGroups: 256,
   logRetainBytes: 32 * 1024 * 1024,
@@ -119,6 +148,8 @@ function requireInteger(field: keyof ReplicationConfig, value: unknown, min: num
 export function validateReplicationConfig(config: ReplicationConfig): void {
   requireInteger('minInSync', config.minInSync, 1, 64);
   requireInteger('ackTimeoutMs', config.ackTimeoutMs, 1, 600_000);
+  requireInteger('slowAckTimeoutMs', config.slowAckTimeoutMs, 1, 600_000);
+  if (config.slowAckTimeoutMs < config.ackTimeoutMs) throw new ConfigError('slowAckTimeoutMs', 'must be at least ackTimeoutMs');
   requireInteger('heartbeatIntervalMs', config.heartbeatIntervalMs, 1, 600_000);
   if (config.heartbeatIntervalMs >= config.ackTimeoutMs) {
     throw new ConfigError('heartbeatIntervalMs', 'must be smaller than ackTimeoutMs (a lost append must be resent before the timeout)');
@@ -130,6 +161,11 @@ export function validateReplicationConfig(config: ReplicationConfig): void {
   requireInteger('maxGroupsInFlight', config.maxGroupsInFlight, 1, 1024);
   requireInteger('maxOpsPerGroup', config.maxOpsPerGroup, 1, MAX_OPS_PER_GROUP);
   requireInteger('maxGroupBytes', config.maxGroupBytes, 1, 64 * 1024 * 1024);
+  requireInteger('retransmitTimeoutMs', config.retransmitTimeoutMs, 1, 600_000);
+  if (config.retransmitTimeoutMs >= config.ackTimeoutMs) {
+    throw new ConfigError('retransmitTimeoutMs', 'must be smaller than ackTimeoutMs (a lost append must be resent before the replica is reported late)');
+  }
+  requireInteger('maxInflightBytes', config.maxInflightBytes, 1, 1024 * 1024 * 1024);
   requireInteger('maxGroupsPerAppend', config.maxGroupsPerAppend, 1, 1024);
   requireInteger('maxAppendBytes', config.maxAppendBytes, 1, 8 * 1024 * 1024);
   requireInteger('maxBufferedAppends', config.maxBufferedAppends, 0, 1024);

@@ -77,7 +77,8 @@
  *   older epochs that the primary never had (never acknowledged), and conflicting groups are
  *   replaced.
  * - Slow backup: past `ackTimeoutMs` the primary asks the coordinator to shrink the in-sync set
- *   and keeps waiting; the groups commit once the new assignment (without it) arrives.
+ *   and keeps waiting; the groups commit once the new assignment (without it) arrives. A backup
+ *   whose peer is still heard from (`tick`'s `peersHeardAtMs`) is given `slowAckTimeoutMs`.
  * - Catch-up: the primary tracks every replica of `replicas`; a replica behind is sent groups
  *   from the log window, or a snapshot when they were trimmed. Once a replica matches up to the
  *   commit point the primary counts it for commits and asks for it to be added to the in-sync set.
@@ -95,7 +96,7 @@ import {
   StaleVersionError,
   type NotPrimaryReason,
 } from './errors.js';
-import { opBytes, ReplicaLog } from './log.js';
+import { groupBytes, opBytes, ReplicaLog } from './log.js';
 import type {
   AppendAckMessage,
   AppendMessage,
@@ -140,6 +141,15 @@ interface FollowerProgress {
   lastSentAtMs: number;
   lastAckAtMs: number;
   snapshotSentAtMs: number;
+  /** When groups (not an empty heartbeat) were last sent to it. */
+  lastDataSentAtMs: number;
+  /** The first group of the last probe that carried groups (a repeat waits retransmitTimeoutMs). */
+  probeDataSeq: number;
+  /**
+   * Since when the groups in flight (after matchSeq, before nextSeq) have gone without progress:
+   * set when data leaves with nothing in flight and whenever an ack advances matchSeq.
+   */
+  inflightSinceMs: number;
 }
 
 /** A write resolved at the primary and queued for the next group. */
@@ -221,6 +231,8 @@ export class ReplicaCore {
   private answers: WriteAnswer[] = [];
   private requests: InSyncChangeRequest[] = [];
   private readyOutstanding = false;
+  /** What the last tick said about when each peer was last heard from (see tick). */
+  private peersHeardAtMs: ReadonlyMap<ReplicaId, number> | undefined;
 
   constructor(options: ReplicaCoreOptions) {
     this.shard = options.shard;
@@ -341,7 +353,14 @@ export class ReplicaCore {
     if (this.primary !== null) this.sealGroups(nowMs);
   }
 
-  tick(nowMs: number): void {
+  /**
+   * Timers. `peersHeardAtMs`: when each peer last sent this peer any replication traffic (of any
+   * shard), on the same clock as `nowMs`; a backup on a peer heard within `ackTimeoutMs` is slow,
+   * not gone, and is reported late only after `slowAckTimeoutMs`. Without it, every backup that
+   * owes an ack past `ackTimeoutMs` is late.
+   */
+  tick(nowMs: number, peersHeardAtMs?: ReadonlyMap<ReplicaId, number>): void {
+    this.peersHeardAtMs = peersHeardAtMs;
     if (this.roleValue === 'primary') this.tickPrimary(nowMs);
     else if (this.roleValue === 'backup') this.tickBackup(nowMs);
   }
@@ -608,6 +627,9 @@ export class ReplicaCore {
         lastSentAtMs: Number.NEGATIVE_INFINITY,
         lastAckAtMs: Number.NEGATIVE_INFINITY,
         snapshotSentAtMs: Number.NEGATIVE_INFINITY,
+        lastDataSentAtMs: Number.NEGATIVE_INFINITY,
+        probeDataSeq: 0,
+        inflightSinceMs: Number.NEGATIVE_INFINITY,
       });
     }
   }
@@ -685,9 +707,17 @@ export class ReplicaCore {
     }
     this.sealGroups(nowMs);
     for (const f of ps.followers.values()) {
+      if (!f.probing && f.nextSeq - 1 > f.matchSeq && nowMs - f.inflightSinceMs >= this.config.retransmitTimeoutMs) {
+        // Groups in flight went unacknowledged too long: lost (a broken stream loses what was on
+        // it). Send again from the last acknowledged group. Not on every heartbeat: a slow
+        // replica would then be sent the same megabytes over and over, and fall further behind.
+        f.nextSeq = f.matchSeq + 1;
+        f.inflightSinceMs = nowMs;
+        this.sendAppend(f, nowMs, true);
+        this.fillWindow(f, nowMs);
+        continue;
+      }
       if (nowMs - f.lastSentAtMs < this.config.heartbeatIntervalMs) continue;
-      // Retransmit from the last acknowledged group (a lost append), or just heartbeat.
-      if (!f.probing && f.matchSeq < this.log.lastSeq) f.nextSeq = f.matchSeq + 1;
       this.sendAppend(f, nowMs, true);
     }
     if (!serving) return;
@@ -716,7 +746,10 @@ export class ReplicaCore {
     this.requests.push(req);
   }
 
-  /** An in-sync replica that owes an acknowledgement older than `ackTimeoutMs`. */
+  /**
+   * An in-sync replica that owes an acknowledgement older than `ackTimeoutMs` and whose peer has
+   * gone quiet as long, or one that owes it longer than `slowAckTimeoutMs` whatever its peer does.
+   */
   private isLate(f: FollowerProgress, nowMs: number): boolean {
     const ps = this.primary!;
     if (f.matchSeq >= this.log.lastSeq) return false;
@@ -728,7 +761,11 @@ export class ReplicaCore {
       if (g === undefined) return false;
       sinceMs = g.sealedAtMs;
     }
-    return nowMs - sinceMs >= this.config.ackTimeoutMs;
+    const owedMs = nowMs - sinceMs;
+    if (owedMs < this.config.ackTimeoutMs) return false;
+    if (owedMs >= this.config.slowAckTimeoutMs) return true;
+    const heard = this.peersHeardAtMs?.get(f.id);
+    return heard === undefined || nowMs - heard >= this.config.ackTimeoutMs;
   }
 
   /**
@@ -841,6 +878,28 @@ export class ReplicaCore {
     }
   }
 
+  /** Bytes of the groups sent to `f` and not yet acknowledged. */
+  private inflightBytes(f: FollowerProgress): number {
+    if (f.probing || f.nextSeq - 1 <= f.matchSeq) return 0;
+    const from = Math.max(f.matchSeq, this.log.trimSeq);
+    return this.log.bytesAfter(from) - this.log.bytesAfter(Math.max(from, f.nextSeq - 1));
+  }
+
+  /** Sends further appends to a follower whose log matches while its window has room. */
+  private fillWindow(f: FollowerProgress, nowMs: number): void {
+    for (let k = 0; k < this.config.maxGroupsPerAppend && !f.probing && f.nextSeq <= this.log.lastSeq && f.nextSeq > this.log.trimSeq; k++) {
+      const before = f.nextSeq;
+      this.sendAppend(f, nowMs, false);
+      if (f.nextSeq === before) return;
+    }
+  }
+
+  /**
+   * One append to `f`: groups from `nextSeq` within its window (bytes in flight at most
+   * maxInflightBytes, at least one group when none is in flight), else, with `allowEmpty`, an
+   * empty heartbeat carrying the commit point. A heartbeat to a follower with groups in flight
+   * names its acknowledged point as prevSeq, so it never looks like a gap to the follower.
+   */
   private sendAppend(f: FollowerProgress, nowMs: number, allowEmpty: boolean): void {
     const ps = this.primary!;
     if (f.nextSeq <= this.log.trimSeq) {
@@ -853,9 +912,27 @@ export class ReplicaCore {
       return;
     }
     if (f.nextSeq > this.log.lastSeq + 1) f.nextSeq = this.log.lastSeq + 1;
-    const groups = f.nextSeq <= this.log.lastSeq ? this.log.slice(f.nextSeq, this.config.maxGroupsPerAppend, this.config.maxAppendBytes) : [];
+    let groups: LogGroup[] = [];
+    if (f.nextSeq <= this.log.lastSeq) {
+      if (f.probing) {
+        // A probe repeats its groups only after retransmitTimeoutMs; meanwhile it goes empty.
+        if (f.probeDataSeq !== f.nextSeq || nowMs - f.lastDataSentAtMs >= this.config.retransmitTimeoutMs) {
+          groups = this.log.slice(f.nextSeq, this.config.maxGroupsPerAppend, this.config.maxAppendBytes);
+          f.probeDataSeq = f.nextSeq;
+        }
+      } else {
+        const inflight = this.inflightBytes(f);
+        const room = this.config.maxInflightBytes - inflight;
+        if (inflight === 0 || room > 0) {
+          groups = this.log.slice(f.nextSeq, this.config.maxGroupsPerAppend, Math.min(this.config.maxAppendBytes, Math.max(1, room)));
+          // slice always yields one group; beyond the window it waits (unless nothing is in flight).
+          if (inflight > 0 && groups.length === 1 && groupBytes(groups[0]!) > room) groups = [];
+        }
+      }
+    }
     if (groups.length === 0 && !allowEmpty) return;
-    const prevSeq = f.nextSeq - 1;
+    const heartbeatPrev = !f.probing && groups.length === 0 && f.nextSeq - 1 > f.matchSeq;
+    const prevSeq = heartbeatPrev ? Math.max(f.matchSeq, this.log.trimSeq) : f.nextSeq - 1;
     const prevEpoch = this.log.epochAt(prevSeq);
     assertReplication(prevEpoch !== undefined, `epoch of ${prevSeq} unknown`);
     this.send({
@@ -870,7 +947,11 @@ export class ReplicaCore {
       groups,
       commitSeq: this.commitSeq,
     });
-    if (!f.probing) f.nextSeq = prevSeq + groups.length + 1;
+    if (groups.length > 0) {
+      if (!f.probing && f.nextSeq - 1 <= f.matchSeq) f.inflightSinceMs = nowMs;
+      f.lastDataSentAtMs = nowMs;
+      if (!f.probing) f.nextSeq = prevSeq + groups.length + 1;
+    }
     f.lastSentAtMs = nowMs;
   }
 
@@ -879,13 +960,19 @@ export class ReplicaCore {
     const f = ps.followers.get(m.from);
     if (f === undefined || m.matchSeq > this.log.lastSeq) return;
     f.lastAckAtMs = nowMs;
-    if (m.matchSeq > f.matchSeq) f.matchSeq = m.matchSeq;
-    f.probing = false;
+    if (m.matchSeq > f.matchSeq) {
+      f.matchSeq = m.matchSeq;
+      f.inflightSinceMs = nowMs;
+    }
+    if (f.probing) {
+      f.probing = false;
+      f.inflightSinceMs = nowMs;
+    }
     if (f.nextSeq <= f.matchSeq) f.nextSeq = f.matchSeq + 1;
     this.advanceCommit(nowMs);
     if (this.primary === null) return;
     if (this.isServing(nowMs)) this.maybeExpand(nowMs, f);
-    if (f.nextSeq <= this.log.lastSeq) this.sendAppend(f, nowMs, false);
+    this.fillWindow(f, nowMs);
   }
 
   private handleCatchUp(nowMs: number, m: CatchUpMessage): void {

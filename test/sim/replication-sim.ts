@@ -491,6 +491,12 @@ class ReplicationSim {
       logRetainGroups: r.pick([2, 8, 64]),
       versionHistoryGroups: r.pick([0, 4, 32]),
     };
+    // Flow control: a window from a fraction of one small group to unbounded, and a retransmit
+    // timeout from barely above a heartbeat to just under the ack timeout.
+    this.config.maxInflightBytes = r.pick([1, 200, 2000, 1 << 20]);
+    this.config.retransmitTimeoutMs = Math.min(this.config.ackTimeoutMs! - 1, r.pick([30, 60, 120, 240]));
+    // A heard-from backup gets from exactly the ack timeout to four times it.
+    this.config.slowAckTimeoutMs = this.config.ackTimeoutMs! * r.pick([1, 2, 4]);
     // recoveryMs stays -1 until the liveness phase measures it.
     this.stats = { ...emptyStats(), seed: options.seed, recoveryMs: -1 };
     const hooks: ShellHooks = {
@@ -542,6 +548,9 @@ class ReplicationSim {
   // Time and steps
   // -------------------------------------------------------------------------------------------
 
+  /** Per replica: when (its local clock) it last received a replication message from each other. */
+  private readonly heardAtMs = new Map<string, Map<string, number>>();
+
   private localMs(id: string): number {
     return this.clockOffsetMs.get(id)! + this.nowMs * this.clockRate.get(id)!;
   }
@@ -556,7 +565,7 @@ class ReplicationSim {
       const last = this.lastTickMs.get(shell.id) ?? Number.NEGATIVE_INFINITY;
       if (this.nowMs - last >= TICK_EVERY_MS) {
         this.lastTickMs.set(shell.id, this.nowMs);
-        shell.core!.tick(this.localMs(shell.id));
+        shell.core!.tick(this.localMs(shell.id), this.heardAtMs.get(shell.id));
         this.flush(shell);
       }
       const lastRenew = this.lastRenewMs.get(shell.id) ?? Number.NEGATIVE_INFINITY;
@@ -634,6 +643,9 @@ class ReplicationSim {
     const core = shell.core!;
     switch (p.kind) {
       case 'repl': {
+        let heard = this.heardAtMs.get(e.to);
+        if (heard === undefined) this.heardAtMs.set(e.to, (heard = new Map()));
+        heard.set(e.from, now);
         let m = p.message;
         if (this.random.chance(0.1)) m = decodeReplicationMessage(encodeReplicationMessage(m));
         core.step(now, m);

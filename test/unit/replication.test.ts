@@ -33,7 +33,7 @@ class Net {
 
   constructor(ids: string[], config: Partial<ReplicationConfig> = {}) {
     for (const id of ids) {
-      const shell = new ReplicaShell(id, SHARD, { minInSync: 2, ackTimeoutMs: 100, heartbeatIntervalMs: 20, ...config });
+      const shell = new ReplicaShell(id, SHARD, { minInSync: 2, ackTimeoutMs: 100, heartbeatIntervalMs: 20, retransmitTimeoutMs: 40, ...config });
       shell.start(this.nowMs);
       this.shells.set(id, shell);
     }
@@ -168,9 +168,81 @@ describe('replication core', () => {
     const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('x') });
     net.deliver((m) => m.to !== 'r3' || m.type !== 'append');
     assert.equal(net.answers.has(w), false, 'r3 has not acknowledged');
-    net.tick(25); // heartbeat retransmits to r3
+    net.tick(25); // a heartbeat is not a retransmission: r3 still lacks the group
+    net.deliver();
+    assert.equal(net.answers.has(w), false, 'r3 has not acknowledged after a heartbeat');
+    net.tick(20); // retransmitTimeoutMs (40) without progress: the group is sent again
     net.deliver();
     assert.equal(net.result(w).applied, true);
+  });
+
+  it('keeps at most maxInflightBytes in flight to a catching-up replica and resends only after retransmitTimeoutMs', () => {
+    // Each group is one put of a 1,000-byte value: 1,000 + 2 (key) + 64 (op) + 64 (group) = 1,130 bytes.
+    const net = new Net(ALL, { maxInflightBytes: 3500, maxAppendBytes: 1, retransmitTimeoutMs: 60 });
+    net.assign({ replicas: ALL, primary: 'r1', inSync: ['r1', 'r2'], epoch: 1 });
+    net.lease('r1');
+    const cutR3 = (m: ReplicationMessage): boolean => m.to !== 'r3' && m.from !== 'r3';
+    net.deliver(cutR3);
+    for (let k = 0; k < 10; k++) {
+      net.write('r1', { kind: 'put', key: `k${k}`, value: new Uint8Array(1000) });
+      net.deliver(cutR3);
+    }
+    assert.equal(net.core('r1').status(net.nowMs).commitSeq, 10);
+    net.queue = [];
+    // r3 comes back: it asks for catch-up and gets group 1 as a probe; its ack opens the window.
+    net.tick(25);
+    const lost: number[] = [];
+    net.deliver((m) => {
+      const later = m.type === 'append' && m.to === 'r3' && m.groups.length > 0 && m.groups[0]!.seq > 1;
+      if (later) lost.push(...m.groups.map((g) => g.seq));
+      return !later;
+    });
+    const appendsToR3 = (): AppendMessage[] => net.queue.filter((m): m is AppendMessage => m.type === 'append' && m.to === 'r3');
+    assert.deepEqual(net.logOf('r3').map(([seq]) => seq), [1]);
+    assert.deepEqual(lost, [2, 3, 4], 'the ack of group 1 opens a window of 3 groups (lost on the way here)');
+    // Nothing has been acknowledged beyond 1; one more heartbeat round must not add groups.
+    const sent: number[] = [];
+    for (let round = 0; round < 2; round++) {
+      net.tick(25); // heartbeats, well before retransmitTimeoutMs
+      for (const m of appendsToR3()) {
+        sent.push(...m.groups.map((g) => g.seq));
+        if (m.groups.length === 0) assert.equal(m.prevSeq, 1, 'a heartbeat names the acknowledged point, not a gap');
+      }
+      net.queue = net.queue.filter((m) => m.to !== 'r3');
+    }
+    assert.deepEqual(sent, [], 'heartbeats do not resend groups in flight');
+    net.tick(15); // 65 ms since the window was filled: groups 2..4 are sent again, no more
+    assert.deepEqual(
+      appendsToR3().flatMap((m) => m.groups.map((g) => g.seq)),
+      [2, 3, 4],
+      'a resend fills the window again (3 groups of 1,130 bytes fit in 3,500)',
+    );
+    // Delivered this time: acks slide the window until r3 holds everything.
+    for (let round = 0; round < 20 && net.logOf('r3').length < 10; round++) {
+      net.deliver();
+      net.tick(25);
+    }
+    assert.deepEqual(net.logOf('r3'), net.logOf('r1'));
+  });
+
+  it('reports a silent backup late after ackTimeoutMs, one whose peer is still heard from only after slowAckTimeoutMs', () => {
+    for (const heard of [false, true]) {
+      const net = threeReplicas({ ackTimeoutMs: 100, slowAckTimeoutMs: 400 });
+      net.write('r1', { kind: 'put', key: 'a', value: bytes('x') });
+      net.deliver((m) => m.to !== 'r3' && m.from !== 'r3'); // r3 never acknowledges
+      let reportedAtMs = -1;
+      const start = net.nowMs;
+      for (let k = 0; k < 30 && reportedAtMs < 0; k++) {
+        net.nowMs += 20;
+        // r3's peer keeps sending other shards' traffic (heard), or nothing at all.
+        net.core('r1').tick(net.nowMs, heard ? new Map([['r3', net.nowMs - 5]]) : new Map());
+        net.flush('r1');
+        net.queue = [];
+        if (net.requests.some((r) => r.kind === 'shrink-in-sync' && r.replica === 'r3')) reportedAtMs = net.nowMs - start;
+      }
+      if (heard) assert.ok(reportedAtMs >= 400 && reportedAtMs <= 440, `heard-from: reported at ${reportedAtMs} ms`);
+      else assert.ok(reportedAtMs >= 100 && reportedAtMs <= 140, `silent: reported at ${reportedAtMs} ms`);
+    }
   });
 
   it('a backup refuses appends from an older epoch and tells the sender the newer one', () => {
@@ -437,7 +509,7 @@ describe('replication core', () => {
     const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
     net.deliver((m) => m.to !== 'r3');
     assert.equal(net.answers.has(w), false, 'r3 may already be in-sync at the coordinator: wait for it');
-    net.tick(30);
+    net.tick(45); // the group lost on the way to r3 is sent again after retransmitTimeoutMs
     net.deliver();
     assert.equal(net.result(w).applied, true);
   });
@@ -446,6 +518,9 @@ describe('replication core', () => {
     const err = assertThrowsNamed(() => resolveReplicationConfig({ maxGroupsInFlight: 0 }), 'ConfigError');
     assert.equal((err as Error & { field: string }).field, 'maxGroupsInFlight');
     assert.equal((assertThrowsNamed(() => resolveReplicationConfig({ heartbeatIntervalMs: 900 }), 'ConfigError') as Error & { field: string }).field, 'heartbeatIntervalMs');
+    assert.equal((assertThrowsNamed(() => resolveReplicationConfig({ retransmitTimeoutMs: 500 }), 'ConfigError') as Error & { field: string }).field, 'retransmitTimeoutMs');
+    assert.equal((assertThrowsNamed(() => resolveReplicationConfig({ maxInflightBytes: 0 }), 'ConfigError') as Error & { field: string }).field, 'maxInflightBytes');
+    assert.equal((assertThrowsNamed(() => resolveReplicationConfig({ slowAckTimeoutMs: 100 }), 'ConfigError') as Error & { field: string }).field, 'slowAckTimeoutMs');
   });
 });
 
@@ -478,17 +553,47 @@ describe('replication codec', () => {
     }
   });
 
-  const mutate = (f: (o: Record<string, any>) => void): Uint8Array => {
-    const o = JSON.parse(new TextDecoder().decode(encodeReplicationMessage(append)));
-    f(o);
-    return new TextEncoder().encode(JSON.stringify(o));
+  /** [u32 header length][header JSON][payload] (see codec.ts). */
+  const wire = (header: unknown, payload: Uint8Array = new Uint8Array(0)): Uint8Array => {
+    const h = new TextEncoder().encode(JSON.stringify(header));
+    const out = new Uint8Array(4 + h.length + payload.length);
+    new DataView(out.buffer).setUint32(0, h.length);
+    out.set(h, 4);
+    out.set(payload, 4 + h.length);
+    return out;
+  };
+  const split = (bytes: Uint8Array): { header: Record<string, any>; payload: Uint8Array } => {
+    const n = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0);
+    return { header: JSON.parse(new TextDecoder().decode(bytes.subarray(4, 4 + n))), payload: bytes.subarray(4 + n) };
+  };
+  const mutate = (f: (o: Record<string, any>) => void, payload?: Uint8Array): Uint8Array => {
+    const parts = split(encodeReplicationMessage(append));
+    f(parts.header);
+    return wire(parts.header, payload ?? parts.payload);
   };
 
+  it('carries values as raw bytes after a small header, not as base64 in JSON', () => {
+    const big = new Uint8Array(100_000).map((_, i) => i % 256);
+    const m: AppendMessage = { ...append, groups: [{ seq: 5, epoch: 3, ops: [{ kind: 'put', key: 'k', value: big, version: 2 }] }] };
+    const bytes = encodeReplicationMessage(m);
+    assert.ok(bytes.length < 100_000 + 400, `${bytes.length} bytes: the value is not inflated`);
+    const { header, payload } = split(bytes);
+    assert.equal(header.v, 2);
+    assert.equal(header.groups[0].ops[0].len, 100_000);
+    assert.equal(Buffer.compare(payload, big), 0);
+    const back = decodeReplicationMessage(bytes) as AppendMessage;
+    const value = (back.groups[0]!.ops[0] as { value: Uint8Array }).value;
+    assert.equal(Buffer.compare(value, big), 0);
+    assert.notEqual(value.buffer, bytes.buffer, 'a decoded value is a copy: it does not pin the frame');
+  });
+
   const garbage: Array<[string, Uint8Array, string]> = [
-    ['not JSON', bytes('{nope'), 'message'],
-    ['invalid UTF-8', new Uint8Array([0xff, 0xfe]), 'message'],
-    ['an array', bytes('[]'), 'message'],
-    ['wrong version', mutate((o) => (o.v = 2)), 'message.v'],
+    ['shorter than a header length', new Uint8Array([0, 0]), 'message'],
+    ['a header past the end', bytes('{nope'), 'message'],
+    ['a header that is not JSON', wire('x').map((b, i) => (i === 4 ? 0x7b : b)), 'message'],
+    ['a header that is not UTF-8', (() => { const w = wire('ab'); w[5] = 0xff; return w; })(), 'message'],
+    ['an array', wire([]), 'message'],
+    ['version 1 (base64 values)', mutate((o) => (o.v = 1)), 'message.v'],
     ['unknown type', mutate((o) => (o.type = 'vote')), 'message.type'],
     ['negative shard', mutate((o) => (o.shard = -1)), 'message(append).shard'],
     ['fractional epoch', mutate((o) => (o.epoch = 1.5)), 'message(append).epoch'],
@@ -503,12 +608,15 @@ describe('replication codec', () => {
     ['key too long', mutate((o) => (o.groups[0].ops[0].key = 'x'.repeat(1025))), 'message(append).groups[0].ops[0].key'],
     ['multi-byte key too long', mutate((o) => (o.groups[0].ops[0].key = 'é'.repeat(513))), 'message(append).groups[0].ops[0].key'],
     ['key with a lone surrogate', mutate((o) => (o.groups[0].ops[0].key = 'a\ud800b')), 'message(append).groups[0].ops[0].key'],
-    ['value not base64', mutate((o) => (o.groups[0].ops[0].value = '@@@')), 'message(append).groups[0].ops[0].value'],
-    ['value too large', mutate((o) => (o.groups[0].ops[0].value = Buffer.alloc(1024 * 1024 + 1).toString('base64'))), 'message(append).groups[0].ops[0].value'],
+    ['value length missing', mutate((o) => delete o.groups[0].ops[0].len), 'message(append).groups[0].ops[0].len'],
+    ['value length past the payload', mutate((o) => (o.groups[0].ops[0].len = 2)), 'message(append).groups[0].ops[0].len'],
+    ['value too large', mutate((o) => (o.groups[0].ops[0].len = 1024 * 1024 + 1), new Uint8Array(1024 * 1024 + 1)), 'message(append).groups[0].ops[0].len'],
+    ['payload bytes no op claims', mutate(() => {}, bytes('vv')), 'message(append)'],
+    ['a payload on an ack', wire({ v: 2, type: 'append-ack', shard: 1, epoch: 1, from: 'a', to: 'b', matchSeq: 1 }, bytes('x')), 'message(append-ack)'],
     ['too many ops', mutate((o) => (o.groups[0].ops = Array.from({ length: 1025 }, () => o.groups[0].ops[1]))), 'message(append).groups[0].ops'],
     ['missing commitSeq', mutate((o) => delete o.commitSeq), 'message(append).commitSeq'],
     ['epochStartSeq after an own-epoch group', mutate((o) => (o.epochStartSeq = 5)), 'message(append).groups[0].epoch'],
-    ['ack without matchSeq', bytes(JSON.stringify({ v: 1, type: 'append-ack', shard: 1, epoch: 1, from: 'a', to: 'b' })), 'message(append-ack).matchSeq'],
+    ['ack without matchSeq', wire({ v: 2, type: 'append-ack', shard: 1, epoch: 1, from: 'a', to: 'b' }), 'message(append-ack).matchSeq'],
   ];
 
   for (const [what, input, path] of garbage) {
