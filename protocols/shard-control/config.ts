@@ -32,6 +32,16 @@ export interface ShardControllerOptions {
    * shard. The in-sync sets shrink at once anyway (the primary's ack timeout).
    */
   reReplicateAfterMs?: number;
+  /**
+   * A catching-up replica whose reported log has not advanced this long while its primary's is
+   * ahead (or that has reported nothing) is abandoned: removed from the shard, which frees its
+   * catch-up slot for other moves, and reported. Default 60 000: many times what a shard's
+   * catch-up takes when it works (a few seconds for tens of MB here), yet a stuck move no longer
+   * holds a peer's slot for good.
+   */
+  catchUpStallMs?: number;
+  /** An abandoned catch-up of a shard on a peer is not tried again for this long, ms. Default 60 000. */
+  catchUpRetryAfterMs?: number;
   /** Placement: virtual nodes per unit of capacity. Default: the placement default (128). */
   vnodesPerUnitCapacity?: number;
   /** Placement: bounded-load factor. Default: the placement default (1.25). */
@@ -44,11 +54,22 @@ export const DEFAULT_SHARD_CONTROLLER_OPTIONS: Readonly<Omit<ResolvedShardContro
   initialAssignmentDelayMs: 3000,
   maxCatchUpsPerPeer: 2,
   reReplicateAfterMs: 30_000,
+  catchUpStallMs: 60_000,
+  catchUpRetryAfterMs: 60_000,
   vnodesPerUnitCapacity: DEFAULT_PLACEMENT_OPTIONS.vnodesPerUnitCapacity,
   loadFactor: DEFAULT_PLACEMENT_OPTIONS.loadFactor,
 });
 
-const KEYS: ReadonlyArray<keyof ShardControllerOptions> = ['leaseMs', 'initialAssignmentDelayMs', 'maxCatchUpsPerPeer', 'reReplicateAfterMs', 'vnodesPerUnitCapacity', 'loadFactor'];
+const KEYS: ReadonlyArray<keyof ShardControllerOptions> = [
+  'leaseMs',
+  'initialAssignmentDelayMs',
+  'maxCatchUpsPerPeer',
+  'reReplicateAfterMs',
+  'catchUpStallMs',
+  'catchUpRetryAfterMs',
+  'vnodesPerUnitCapacity',
+  'loadFactor',
+];
 
 /**
  * Fill in the defaults and check every field.
@@ -72,6 +93,10 @@ export function validateShardControllerOptions(opts: ShardControllerOptions): Re
   if (!Number.isSafeInteger(maxCatchUpsPerPeer) || maxCatchUpsPerPeer < 1) throw new ConfigError('maxCatchUpsPerPeer', 'must be an integer ≥ 1');
   if (typeof resolved.reReplicateAfterMs !== 'number' || !Number.isFinite(resolved.reReplicateAfterMs) || resolved.reReplicateAfterMs < 0) {
     throw new ConfigError('reReplicateAfterMs', 'must be a number ≥ 0');
+  }
+  for (const key of ['catchUpStallMs', 'catchUpRetryAfterMs'] as const) {
+    const v = resolved[key];
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new ConfigError(key, 'must be a positive number');
   }
   validatePlacementOptions({ vnodesPerUnitCapacity: resolved.vnodesPerUnitCapacity, loadFactor: resolved.loadFactor });
   return resolved;

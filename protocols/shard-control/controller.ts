@@ -44,6 +44,10 @@
  *    the highest reported (lastEpoch, lastSeq), then order in `replicas`. X leaves the in-sync set.
  * 3. Drop replicas (not the primary) whose member is dead, has left, or is gone — never the last
  *    in-sync one.
+ * 3b. Abandon stalled catch-ups: a catching-up replica whose reported lastSeq has not advanced
+ *    for `catchUpStallMs` while the primary's is ahead (or that never reported) is removed, which
+ *    frees its peer's catch-up slot; rule 4 does not add that replica of that shard again for
+ *    `catchUpRetryAfterMs`. Each is counted and listed by `catchUpReport`.
  * 4. Rebalance: add replicas of the target placement (assignReplicas over the active members)
  *    that the shard lacks, as catching-up (not in sync), up to replicationFactor + 1 replicas
  *    and `maxCatchUpsPerPeer` per peer. If the shard is already full (the target moved while a
@@ -90,6 +94,24 @@ interface Vacancy {
 interface Change {
   assignment: ShardAssignment;
   reason: string;
+}
+
+/** A catching-up replica under watch: since when, and when its log last advanced. */
+interface CatchUpWatch {
+  shard: number;
+  peer: string;
+  sinceMs: number;
+  /** Its last reported lastSeq (-1: none reported yet). */
+  lastSeq: number;
+  progressAtMs: number;
+}
+
+/** What `catchUpReport` lists: catch-ups in progress and those abandoned, waiting to be retried. */
+export interface CatchUpReport {
+  active: Array<{ shard: number; peer: string; forMs: number; lastSeq: number; primarySeq: number | null; idleMs: number }>;
+  abandoned: Array<{ shard: number; peer: string; retryInMs: number; reason: string }>;
+  /** Catch-ups abandoned since this controller was created. */
+  abandonedTotal: number;
 }
 
 /** What one plan shares between shards. */
@@ -155,6 +177,11 @@ export class ShardController {
   private readonly deadSinceMs = new Map<string, number>();
   private targetKey = '';
   private target: string[][] | null = null;
+  /** Catching-up replicas of shards with a primary, by `shard:peer`. */
+  private readonly catchUpWatch = new Map<string, CatchUpWatch>();
+  /** Abandoned catch-ups, not retried before `untilMs`, by `shard:peer`. */
+  private readonly catchUpBackoff = new Map<string, { shard: number; peer: string; untilMs: number; reason: string }>();
+  private abandonedTotal = 0;
 
   /** @throws ConfigError for bad options (see ShardControllerOptions). */
   constructor(options: ShardControllerOptions) {
@@ -173,7 +200,24 @@ export class ShardController {
     this.requests.clear();
     this.vacancies.clear();
     this.balancingTo.clear();
+    this.catchUpWatch.clear();
     this.lastSeen = null;
+  }
+
+  /** Catch-ups under way (as this leader saw them) and the abandoned ones still backing off. */
+  catchUpReport(nowMs: number): CatchUpReport {
+    const active = [...this.catchUpWatch.values()].map((w) => ({
+      shard: w.shard,
+      peer: w.peer,
+      forMs: nowMs - w.sinceMs,
+      lastSeq: w.lastSeq,
+      primarySeq: this.primarySeq(w.shard),
+      idleMs: nowMs - w.progressAtMs,
+    }));
+    const abandoned = [...this.catchUpBackoff.values()]
+      .filter((b) => b.untilMs > nowMs)
+      .map((b) => ({ shard: b.shard, peer: b.peer, retryInMs: b.untilMs - nowMs, reason: b.reason }));
+    return { active, abandoned, abandonedTotal: this.abandonedTotal };
   }
 
   /**
@@ -323,6 +367,37 @@ export class ShardController {
     for (const peer of this.renewedAtMs.keys()) {
       if (memberOf(map, peer) === undefined && this.leaseExpired(nowMs, peer)) this.renewedAtMs.delete(peer);
     }
+    this.watchCatchUps(nowMs, map);
+  }
+
+  /** The last lastSeq the primary of `shard` reported, or null. */
+  private primarySeq(shard: number): number | null {
+    const primary = this.lastSeen?.[shard]?.primary;
+    if (primary == null) return null;
+    return this.progress.get(primary)?.get(shard)?.lastSeq ?? null;
+  }
+
+  /** Follows every catching-up replica's reported progress (see rule 3b). */
+  private watchCatchUps(nowMs: number, map: ClusterMapView): void {
+    const seen = new Set<string>();
+    map.shards.forEach((a, shard) => {
+      if (a.primary === null) return;
+      const primarySeq = this.progress.get(a.primary)?.get(shard)?.lastSeq;
+      for (const peer of a.replicas) {
+        if (a.inSync.includes(peer) || isGone(map, peer)) continue;
+        const key = `${shard}:${peer}`;
+        seen.add(key);
+        let w = this.catchUpWatch.get(key);
+        if (w === undefined) this.catchUpWatch.set(key, (w = { shard, peer, sinceMs: nowMs, lastSeq: -1, progressAtMs: nowMs }));
+        const reported = this.progress.get(peer)?.get(shard)?.lastSeq;
+        if (reported === undefined) continue;
+        // Progress: its log grew, or it holds all the primary has (or the primary has not said).
+        if (reported > w.lastSeq || primarySeq === undefined || reported >= primarySeq) w.progressAtMs = nowMs;
+        w.lastSeq = Math.max(w.lastSeq, reported);
+      }
+    });
+    for (const key of this.catchUpWatch.keys()) if (!seen.has(key)) this.catchUpWatch.delete(key);
+    for (const [key, b] of this.catchUpBackoff) if (b.untilMs <= nowMs) this.catchUpBackoff.delete(key);
   }
 
   /** The target placement over the active members, cached until they or their capacities change. */
@@ -376,6 +451,7 @@ export class ShardController {
       () => this.applyRequests(ctx, shard, a),
       () => this.promote(ctx, shard, a),
       () => this.dropGone(ctx, a),
+      () => this.abandonStalled(ctx, shard, a),
       () => this.addTargetReplicas(ctx, shard, a),
       () => this.trimToTarget(ctx, shard, a),
       () => this.balancePrimary(ctx, shard, a),
@@ -386,7 +462,7 @@ export class ShardController {
       const final = this.withoutLeft(ctx, change);
       const problem = checkShardAssignment(final.assignment, ctx.settings, (id) => memberOf(ctx.map, id));
       if (problem === null) {
-        if (rule === rules[3]) {
+        if (rule === rules[4]) {
           for (const id of final.assignment.replicas) {
             if (!a.replicas.includes(id)) ctx.catchUps.set(id, (ctx.catchUps.get(id) ?? 0) + 1);
           }
@@ -512,12 +588,38 @@ export class ShardController {
     };
   }
 
+  /** Rule 3b: remove catching-up replicas that made no progress for catchUpStallMs; back off. */
+  private abandonStalled(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
+    if (a.primary === null) return null;
+    const stalled: string[] = [];
+    for (const peer of a.replicas) {
+      if (peer === a.primary || a.inSync.includes(peer)) continue;
+      const w = this.catchUpWatch.get(`${shard}:${peer}`);
+      if (w !== undefined && ctx.nowMs - w.progressAtMs >= this.opts.catchUpStallMs) stalled.push(peer);
+    }
+    if (stalled.length === 0) return null;
+    for (const peer of stalled) {
+      const key = `${shard}:${peer}`;
+      const w = this.catchUpWatch.get(key)!;
+      const reason = `no progress for ${Math.round(ctx.nowMs - w.progressAtMs)} ms at seq ${w.lastSeq} (primary at ${this.primarySeq(shard) ?? '?'})`;
+      if (!this.catchUpBackoff.has(key)) this.abandonedTotal++;
+      this.catchUpBackoff.set(key, { shard, peer, untilMs: ctx.nowMs + this.opts.catchUpRetryAfterMs, reason });
+    }
+    return {
+      assignment: { replicas: without(a.replicas, stalled), primary: a.primary, inSync: [...a.inSync], epoch: a.epoch + 1 },
+      reason: `abandon the catch-up of ${stalled.join(', ')} (stalled for ${this.opts.catchUpStallMs} ms; retried after ${this.opts.catchUpRetryAfterMs} ms)`,
+    };
+  }
+
   /** Rule 4: add missing target replicas as catching-up, making room if the shard is full. */
   private addTargetReplicas(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
     const target = ctx.target?.[shard];
     if (target === undefined || a.primary === null) return null;
     const limit = this.opts.maxCatchUpsPerPeer;
-    const missing = target.filter((id) => !a.replicas.includes(id) && memberOf(ctx.map, id)?.status === 'active' && (ctx.catchUps.get(id) ?? 0) < limit);
+    const backingOff = (id: string): boolean => (this.catchUpBackoff.get(`${shard}:${id}`)?.untilMs ?? Number.NEGATIVE_INFINITY) > ctx.nowMs;
+    const missing = target.filter(
+      (id) => !a.replicas.includes(id) && memberOf(ctx.map, id)?.status === 'active' && (ctx.catchUps.get(id) ?? 0) < limit && !backingOff(id),
+    );
     if (missing.length === 0) return null;
     const room = ctx.settings.replicationFactor + 1 - a.replicas.length;
     if (room > 0) {

@@ -1,5 +1,5 @@
 /** Public surface of the shard controller: the coordinator's pure planner of shard assignments. */
-export { ShardController, type ShardPlan } from './controller.js';
+export { ShardController, type CatchUpReport, type ShardPlan } from './controller.js';
 export {
   DEFAULT_SHARD_CONTROLLER_OPTIONS,
   validateShardControllerOptions,

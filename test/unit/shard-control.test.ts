@@ -651,6 +651,50 @@ describe('shard controller', () => {
       }
     });
 
+    it('abandons a catch-up that stalls, frees its slot for another shard, and retries it only after catchUpRetryAfterMs', () => {
+      const w = assignedWorld(['a', 'b', 'c'], {}, { catchUpStallMs: 1000, catchUpRetryAfterMs: 5000 });
+      w.addMember('d');
+      const want = target(['a', 'b', 'c', 'd']).flatMap((t, shard) => (t.includes('d') ? [shard] : []));
+      assert.ok(want.length >= 3);
+      for (const id of ['a', 'b', 'c', 'd']) w.renew(id);
+      const first = w.step()!.cmd.updates.map((u) => u.shard);
+      assert.deepEqual(first, want.slice(0, 2));
+      const [stuck, moving] = first as [number, number];
+      // Primaries are at seq 50; d stays at 3 on `stuck` and advances on `moving`.
+      const report = (id: string, t: number): ReplicaProgress[] =>
+        w.shards.flatMap((a, shard) => {
+          if (!a.replicas.includes(id)) return [];
+          const lastSeq = id !== 'd' ? 50 : shard === stuck ? 3 : Math.min(50, 5 + t);
+          return [{ shard, epoch: a.epoch, lastSeq, lastEpoch: a.epoch, commitSeq: lastSeq }];
+        });
+      let abandonedAt = -1;
+      for (let t = 0; t < 30 && abandonedAt < 0; t++) {
+        w.advance(100);
+        for (const id of ['a', 'b', 'c', 'd']) w.renew(id, [], report(id, t));
+        const plan = w.step();
+        if (plan !== null && !w.shards[stuck]!.replicas.includes('d')) {
+          abandonedAt = w.now;
+          assert.ok(plan.reasons.some((r) => r.includes('abandon')), plan.reasons.join(' | '));
+        }
+      }
+      assert.ok(abandonedAt >= 1000 && abandonedAt <= 1300, `abandoned after the stall bound, at ${abandonedAt}`);
+      assert.ok(w.shards[moving]!.replicas.includes('d'), 'the catch-up that progresses is kept');
+      const rep = w.ctl.catchUpReport(w.now);
+      assert.equal(rep.abandonedTotal, 1);
+      assert.deepEqual(rep.abandoned.map((x) => [x.shard, x.peer]), [[stuck, 'd']]);
+      assert.ok(rep.active.some((x) => x.shard === moving && x.peer === 'd'));
+      // The freed slot goes to another shard of d's target; `stuck` waits out its back-off.
+      w.advance(100);
+      for (const id of ['a', 'b', 'c', 'd']) w.renew(id, [], report(id, 50));
+      const next = w.step();
+      const third = want.find((shard) => shard !== stuck && shard !== moving)!;
+      assert.ok(next !== null && next.cmd.updates.some((u) => u.shard === third && u.assignment.replicas.includes('d')), 'a third shard takes the slot');
+      assert.ok(!w.shards[stuck]!.replicas.includes('d'));
+      // After the back-off, `stuck` may be tried again (when d has a free slot).
+      w.advance(5000);
+      assert.deepEqual(w.ctl.catchUpReport(w.now).abandoned, []);
+    });
+
     it('converges to the target when every peer renews and primaries ask to expand', () => {
       const w = assignedWorld(['a', 'b', 'c']);
       w.addMember('d', 2);
