@@ -120,7 +120,6 @@ export class Coordinator {
       host: opts.host,
       protocol: RAFT_PROTOCOL_ID,
       onFrame: (from, frame) => this.onFrame(from, frame),
-      maxFrameBytes: 16 * 1024 * 1024,
       maxQueuedFrames: 1024,
       dialTimeoutMs: 2000,
       log: opts.log,
@@ -350,7 +349,7 @@ export class Coordinator {
   }
 
   private send(m: RaftMessage): void {
-    if (!this.channel.send(m.to, encodeRaftMessage(m))) this.node.reportUnreachable(m.to);
+    if (this.channel.send(m.to, encodeRaftMessage(m)) !== 'queued') this.node.reportUnreachable(m.to);
   }
 
   /** An inbound frame: decode and check it; throwing resets the stream (counted by the channel). */

@@ -25,7 +25,7 @@ import type {
   WriteOp,
   WriteResult,
 } from '../protocols/replication/types.js';
-import { ShardController } from '../protocols/shard-control/index.js';
+import { ShardController, type CatchUpReport } from '../protocols/shard-control/index.js';
 import type { KvStore } from '../storage/kv-store.js';
 import { ShardStore, type ShardEntry, type ShardSnapshotWriter } from '../storage/shard-store.js';
 import type { Coordinator } from './coordinator.js';
@@ -47,7 +47,22 @@ import {
   type StoreLimits,
   type WriteOutcome,
 } from './store-api.js';
-import { arr, decodeFrame, encodeFrame, FrameKind, int, obj, optInt, str, STORE_PROTOCOL_ID, type Frame } from './store-wire.js';
+import {
+  arr,
+  BULK_VALUE_BYTES,
+  decodeFrame,
+  encodeFrame,
+  FrameKind,
+  int,
+  LEASE_PROTOCOL_ID,
+  obj,
+  optInt,
+  str,
+  STORE_BULK_PROTOCOL_ID,
+  STORE_PROTOCOL_ID,
+  type Frame,
+} from './store-wire.js';
+import { ReplicationOutbox } from './replication-outbox.js';
 import { StreamChannel } from './stream-channel.js';
 import type { StoreMetrics } from './http/server.js';
 
@@ -84,8 +99,16 @@ const REPLICATION_HEARTBEAT_MS = 100;
 const CONTROL_MS = 50;
 /** Bound on a client write waiting for its group to commit, ms; then `indeterminate`. */
 const WRITE_ANSWER_TIMEOUT_MS = 10_000;
-/** Most bytes of replication messages batched into one frame to a peer (the channel's limit is 16 MiB). */
-const REPLICATION_BATCH_BYTES = 8 * 1024 * 1024;
+/**
+ * Most bytes of replication messages batched into one frame to a peer. Batching exists for the
+ * many small messages of a turn (acks, heartbeats, small appends); 1 MiB is far below the frame
+ * limit (MAX_FRAME_BYTES), and a message larger than this travels in a frame of its own.
+ */
+const REPLICATION_BATCH_BYTES = 1024 * 1024;
+/** Most bytes of replication messages encoded per turn of the event loop (see ReplicationOutbox). */
+const REPLICATION_BYTES_PER_TURN = 1024 * 1024;
+/** Most replication messages waiting per peer: every shard's window and heartbeats, with room. */
+const REPLICATION_QUEUED_PER_PEER = 16_384;
 /**
  * After the map names a new primary for a shard, a request still waiting on the old one gets
  * this long to answer (a demoted primary answers at once; a frozen or cut-off one never does).
@@ -158,8 +181,16 @@ export class StoreService implements KvApi {
   private nextRequestId = 1;
   private readonly incoming = new Map<number, IncomingSnapshot>();
   private readonly sendingSnapshots = new Set<string>();
+  /** Small forwarded operations (STORE_PROTOCOL_ID). */
   private readonly rpc: RpcEndpoint;
+  /** Large forwarded writes and snapshots (STORE_BULK_PROTOCOL_ID). */
+  private readonly bulkRpc: RpcEndpoint;
+  /** Leases (LEASE_PROTOCOL_ID). */
+  private readonly leaseRpc: RpcEndpoint;
   private readonly channel: StreamChannel;
+  private readonly outbox: ReplicationOutbox;
+  /** When each peer last sent us replication traffic (any shard): a slow backup is not a gone one (ReplicaCore.tick). */
+  private readonly heardAt = new Map<string, number>();
   private view: ClusterMapView;
   private timers: NodeJS.Timeout[] = [];
   private stopped = false;
@@ -180,7 +211,17 @@ export class StoreService implements KvApi {
   // Read policies.
   private roundRobin = 0;
   private readonly latencyEwma = new Map<string, number>();
-  readonly counters = { forwarded: 0, served: 0, leaseRenewals: 0, leaseFailures: 0, snapshotsSent: 0, snapshotsInstalled: 0, assignmentsProposed: 0 };
+  readonly counters = {
+    forwarded: 0,
+    served: 0,
+    leaseRenewals: 0,
+    leaseFailures: 0,
+    snapshotsSent: 0,
+    snapshotsInstalled: 0,
+    assignmentsProposed: 0,
+    /** Replication messages dropped for exceeding the frame limit (should stay 0). */
+    replicationRefused: 0,
+  };
 
   private constructor(
     private readonly opts: StoreServiceOptions,
@@ -192,17 +233,43 @@ export class StoreService implements KvApi {
     this.rpc = new RpcEndpoint({
       host: opts.host,
       protocol: STORE_PROTOCOL_ID,
-      handler: (from, body) => this.handleRpc(from, body),
+      handler: (from, body) => this.handleRpc(from, body, 'store'),
+      log: opts.log,
+    });
+    this.bulkRpc = new RpcEndpoint({
+      host: opts.host,
+      protocol: STORE_BULK_PROTOCOL_ID,
+      handler: (from, body) => this.handleRpc(from, body, 'bulk'),
+      log: opts.log,
+    });
+    this.leaseRpc = new RpcEndpoint({
+      host: opts.host,
+      protocol: LEASE_PROTOCOL_ID,
+      handler: (from, body) => this.handleRpc(from, body, 'lease'),
       log: opts.log,
     });
     this.channel = new StreamChannel({
       host: opts.host,
       protocol: REPLICATION_PROTOCOL_ID,
       onFrame: (from, frame) => this.onReplicationFrame(from, frame),
-      maxFrameBytes: 16 * 1024 * 1024,
       maxQueuedFrames: 4096,
+      maxQueuedBytes: 64 * 1024 * 1024,
       dialTimeoutMs: 2000,
       log: opts.log,
+    });
+    this.outbox = new ReplicationOutbox({
+      encode: encodeReplicationMessage,
+      send: (to, frame) => this.channel.send(to, frame),
+      maxFrameBytes: this.channel.maxFrameBytes,
+      batchBytes: REPLICATION_BATCH_BYTES,
+      bytesPerTurn: REPLICATION_BYTES_PER_TURN,
+      maxQueuedPerPeer: REPLICATION_QUEUED_PER_PEER,
+      onRefused: (m, bytes) => {
+        // Cannot happen within the core's limits (one group is at most ~1.4 MiB encoded); if it
+        // does, this message alone is lost (the core resends, or reports the replica late).
+        this.counters.replicationRefused++;
+        this.opts.log.error('replication message over the frame limit dropped', { to: m.to, shard: m.shard, bytes, maxFrameBytes: this.channel.maxFrameBytes });
+      },
     });
   }
 
@@ -217,6 +284,8 @@ export class StoreService implements KvApi {
 
   async start(): Promise<void> {
     await this.rpc.start();
+    await this.bulkRpc.start();
+    await this.leaseRpc.start();
     await this.channel.start();
     this.opts.coordinator.onMapChange(() => this.onMapChange());
     this.onMapChange();
@@ -234,7 +303,10 @@ export class StoreService implements KvApi {
       w.reject(new StoreError('indeterminate', 'the peer stopped before the write was acknowledged; it may or may not have been applied'));
     }
     this.waiters.clear();
+    this.outbox.close();
     await this.rpc.stop();
+    await this.bulkRpc.stop();
+    await this.leaseRpc.stop();
     await this.channel.stop();
     // Let Readys in progress finish before the database closes (bounded).
     for (let i = 0; i < 200 && [...this.slots.values()].some((s) => s.draining); i++) await sleep(10);
@@ -248,6 +320,7 @@ export class StoreService implements KvApi {
     if (this.stopped) return;
     this.view = this.opts.coordinator.mapView();
     const now = this.now();
+    for (const id of this.heardAt.keys()) if (!Object.hasOwn(this.view.members, id)) this.heardAt.delete(id);
     if (this.opts.coordinator.isLeader) this.controller.observe(now, this.view);
     this.view.shards.forEach((a, shard) => {
       const slot = this.slots.get(shard);
@@ -365,7 +438,7 @@ export class StoreService implements KvApi {
       const sync = rd.hardState !== undefined || (this.opts.sync && (logChange || rd.apply.length > 0));
       await this.shardStore.persistReady(slot.shard, rd, { sync });
     }
-    for (const m of rd.messages) this.sendReplication(m.to, encodeReplicationMessage(m));
+    for (const m of rd.messages) this.outbox.push(m);
     for (const s of rd.snapshots) void this.sendSnapshot(s.shard, s.to, s.epoch);
     for (const a of rd.answers) {
       const w = this.waiters.get(a.requestId);
@@ -413,52 +486,14 @@ export class StoreService implements KvApi {
     const now = this.now();
     for (const slot of this.slots.values()) {
       this.unpark(slot, now, true);
-      slot.core.tick(now);
+      slot.core.tick(now, this.heardAt);
       this.afterInput(slot);
     }
   }
 
   // -------------------------------------------------------------------------------------------
-  // Replication messages. Messages to one peer produced in one turn of the event loop (every
-  // shard's appends, acks and heartbeats) travel as one frame: a frame per message cost a socket
-  // write, a Noise seal and a Yamux frame each, which dominated the CPU of an idle cluster
-  // (64 shards × 2 backups × 20 heartbeats/s). Frame: repeated [u32 length][encoded message].
-
-  private readonly outbox = new Map<string, { parts: Uint8Array[]; bytes: number }>();
-  private flushScheduled = false;
-
-  private sendReplication(to: string, encoded: Uint8Array): void {
-    let box = this.outbox.get(to);
-    if (box === undefined) this.outbox.set(to, (box = { parts: [], bytes: 0 }));
-    if (box.bytes + encoded.length + 4 > REPLICATION_BATCH_BYTES && box.parts.length > 0) this.flushTo(to, box);
-    box.parts.push(encoded);
-    box.bytes += encoded.length + 4;
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(() => this.flushOutbox());
-    }
-  }
-
-  private flushOutbox(): void {
-    this.flushScheduled = false;
-    for (const [to, box] of this.outbox) this.flushTo(to, box);
-    this.outbox.clear();
-  }
-
-  private flushTo(to: string, box: { parts: Uint8Array[]; bytes: number }): void {
-    if (box.parts.length === 0 || this.stopped) return;
-    const frame = new Uint8Array(box.bytes);
-    const view = new DataView(frame.buffer);
-    let offset = 0;
-    for (const part of box.parts) {
-      view.setUint32(offset, part.length);
-      frame.set(part, offset + 4);
-      offset += 4 + part.length;
-    }
-    box.parts = [];
-    box.bytes = 0;
-    this.channel.send(to, frame);
-  }
+  // Replication messages: out through the outbox (node/replication-outbox.ts), in as frames of
+  // repeated [u32 length][encoded message].
 
   private onReplicationFrame(from: string, frame: Uint8Array): void {
     if (this.stopped) return;
@@ -490,6 +525,7 @@ export class StoreService implements KvApi {
       slot.core.step(now, m);
       touched.add(slot);
     }
+    this.heardAt.set(from, now);
     for (const slot of touched) this.afterInput(slot);
   }
 
@@ -504,7 +540,7 @@ export class StoreService implements KvApi {
       const reader = await this.shardStore.snapshotData(shard);
       try {
         const meta = { shard, epoch, from: this.self, seq: reader.seq, seqEpoch: reader.epoch };
-        await this.rpc.request(to, encodeFrame(FrameKind.snapBegin, meta), { timeoutMs: 10_000 });
+        await this.bulkRpc.request(to, encodeFrame(FrameKind.snapBegin, meta), { timeoutMs: 10_000 });
         let entries = 0;
         for await (const batch of reader.batches) {
           const index: Array<[string, number, number]> = [];
@@ -513,10 +549,10 @@ export class StoreService implements KvApi {
             index.push([e.key, e.version, e.value === null ? -1 : e.value.length]);
             if (e.value !== null) parts.push(e.value);
           }
-          await this.rpc.request(to, encodeFrame(FrameKind.snapChunk, { shard, entries: index }, Buffer.concat(parts)), { timeoutMs: 30_000 });
+          await this.bulkRpc.request(to, encodeFrame(FrameKind.snapChunk, { shard, entries: index }, Buffer.concat(parts)), { timeoutMs: 30_000 });
           entries += batch.length;
         }
-        await this.rpc.request(to, encodeFrame(FrameKind.snapEnd, { shard }), { timeoutMs: 30_000 });
+        await this.bulkRpc.request(to, encodeFrame(FrameKind.snapEnd, { shard }), { timeoutMs: 30_000 });
         this.counters.snapshotsSent++;
         this.opts.log.info('snapshot sent', { shard, to, seq: reader.seq, entries });
       } finally {
@@ -621,7 +657,7 @@ export class StoreService implements KvApi {
     const header = { release: true, mapVersion: this.view.version, capacity: this.opts.capacity, progress: [], requests: [] };
     try {
       if (leader === this.self) this.grantLease(this.self, header);
-      else await this.rpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs });
+      else await this.leaseRpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs });
       this.opts.log.info('lease released', { coordinator: leader });
     } catch (err) {
       this.opts.log.info('lease release not delivered; it will lapse', { err });
@@ -646,7 +682,7 @@ export class StoreService implements KvApi {
       if (leader === this.self) {
         reply = this.grantLease(this.self, header);
       } else {
-        const bytes = await this.rpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs: Math.max(50, this.opts.leaseMs) });
+        const bytes = await this.leaseRpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs: Math.max(50, this.opts.leaseMs) });
         reply = decodeFrame(bytes).header;
       }
       const leaseMs = int(reply, 'leaseMs', 1, 600_000);
@@ -732,6 +768,7 @@ export class StoreService implements KvApi {
     this.planning = true;
     this.counters.assignmentsProposed++;
     this.opts.log.info('shard assignment proposed', { shards: plan.cmd.updates.length, reasons: plan.reasons.slice(0, 8) });
+    for (const reason of plan.reasons) if (reason.includes('abandon the catch-up')) this.opts.log.warn('catch-up abandoned', { reason });
     this.opts.coordinator
       .propose(plan.cmd)
       .catch((err: unknown) => this.opts.log.info('shard assignment not applied', { err }))
@@ -743,9 +780,12 @@ export class StoreService implements KvApi {
   // -------------------------------------------------------------------------------------------
   // The store RPC: requests from other peers.
 
-  private async handleRpc(from: string, body: Uint8Array): Promise<Uint8Array> {
+  private async handleRpc(from: string, body: Uint8Array, via: 'store' | 'bulk' | 'lease'): Promise<Uint8Array> {
     if (this.stopped) throw Object.assign(new Error('stopping'), { code: 'stopping' });
     const f: Frame = decodeFrame(body);
+    // Each kind on its own protocol: leases alone; snapshots only with the bulk traffic.
+    const allowed = via === 'lease' ? f.kind === FrameKind.lease : via === 'store' ? f.kind === FrameKind.kv : f.kind !== FrameKind.lease;
+    if (!allowed) throw new InvalidMessageError(`frame.kind: ${f.kind} is not accepted on the ${via} protocol`);
     switch (f.kind) {
       case FrameKind.lease:
         return encodeFrame(FrameKind.reply, this.grantLease(from, f.header));
@@ -963,7 +1003,8 @@ export class StoreService implements KvApi {
           const header: Record<string, unknown> = { op: req.op, key: req.key };
           if (req.ifVersion !== undefined) header.ifVersion = req.ifVersion;
           if (req.consistency !== undefined) header.consistency = req.consistency;
-          const bytes = await this.rpc.request(target, encodeFrame(FrameKind.kv, header, req.value), {
+          const endpoint = req.value !== undefined && req.value.length >= BULK_VALUE_BYTES ? this.bulkRpc : this.rpc;
+          const bytes = await endpoint.request(target, encodeFrame(FrameKind.kv, header, req.value), {
             timeoutMs: FORWARD_TIMEOUT_MS,
             ...(watch === null ? {} : { signal: watch.ac.signal }),
           });
@@ -1059,6 +1100,11 @@ export class StoreService implements KvApi {
     });
   }
 
+  /** Catch-ups under way and abandoned ones, as the shard controller sees them; null unless this peer is the coordinator. */
+  catchUps(): CatchUpReport | null {
+    return this.wasLeader && this.opts.coordinator.isLeader ? this.controller.catchUpReport(this.now()) : null;
+  }
+
   summary(): ShardSummary | null {
     const s = this.view.settings;
     if (s === null) return null;
@@ -1094,8 +1140,10 @@ export class StoreService implements KvApi {
       if (slot.core.role === 'primary') primaries++;
       if (slot.core.isServing(now)) serving++;
     }
+    const catchUps = this.catchUps();
     return {
       counters: { ...this.counters },
+      catchUps: catchUps === null ? null : { active: catchUps.active.length, abandoned: catchUps.abandoned.length, abandonedTotal: catchUps.abandonedTotal },
       leaseValid: now < this.leaseUntil,
       primaries,
       replicas: this.slots.size,

@@ -8,7 +8,17 @@
  */
 import { InvalidMessageError } from '../protocols/errors.js';
 
+/** Small client operations forwarded to a primary. */
 export const STORE_PROTOCOL_ID = '/shoal/store/1.0.0';
+/**
+ * Bulk traffic on a stream of its own, so that it never queues ahead of small requests or
+ * leases: forwarded writes of large values (at least BULK_VALUE_BYTES) and snapshot transfers.
+ */
+export const STORE_BULK_PROTOCOL_ID = '/shoal/store-bulk/1.0.0';
+/** Lease renewals and releases, on a stream of their own (a lease must not wait behind megabytes). */
+export const LEASE_PROTOCOL_ID = '/shoal/lease/1.0.0';
+/** A forwarded write with a value of at least this many bytes goes over the bulk protocol. */
+export const BULK_VALUE_BYTES = 64 * 1024;
 
 export const FrameKind = Object.freeze({
   /** Peer → coordinator: lease renewal with progress and in-sync change requests. */

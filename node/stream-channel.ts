@@ -6,14 +6,34 @@ import { pipe } from 'it-pipe';
 import type { Host } from './host.js';
 import type { Logger } from './log.js';
 
+/**
+ * The largest frame a StreamChannel sends or accepts, bytes: the one limit both the encoder and
+ * the decoder use. A sender refuses a larger frame by itself (see `send`), so a frame never
+ * tears down a stream for its size. 16 MiB: well above the largest message a core makes (a Raft
+ * snapshot chunk, a replication append of one maximal group, about 1.4 MiB encoded).
+ */
+export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Bytes of inbound frames handed to `onFrame` in one turn of the event loop before the reader
+ * yields (setImmediate): timers (lease renewals, Raft and replication heartbeats) keep their
+ * timing while megabytes arrive.
+ */
+export const INBOUND_BYTES_PER_TURN = 1024 * 1024;
+
 export interface ChannelCounters {
   framesSent: number;
   framesReceived: number;
   /** Frames dropped because the peer's queue was full or its stream could not be opened. */
   framesDropped: number;
+  /** Frames refused by `send` because they exceed the frame limit (the stream is untouched). */
+  framesRefused: number;
   /** Inbound streams reset for a bad frame (too large, undecodable, forged). */
   streamsReset: number;
 }
+
+/** What `send` did with a frame. */
+export type SendResult = 'queued' | 'too-large' | 'queue-full' | 'stopped';
 
 export interface StreamChannelOptions {
   host: Host;
@@ -21,10 +41,12 @@ export interface StreamChannelOptions {
   protocol: string;
   /** Called for each inbound frame with the authenticated sender; throw to reset the stream. */
   onFrame: (from: string, frame: Uint8Array) => void;
-  /** Largest frame accepted or sent, bytes. */
-  maxFrameBytes: number;
+  /** Largest frame accepted or sent, bytes. Default MAX_FRAME_BYTES. */
+  maxFrameBytes?: number;
   /** Frames queued per peer before new ones are dropped. */
   maxQueuedFrames: number;
+  /** Bytes queued per peer (not yet taken by the stream) before new frames are dropped. Default 4 × maxFrameBytes. */
+  maxQueuedBytes?: number;
   /** Bound on opening a stream, ms. */
   dialTimeoutMs: number;
   log: Logger;
@@ -33,6 +55,7 @@ export interface StreamChannelOptions {
 interface Outbound {
   queue: Pushable<Uint8Array>;
   queued: number;
+  queuedBytes: number;
 }
 
 /**
@@ -43,12 +66,19 @@ interface Outbound {
  * the protocols on top (Raft) retry on their own.
  */
 export class StreamChannel {
-  readonly counters: ChannelCounters = { framesSent: 0, framesReceived: 0, framesDropped: 0, streamsReset: 0 };
+  readonly counters: ChannelCounters = { framesSent: 0, framesReceived: 0, framesDropped: 0, framesRefused: 0, streamsReset: 0 };
+  readonly maxFrameBytes: number;
+  private readonly maxQueuedBytes: number;
   private readonly outbound = new Map<string, Outbound>();
   private readonly inbound = new Set<Stream>();
   private stopped = false;
 
-  constructor(private readonly opts: StreamChannelOptions) {}
+  constructor(private readonly opts: StreamChannelOptions) {
+    this.maxFrameBytes = opts.maxFrameBytes ?? MAX_FRAME_BYTES;
+    this.maxQueuedBytes = opts.maxQueuedBytes ?? 4 * this.maxFrameBytes;
+    if (!Number.isSafeInteger(this.maxFrameBytes) || this.maxFrameBytes < 1) throw new RangeError(`maxFrameBytes: must be a positive integer, got ${this.maxFrameBytes}`);
+    if (!(this.maxQueuedBytes >= this.maxFrameBytes)) throw new RangeError(`maxQueuedBytes: must be at least maxFrameBytes (${this.maxFrameBytes})`);
+  }
 
   async start(): Promise<void> {
     const handler: StreamHandler = ({ stream, connection }) => {
@@ -66,23 +96,37 @@ export class StreamChannel {
     this.inbound.clear();
   }
 
-  /** Queue a frame for `to`; false when it was dropped (queue full, too large, stopped). */
-  send(to: string, frame: Uint8Array): boolean {
-    if (this.stopped || frame.length > this.opts.maxFrameBytes) {
+  /**
+   * Queue a frame for `to`. A frame over the limit is refused here, alone: the stream and the
+   * frames queued on it are untouched (the encoder would otherwise fail the whole stream).
+   */
+  send(to: string, frame: Uint8Array): SendResult {
+    if (this.stopped) {
       this.counters.framesDropped++;
-      return false;
+      return 'stopped';
+    }
+    if (frame.length > this.maxFrameBytes) {
+      this.counters.framesRefused++;
+      this.opts.log.warn('frame over the limit refused', { protocol: this.opts.protocol, to, bytes: frame.length, maxFrameBytes: this.maxFrameBytes });
+      return 'too-large';
     }
     let out = this.outbound.get(to);
     if (out === undefined) {
       out = this.openOutbound(to);
     }
-    if (out.queued >= this.opts.maxQueuedFrames) {
+    if (out.queued >= this.opts.maxQueuedFrames || (out.queuedBytes > 0 && out.queuedBytes + frame.length > this.maxQueuedBytes)) {
       this.counters.framesDropped++;
-      return false;
+      return 'queue-full';
     }
     out.queued++;
+    out.queuedBytes += frame.length;
     out.queue.push(frame);
-    return true;
+    return 'queued';
+  }
+
+  /** Bytes queued for `to` and not yet taken by its stream. */
+  queuedBytes(to: string): number {
+    return this.outbound.get(to)?.queuedBytes ?? 0;
   }
 
   /** Drop the stream to `to` (e.g. the peer was removed); a later send reopens it. */
@@ -95,11 +139,12 @@ export class StreamChannel {
   }
 
   private openOutbound(to: string): Outbound {
-    const out: Outbound = { queue: pushable<Uint8Array>(), queued: 0 };
+    const out: Outbound = { queue: pushable<Uint8Array>(), queued: 0, queuedBytes: 0 };
     this.outbound.set(to, out);
     const counted = async function* (this: StreamChannel, source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
       for await (const f of source) {
         out.queued--;
+        out.queuedBytes -= f.length;
         this.counters.framesSent++;
         yield f;
       }
@@ -110,7 +155,7 @@ export class StreamChannel {
         stream = await this.opts.host.dialProtocol(peerIdFromString(to), this.opts.protocol, {
           signal: AbortSignal.timeout(this.opts.dialTimeoutMs),
         });
-        await pipe(out.queue, counted, (src) => lp.encode(src), stream.sink);
+        await pipe(out.queue, counted, (src) => lp.encode(src, { maxDataLength: this.maxFrameBytes }), stream.sink);
       } catch (err) {
         if (!this.stopped) this.opts.log.debug('outbound stream ended', { protocol: this.opts.protocol, to, err });
         stream?.abort(err as Error);
@@ -126,10 +171,16 @@ export class StreamChannel {
   private async readInbound(stream: Stream, from: string): Promise<void> {
     this.inbound.add(stream);
     try {
-      await pipe(stream.source, (src) => lp.decode(src, { maxDataLength: this.opts.maxFrameBytes }), async (frames) => {
+      await pipe(stream.source, (src) => lp.decode(src, { maxDataLength: this.maxFrameBytes }), async (frames) => {
+        let bytesThisTurn = 0;
         for await (const f of frames) {
           this.counters.framesReceived++;
           this.opts.onFrame(from, f.subarray());
+          bytesThisTurn += f.byteLength;
+          if (bytesThisTurn >= INBOUND_BYTES_PER_TURN) {
+            bytesThisTurn = 0;
+            await new Promise<void>((resolve) => setImmediate(resolve));
+          }
         }
       });
       await stream.close().catch(() => {});

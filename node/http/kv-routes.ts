@@ -3,6 +3,7 @@
  * they need: the key from the raw request target, the query parameters each method accepts, a
  * bounded request body, and the mapping of StoreError codes to HTTP answers.
  */
+import type { CatchUpReport } from '../../protocols/shard-control/index.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   READ_CONSISTENCIES,
@@ -20,7 +21,11 @@ import { ClientGoneError, HttpError } from './http-error.js';
 import { keyProblem } from '../../protocols/replication/versions.js';
 
 /** The store as the HTTP API needs it: the operations plus the shard table. */
-export type HttpKv = KvApi & { shards(): ShardInfo[] };
+export type HttpKv = KvApi & {
+  shards(): ShardInfo[];
+  /** Catch-ups under way and abandoned ones (see ShardController.catchUpReport); null unless this peer is the coordinator. */
+  catchUps?(): CatchUpReport | null;
+};
 
 /** The request target split into its raw (not decoded, not normalised) path and its query. */
 export interface RequestTarget {
@@ -326,5 +331,6 @@ export async function handleKvDelete(req: IncomingMessage, res: ServerResponse, 
 }
 
 export function handleShards(_req: IncomingMessage, res: ServerResponse, deps: KvRouteDeps): void {
-  sendJsonBody(res, 200, { shards: requireKv(deps).shards() });
+  const kv = requireKv(deps);
+  sendJsonBody(res, 200, { shards: kv.shards(), catchUps: kv.catchUps?.() ?? null });
 }

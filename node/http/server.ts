@@ -65,12 +65,17 @@ function family(name: string, type: MetricType, help: string, samples: Array<[st
 
 /** What the store reports to /metrics (see StoreService.metrics). */
 export interface StoreMetrics {
-  counters: Record<'forwarded' | 'served' | 'leaseRenewals' | 'leaseFailures' | 'snapshotsSent' | 'snapshotsInstalled' | 'assignmentsProposed', number>;
+  counters: Record<
+    'forwarded' | 'served' | 'leaseRenewals' | 'leaseFailures' | 'snapshotsSent' | 'snapshotsInstalled' | 'assignmentsProposed' | 'replicationRefused',
+    number
+  >;
   leaseValid: boolean;
   primaries: number;
   replicas: number;
   serving: number;
   replication: ChannelCounters;
+  /** The shard controller's catch-ups (coordinator only; null elsewhere). */
+  catchUps: { active: number; abandoned: number; abandonedTotal: number } | null;
 }
 
 function storeLines(st: StoreMetrics): string[] {
@@ -93,6 +98,15 @@ function storeLines(st: StoreMetrics): string[] {
     ...family('shoal_replication_frames_received_total', 'counter', 'Replication frames received.', [['', st.replication.framesReceived]]),
     ...family('shoal_replication_frames_dropped_total', 'counter', 'Replication frames dropped (queue full or peer unreachable).', [['', st.replication.framesDropped]]),
     ...family('shoal_replication_streams_reset_total', 'counter', 'Inbound replication streams reset for a bad frame.', [['', st.replication.streamsReset]]),
+    ...(st.catchUps === null
+      ? []
+      : [
+          ...family('shoal_store_catchups_active', 'gauge', 'Replicas catching up, as the coordinator sees them (coordinator only).', [['', st.catchUps.active]]),
+          ...family('shoal_store_catchups_backing_off', 'gauge', 'Abandoned catch-ups waiting to be retried (coordinator only).', [['', st.catchUps.abandoned]]),
+          ...family('shoal_store_catchups_abandoned_total', 'counter', 'Catch-ups abandoned for making no progress (coordinator only).', [['', st.catchUps.abandonedTotal]]),
+        ]),
+    ...family('shoal_replication_messages_refused_total', 'counter', 'Replication messages dropped for exceeding the frame limit (should stay 0).', [['', c.replicationRefused]]),
+    ...family('shoal_replication_frames_refused_total', 'counter', 'Replication frames refused before sending for exceeding the frame limit.', [['', st.replication.framesRefused]]),
   ];
 }
 
@@ -118,6 +132,7 @@ function metricsText(
     ...family('shoal_raft_frames_received_total', 'counter', 'Raft messages received.', [['', raft.framesReceived]]),
     ...family('shoal_raft_frames_dropped_total', 'counter', 'Raft messages dropped (queue full or peer unreachable).', [['', raft.framesDropped]]),
     ...family('shoal_raft_streams_reset_total', 'counter', 'Inbound raft streams reset for a bad frame.', [['', raft.streamsReset]]),
+    ...family('shoal_raft_frames_refused_total', 'counter', 'Raft frames refused before sending for exceeding the frame limit.', [['', raft.framesRefused]]),
     ...family('shoal_raft_term', 'gauge', 'Current Raft term.', [['', status.term]]),
     ...family('shoal_raft_commit_index', 'gauge', 'Raft commit index.', [['', status.commitIndex]]),
     ...family('shoal_raft_is_leader', 'gauge', '1 on the coordinator.', [['', status.role === 'leader' ? 1 : 0]]),
