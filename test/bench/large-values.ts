@@ -1,0 +1,187 @@
+// npm run bench:large [-- --mb 200 --value-kib 1024 --clients 4 --grow 5]
+// Large values through a 3-peer cluster of `shoal` processes on 127.0.0.1: the load rate in MB/s,
+// put latency of the large values, and the p99 of a small-value writer alone and during the
+// load; then the cluster grows and the time until every shard is settled again is measured.
+// Not a test: it prints figures. Every wait is bounded; every process it starts is killed on exit.
+import '../../node/polyfill.js';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadLargeValues, metricSum, quantile, readBack, SmallWriter, WritableWatch } from '../integration/bulk-load.js';
+import { ProcessPeer } from '../integration/harness.js';
+import { Cluster } from '../integration/process-cluster.js';
+import type { ShardInfo } from '../../node/store-api.js';
+
+const HELP = `Usage: npm run bench:large [-- OPTIONS]
+
+Starts 3 shoal peers (separate processes, temp data dirs). Measures a small-value writer alone,
+then loads MB of large values from concurrent clients with the small writer beside them, reads
+every value back, and grows the cluster, timing until every shard has all its replicas in sync.
+
+  --mb N           megabytes to load (default 200)
+  --value-kib N    value size, KiB (default 1024)
+  --clients N      concurrent large-value clients (default 4)
+  --grow N         peers to grow to after the load (default 5; 3 = no growth)
+  --small-seconds  seconds of the small writer alone (default 5)
+  --peer-arg ARG   extra argument for every peer (repeatable), e.g. --peer-arg=--sync
+  --logs DIR       write each peer's stderr (the tail kept in memory) to DIR/pN.log at the end
+  -h, --help       this help
+`;
+
+const { values } = parseArgs({
+  options: {
+    mb: { type: 'string', default: '200' },
+    'value-kib': { type: 'string', default: '1024' },
+    clients: { type: 'string', default: '4' },
+    grow: { type: 'string', default: '5' },
+    'small-seconds': { type: 'string', default: '5' },
+    'peer-arg': { type: 'string', multiple: true, default: [] },
+    logs: { type: 'string' },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+});
+if (values.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+const mb = Number(values.mb);
+const valueKiB = Number(values['value-kib']);
+const clients = Number(values.clients);
+const growTo = Number(values.grow);
+const smallSeconds = Number(values['small-seconds']);
+if (
+  !(mb > 0 && mb <= 10_000) ||
+  !(Number.isInteger(valueKiB) && valueKiB >= 1 && valueKiB <= 1024) ||
+  !(Number.isInteger(clients) && clients >= 1 && clients <= 64) ||
+  !(Number.isInteger(growTo) && growTo >= 3 && growTo <= 9) ||
+  !(smallSeconds >= 0 && smallSeconds <= 600)
+) {
+  process.stderr.write(`bad option\n${HELP}`);
+  process.exit(2);
+}
+
+const log = (s: string): void => void process.stderr.write(`${s}\n`);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const ms = (x: number): string => (Number.isFinite(x) ? `${x.toFixed(1)} ms` : '-');
+
+let cluster: Cluster | null = null;
+const hardLimit = setTimeout(
+  () => {
+    log('hard time limit reached, giving up');
+    void cluster?.destroy().finally(() => process.exit(3));
+  },
+  (60 + mb * 3 + 600) * 1000,
+);
+hardLimit.unref();
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(sig, () => {
+    log(`${sig}: stopping the peers`);
+    void (cluster?.destroy() ?? Promise.resolve()).finally(() => process.exit(130));
+  });
+}
+
+/** Stream resets and dropped replication frames summed over the peers (NaN if a peer does not answer). */
+async function streamResets(c: Cluster): Promise<{ resets: number; dropped: number }> {
+  let resets = 0;
+  let dropped = 0;
+  for (const p of c.peers) {
+    try {
+      resets += (await metricSum(p.httpAddress, 'shoal_replication_streams_reset_total')) + (await metricSum(p.httpAddress, 'shoal_raft_streams_reset_total'));
+      dropped += await metricSum(p.httpAddress, 'shoal_replication_frames_dropped_total');
+    } catch (err) {
+      log(`metrics of ${p.httpAddress}: ${(err as Error).message}`);
+      return { resets: NaN, dropped: NaN };
+    }
+  }
+  return { resets, dropped };
+}
+
+function balance(table: ShardInfo[], peers: readonly string[]): { max: number; mean: number } {
+  const held = new Map<string, number>(peers.map((p) => [p, 0]));
+  for (const s of table) for (const r of s.replicas) held.set(r, (held.get(r) ?? 0) + 1);
+  const counts = [...held.values()];
+  return { max: Math.max(...counts), mean: counts.reduce((a, b) => a + b, 0) / counts.length };
+}
+
+async function main(): Promise<void> {
+  const c = (cluster = await Cluster.create((values['peer-arg'] as string[]) ?? []));
+  await c.startPeers(3);
+  await c.waitSettled('start', 60_000);
+  const addrs = (): string[] => c.peers.map((p) => p.httpAddress);
+
+  const small = new SmallWriter(addrs());
+  small.start();
+  await sleep(smallSeconds * 1000);
+  const alone = await small.stop();
+
+  const watch = new WritableWatch(addrs);
+  watch.start();
+  small.start();
+  const load = await loadLargeValues({
+    targets: addrs(),
+    totalBytes: mb * 1024 * 1024,
+    valueBytes: valueKiB * 1024,
+    clients,
+    keyPrefix: 'big-',
+    requestTimeoutMs: 30_000,
+    maxAttemptsPerKey: 20,
+    deadlineMs: (mb * 3 + 60) * 1000,
+  });
+  const during = await small.stop();
+  await watch.stop();
+  const afterLoad = await streamResets(c);
+  const loadMBps = load.bytesAcked / 1024 / 1024 / (load.elapsedMs / 1000);
+  log(`load done: ${loadMBps.toFixed(1)} MB/s, ${load.acked.size} acknowledged, failures ${JSON.stringify(Object.fromEntries(load.failures))}`);
+
+  const t0 = performance.now();
+  const bad = await readBack(addrs(), load.acked, 30_000);
+  const readMs = performance.now() - t0;
+
+  let growMs = NaN;
+  let bal = { max: NaN, mean: NaN };
+  if (growTo > 3) {
+    const g0 = performance.now();
+    const seed = c.peers[0] as ProcessPeer;
+    for (let i = c.peers.length; i < growTo; i++) {
+      c.peers.push(await ProcessPeer.start(join(c.dir, `p${i}`), { join: [seed.joinAddr], extraArgs: c.extraArgs }));
+    }
+    try {
+      await c.waitSettled('grown', (mb * 2 + 120) * 1000);
+      growMs = performance.now() - g0;
+    } catch (err) {
+      log(`the grown cluster did not settle: ${(err as Error).message.slice(0, 4000)}`);
+    }
+    bal = balance(await c.shards(seed), c.peers.map((p) => p.peerId));
+  }
+  const afterGrow = await streamResets(c);
+  small.close();
+
+  const lines = [
+    `large values: ${load.acked.size} × ${valueKiB} KiB acknowledged (${(load.bytesAcked / 1048576).toFixed(1)} MB) in ${(load.elapsedMs / 1000).toFixed(1)} s = ${loadMBps.toFixed(1)} MB/s, ${clients} clients`,
+    `  large put latency p50 ${ms(quantile(load.latenciesMs, 0.5))}, p99 ${ms(quantile(load.latenciesMs, 0.99))}, max ${ms(quantile(load.latenciesMs, 1))}`,
+    `  failed attempts: ${JSON.stringify(Object.fromEntries(load.failures))}; abandoned keys: ${load.abandoned.length}`,
+    `small puts alone:       n=${alone.length} p50 ${ms(quantile(alone, 0.5))} p99 ${ms(quantile(alone, 0.99))}`,
+    `small puts during load: n=${during.length} p50 ${ms(quantile(during, 0.5))} p99 ${ms(quantile(during, 0.99))} max ${ms(quantile(during, 1))}; failures ${JSON.stringify(Object.fromEntries(small.failures))}`,
+    `writable shards during the load: min ${watch.minWritable} of ${watch.shardCount} (${watch.degradedPolls} of ${watch.polls} polls degraded)`,
+    `stream resets after the load: ${afterLoad.resets}; replication frames dropped: ${afterLoad.dropped}`,
+    `read back: ${load.acked.size - bad.length} of ${load.acked.size} equal in ${(readMs / 1000).toFixed(1)} s${bad.length > 0 ? `; first bad: ${bad.slice(0, 5).join('; ')}` : ''}`,
+    growTo > 3
+      ? `grow 3 → ${growTo}: settled in ${Number.isFinite(growMs) ? `${(growMs / 1000).toFixed(1)} s` : 'NOT settled'}; replicas per peer max/mean ${(bal.max / bal.mean).toFixed(2)} (${bal.max} / ${bal.mean.toFixed(1)}); stream resets ${afterGrow.resets}, frames dropped ${afterGrow.dropped}`
+      : 'no growth',
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+main()
+  .catch((err: unknown) => {
+    log(`bench failed: ${(err as Error).stack ?? String(err)}`);
+    process.exitCode = 1;
+  })
+  .finally(async () => {
+    if (values.logs !== undefined && cluster !== null) {
+      await mkdir(values.logs, { recursive: true });
+      for (const [i, p] of cluster.peers.entries()) await writeFile(join(values.logs, `p${i}.log`), p.stderr);
+    }
+    await cluster?.destroy();
+    process.exit();
+  });

@@ -1,0 +1,104 @@
+/**
+ * Large values through real `shoal` processes (issue 14): 3 peers take 200 MB of 1 MiB values
+ * from concurrent clients with every shard writable throughout, no replication stream reset and
+ * every value read back; then the cluster grows to 5 and settles with every shard fully in sync
+ * and the replicas balanced (max/mean ≤ 1.25). `npm run bench:large` prints the same figures.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import type { ShardInfo } from '../../node/store-api.js';
+import { loadLargeValues, metricSum, quantile, readBack, SmallWriter, WritableWatch } from './bulk-load.js';
+import { ProcessPeer } from './harness.js';
+import { Cluster } from './process-cluster.js';
+
+const MB = 1024 * 1024;
+/** SHOAL_LARGE_MB overrides the load size (for a quick local run); the suite uses 200. */
+const LOAD_MB = Number(process.env.SHOAL_LARGE_MB ?? 200);
+
+async function resetsAndDrops(c: Cluster): Promise<{ resets: number; dropped: number; refused: number }> {
+  let resets = 0;
+  let dropped = 0;
+  let refused = 0;
+  for (const p of c.peers) {
+    resets += (await metricSum(p.httpAddress, 'shoal_replication_streams_reset_total')) + (await metricSum(p.httpAddress, 'shoal_raft_streams_reset_total'));
+    dropped += await metricSum(p.httpAddress, 'shoal_replication_frames_dropped_total');
+    refused += (await metricSum(p.httpAddress, 'shoal_replication_frames_refused_total')) + (await metricSum(p.httpAddress, 'shoal_replication_messages_refused_total'));
+  }
+  return { resets, dropped, refused };
+}
+
+describe('store: large values through 3 processes, then growth to 5', function () {
+  this.timeout(420_000);
+  let cluster: Cluster | null = null;
+  const small = { writer: null as SmallWriter | null };
+
+  after(async () => {
+    small.writer?.close();
+    await cluster?.destroy();
+  });
+
+  it(`takes ${LOAD_MB} MB of 1 MiB values with every shard writable and no stream reset, reads them all back, and settles balanced after growing to 5`, async () => {
+    const c = (cluster = await Cluster.create());
+    await c.startPeers(3);
+    await c.waitSettled('start', 60_000);
+    const addrs = (): string[] => c.peers.map((p) => p.httpAddress);
+
+    const watch = new WritableWatch(addrs, 200);
+    watch.start();
+    const writer = (small.writer = new SmallWriter(addrs()));
+    writer.start();
+    const load = await loadLargeValues({
+      targets: addrs(),
+      totalBytes: LOAD_MB * MB,
+      valueBytes: MB,
+      clients: 4,
+      keyPrefix: 'big-',
+      requestTimeoutMs: 30_000,
+      maxAttemptsPerKey: 5,
+      deadlineMs: 240_000,
+    });
+    const during = await writer.stop();
+    await watch.stop();
+    const counts = await resetsAndDrops(c);
+    const rate = load.bytesAcked / MB / (load.elapsedMs / 1000);
+    console.log(
+      `    load: ${load.acked.size} × 1 MiB in ${(load.elapsedMs / 1000).toFixed(1)} s = ${rate.toFixed(1)} MB/s; ` +
+        `put p50 ${quantile(load.latenciesMs, 0.5).toFixed(0)} ms p99 ${quantile(load.latenciesMs, 0.99).toFixed(0)} ms; ` +
+        `small puts beside it p99 ${quantile(during, 0.99).toFixed(1)} ms (n=${during.length}); ` +
+        `writable min ${watch.minWritable}/${watch.shardCount} over ${watch.polls} polls; resets ${counts.resets}, dropped ${counts.dropped}`,
+    );
+    assert.deepEqual(Object.fromEntries(load.failures), {}, 'no large put failed or timed out');
+    assert.deepEqual(Object.fromEntries(writer.failures), {}, 'no small put failed or timed out');
+    assert.equal(load.acked.size, Math.ceil((LOAD_MB * MB) / MB));
+    assert.ok(watch.polls >= 5, `the shards were watched (${watch.polls} polls)`);
+    assert.equal(watch.minWritable, watch.shardCount, 'every shard stayed writable throughout');
+    assert.equal(counts.resets, 0, 'no stream was reset');
+    assert.equal(counts.refused, 0, 'no frame or message was over the limit');
+
+    const bad = await readBack(addrs(), load.acked, 30_000);
+    assert.deepEqual(bad, [], 'every acknowledged value reads back unchanged');
+
+    // Grow to 5: every shard ends with 3 in-sync replicas, balanced.
+    const seed = c.peers[0] as ProcessPeer;
+    for (let i = 3; i < 5; i++) c.peers.push(await ProcessPeer.start(join(c.dir, `p${i}`), { join: [seed.joinAddr] }));
+    const grownAt = performance.now();
+    await c.waitSettled('grown to 5', 240_000);
+    const table: ShardInfo[] = await c.shards(seed);
+    const held = new Map<string, number>(c.peers.map((p) => [p.peerId, 0]));
+    for (const s of table) {
+      assert.equal(s.inSync.length, 3, `shard ${s.shard} has 3 in-sync replicas`);
+      for (const r of s.replicas) held.set(r, (held.get(r) ?? 0) + 1);
+    }
+    const counts5 = [...held.values()];
+    const mean = counts5.reduce((a, b) => a + b, 0) / counts5.length;
+    const max = Math.max(...counts5);
+    const after = await resetsAndDrops(c);
+    console.log(
+      `    grow 3 → 5 settled in ${((performance.now() - grownAt) / 1000).toFixed(1)} s; replicas per peer ${counts5.join('/')} (max/mean ${(max / mean).toFixed(2)}); resets ${after.resets}`,
+    );
+    assert.ok(max / mean <= 1.25, `max/mean ${max}/${mean.toFixed(1)} = ${(max / mean).toFixed(2)} ≤ 1.25`);
+    assert.equal(after.resets, 0, 'no stream was reset while growing');
+    const again = await readBack(addrs(), new Map([...load.acked].slice(0, 20)), 30_000);
+    assert.deepEqual(again, [], 'values still read back after the moves');
+  });
+});
