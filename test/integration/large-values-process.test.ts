@@ -98,6 +98,16 @@ describe('store: large values through 3 processes, then growth to 5', function (
     );
     assert.ok(max / mean <= 1.25, `max/mean ${max}/${mean.toFixed(1)} = ${(max / mean).toFixed(2)} ≤ 1.25`);
     assert.equal(after.resets, 0, 'no stream was reset while growing');
+    // The coordinator's catch-up report: nothing under way once settled, nothing abandoned.
+    const coordinatorId = (await c.status(seed)).coordinator;
+    const coordinator = c.peers.find((p) => p.peerId === coordinatorId);
+    assert.ok(coordinator !== undefined, 'a coordinator among the peers');
+    const report = (await (await fetch(`http://${coordinator.httpAddress}/v1/shards`)).json()) as { catchUps: { active: unknown[]; abandonedTotal: number } | null };
+    assert.ok(report.catchUps !== null, '/v1/shards on the coordinator carries the catch-up report');
+    assert.deepEqual(report.catchUps.active, []);
+    assert.equal(report.catchUps.abandonedTotal, 0);
+    const other = c.peers.find((p) => p.peerId !== coordinatorId)!;
+    assert.equal(((await (await fetch(`http://${other.httpAddress}/v1/shards`)).json()) as { catchUps: unknown }).catchUps, null);
     const again = await readBack(addrs(), new Map([...load.acked].slice(0, 20)), 30_000);
     assert.deepEqual(again, [], 'values still read back after the moves');
   });
