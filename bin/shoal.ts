@@ -58,6 +58,8 @@ Options:
                             start a new cluster)
   --data-dir DIR            identity and data (default ${DEFAULT_PEER_OPTIONS.dataDir})
   --http HOST:PORT|off      HTTP API address; port 0 picks a free port (default ${DEFAULT_PEER_OPTIONS.http})
+  --http-allowed-host NAME  a host name the HTTP API answers to besides IP addresses and
+                            localhost (repeatable); requests naming any other Host get 421
   --swarm-key FILE          private-network key from 'shoal keygen'; peers without it cannot
                             connect (default: open network)
   --log-level LEVEL         debug, info, warn, error or silent (default ${DEFAULT_PEER_OPTIONS.logLevel})
@@ -204,6 +206,7 @@ async function cmdStart(argv: string[]): Promise<number> {
       join: { type: 'string', multiple: true },
       'data-dir': { type: 'string' },
       http: { type: 'string' },
+      'http-allowed-host': { type: 'string', multiple: true },
       'swarm-key': { type: 'string' },
       'log-level': { type: 'string' },
       'heartbeat-interval-ms': { type: 'string' },
@@ -252,6 +255,11 @@ async function cmdStart(argv: string[]): Promise<number> {
   setNum('suspicionTimeoutMs', '--suspicion-timeout-ms', values['suspicion-timeout-ms']);
 
   const options: Partial<PeerOptions> = { membership };
+  const allowedHosts = (values['http-allowed-host'] ?? []).map((h) => h.trim().toLowerCase());
+  for (const h of allowedHosts) {
+    if (!/^[a-z0-9.-]{1,253}$/.test(h)) throw new UsageError(`--http-allowed-host: expected a host name without port, got ${JSON.stringify(h)}`);
+  }
+  if (allowedHosts.length > 0) options.httpAllowedHosts = allowedHosts;
   const voters = intFlag(values.voters, '--voters');
   if (voters !== undefined) {
     if (!Number.isInteger(voters) || voters > 9) throw new UsageError(`--voters: expected an integer from 1 to 9, got ${values.voters}`);
@@ -393,7 +401,9 @@ async function fetchJson(hostPort: string, path: string, timeoutMs: number, meth
   const url = `http://${hostPort}${path}`;
   let res: Response;
   try {
-    res = await fetch(url, { method, signal: AbortSignal.timeout(timeoutMs) });
+    // A JSON body on POSTs: POST /v1/leave wants application/json (a web page cannot send it cross-origin).
+    const post = method === 'POST' ? { body: '{}', headers: { 'content-type': 'application/json' } } : {};
+    res = await fetch(url, { method, signal: AbortSignal.timeout(timeoutMs), ...post });
   } catch (err) {
     const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name;
     throw new PeerStartError('HTTP', `cannot reach a shoal peer at ${hostPort} (${cause}); is it running? (--http HOST:PORT)`);

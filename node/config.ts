@@ -21,6 +21,12 @@ export interface PeerOptions {
   join: string[];
   /** HOST:PORT of the HTTP API, or `off`. Default `127.0.0.1:7070`; port 0 picks a free port. */
   http: string;
+  /**
+   * Host names the HTTP API answers to besides IP addresses and `localhost` (lower case, no
+   * port). Default none: a request whose Host header names anything else is refused (421), so a
+   * web page cannot reach the API by making its own name resolve here (DNS rebinding).
+   */
+  httpAllowedHosts: string[];
   /** Path of a libp2p private-network key (`shoal keygen`). Default none: an open network. */
   swarmKeyFile: string | null;
   /** Log level. Default `info`. */
@@ -58,6 +64,7 @@ export const DEFAULT_PEER_OPTIONS: PeerOptions = {
   listen: ['/ip4/127.0.0.1/tcp/4001'],
   join: [],
   http: '127.0.0.1:7070',
+  httpAllowedHosts: [],
   swarmKeyFile: null,
   logLevel: 'info',
   membership: {},
@@ -127,6 +134,9 @@ export function validatePeerOptions(partial: Partial<PeerOptions>): PeerOptions 
   if (!Array.isArray(o.join)) throw new ConfigError('join', 'must be a list of multiaddrs');
   o.join.forEach((a) => validateJoinAddr(a));
   if (o.http !== 'off') parseHostPort(o.http, 'http');
+  if (!Array.isArray(o.httpAllowedHosts) || o.httpAllowedHosts.some((h) => typeof h !== 'string' || !/^[a-z0-9.-]{1,253}$/.test(h))) {
+    throw new ConfigError('httpAllowedHosts', 'must be host names in lower case (letters, digits, dots and dashes, no port)');
+  }
   if (!LOG_LEVELS.includes(o.logLevel)) throw new ConfigError('logLevel', `must be one of ${LOG_LEVELS.join(', ')}`);
   if (!Number.isFinite(o.joinBackoffMaxMs) || o.joinBackoffMaxMs < 100) {
     throw new ConfigError('joinBackoffMaxMs', 'must be a number >= 100');

@@ -4,6 +4,7 @@ import { encodeClusterCommand } from '../protocols/cluster-map/commands.js';
 import type { ApplyResult, ClusterCommand, ClusterMapView, ClusterSettings } from '../protocols/cluster-map/types.js';
 import { decodeRaftMessage, encodeRaftMessage, RAFT_PROTOCOL_ID } from '../protocols/raft/codec.js';
 import type { RaftConfig } from '../protocols/raft/config.js';
+import { InvalidMessageError } from '../protocols/errors.js';
 import { NotLeaderError, ProposalDroppedError } from '../protocols/raft/errors.js';
 import { bootstrapStorage, RaftNode, type Ready } from '../protocols/raft/raft.js';
 import type { ConfChange, HardState, RaftMessage, RecoveredState } from '../protocols/raft/types.js';
@@ -71,6 +72,8 @@ const COMPACT_AFTER_ENTRIES = 4096;
 const PROPOSAL_TIMEOUT_MS = 5000;
 /** Bound on in-flight proposals waiting to be applied. */
 const MAX_PENDING_PROPOSALS = 4096;
+/** A Raft message whose term is further ahead of ours than this is refused (see admitRaft). */
+const MAX_TERM_AHEAD = 1_000_000;
 
 interface Waiter {
   term: number;
@@ -352,15 +355,52 @@ export class Coordinator {
     if (this.channel.send(m.to, encodeRaftMessage(m)) !== 'queued') this.node.reportUnreachable(m.to);
   }
 
-  /** An inbound frame: decode and check it; throwing resets the stream (counted by the channel). */
+  /**
+   * An inbound frame: decode it, check it against the sender's Noise identity and the Raft
+   * configuration (DESIGN §4a), validate a snapshot before the core (and so the disk) sees it.
+   * Throwing resets the stream (counted by the channel) and changes nothing.
+   */
   private onFrame(from: string, frame: Uint8Array): void {
     if (this.stopped) return;
     const m = decodeRaftMessage(frame);
-    if (m.from !== from) throw new Error(`raft message claims to be from ${m.from} but came from ${from}`);
-    if (m.to !== this.self) throw new Error(`raft message for ${m.to} reached ${this.self}`);
+    if (m.from !== from) throw new InvalidMessageError(`raft message claims to be from ${m.from} but came from ${from}`);
+    if (m.to !== this.self) throw new InvalidMessageError(`raft message for ${m.to} reached ${this.self}`);
+    const refused = this.admitRaft(m);
+    if (refused !== null) {
+      this.counters.rejected++;
+      throw new InvalidMessageError(`raft ${m.type} from ${from} refused: ${refused}`);
+    }
+    if (m.type === 'snapshot') {
+      // Validate before persist: a snapshot that does not restore would be written to disk and
+      // crash the peer on every restart.
+      try {
+        new ClusterMap().restore(m.snapshot.data);
+      } catch (err) {
+        this.counters.rejected++;
+        throw new InvalidMessageError(`raft snapshot from ${from} does not restore: ${(err as Error).message}`);
+      }
+    }
     this.node.step(m);
     this.kick();
   }
+
+  /**
+   * Why a Raft message is refused, or null. A peer in the configuration (voter or learner)
+   * listens only to the others in it; a peer outside it (new, or removed and back) only to
+   * what a leader sends (appends, heartbeats, snapshots), which is how it is brought in. Terms
+   * more than MAX_TERM_AHEAD beyond ours are refused: with pre-vote no member's term runs ahead,
+   * and one forged term near 2^53 would otherwise end every election for good.
+   */
+  private admitRaft(m: RaftMessage): string | null {
+    if (m.term > this.node.term + MAX_TERM_AHEAD) return `term ${m.term} is more than ${MAX_TERM_AHEAD} ahead of ${this.node.term}`;
+    const conf = this.node.confState;
+    const inConf = (id: string): boolean => conf.voters.includes(id) || conf.learners.includes(id);
+    if (inConf(this.self)) return inConf(m.from) ? null : 'the sender is not in the Raft configuration';
+    return m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot' ? null : 'this peer is not in the Raft configuration';
+  }
+
+  /** Raft frames refused for the sender's role or their content (see admitRaft). */
+  readonly counters = { rejected: 0 };
 
   // -------------------------------------------------------------------------------------------
   // Leader: keep configuration and map in line with membership.

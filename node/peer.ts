@@ -13,7 +13,7 @@ import { createLogger, type Logger } from './log.js';
 import { MembershipService, type MembershipCounters } from './membership-service.js';
 import { Coordinator, type CoordinatorStatus } from './coordinator.js';
 import type { ClusterCommand } from '../protocols/cluster-map/types.js';
-import type { ChannelCounters } from './stream-channel.js';
+import type { RaftCounters } from './http/server.js';
 import { PeerStartError } from './errors.js';
 import { validateSwarmKey } from './swarm-key.js';
 import { StoreService } from './store-service.js';
@@ -121,6 +121,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
           },
         },
         log,
+        { allowedHosts: opts.httpAllowedHosts },
       ).catch((err: Error & { code?: string }) => {
         const inUse = err.code === 'EADDRINUSE';
         throw new PeerStartError(inUse ? 'ADDRESS_IN_USE' : 'HTTP', `cannot serve HTTP on ${opts.http}: ${err.message}`);
@@ -213,8 +214,8 @@ class PeerImpl implements Peer {
     return this.host.peerId.toString();
   }
 
-  get counters(): { membership: MembershipCounters; raft: ChannelCounters; store: StoreMetrics } {
-    return { membership: this.membership.counters, raft: this.coordinator.channelCounters, store: this.kv.metrics() };
+  get counters(): { membership: MembershipCounters; raft: RaftCounters; store: StoreMetrics } {
+    return { membership: this.membership.counters, raft: { ...this.coordinator.channelCounters, ...this.coordinator.counters }, store: this.kv.metrics() };
   }
 
   get addrs(): string[] {

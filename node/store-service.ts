@@ -221,6 +221,10 @@ export class StoreService implements KvApi {
     assignmentsProposed: 0,
     /** Replication messages dropped for exceeding the frame limit (should stay 0). */
     replicationRefused: 0,
+    /** Replication messages the committed map does not back (sender not a replica or not the primary, epoch never reached). */
+    replicationRejected: 0,
+    /** Store and lease requests and snapshot transfers refused for the sender's role in the map. */
+    requestsRejected: 0,
   };
 
   private constructor(
@@ -472,13 +476,42 @@ export class StoreService implements KvApi {
     if (this.view.shards[slot.shard]?.replicas.includes(this.self)) void this.openShard(slot.shard);
   }
 
-  /** Step parked messages: all of them after a map change, else those held PARK_MS. */
+  /**
+   * Parked messages, checked again: after a map change all of them (those the map now backs are
+   * stepped, those still ahead of it wait on), else those held PARK_MS (dropped if the map has
+   * still not reached their epoch).
+   */
   private unpark(slot: ShardSlot, now: number, onlyExpired: boolean): void {
     if (slot.parked.length === 0) return;
     const due = onlyExpired ? slot.parked.filter((p) => now - p.atMs >= PARK_MS) : slot.parked;
     if (due.length === 0) return;
     slot.parked = onlyExpired ? slot.parked.filter((p) => now - p.atMs < PARK_MS) : [];
-    for (const p of due) slot.core.step(now, p.m);
+    for (const p of due) {
+      const verdict = this.admitReplication(p.m);
+      if (verdict === null) slot.core.step(now, p.m);
+      else if (verdict === 'park' && now - p.atMs < PARK_MS) slot.parked.push(p);
+      else this.refuseReplication(p.m, verdict === 'park' ? `epoch ${p.m.epoch} still ahead of the map after ${PARK_MS} ms` : verdict);
+    }
+  }
+
+  /**
+   * Whether the committed map backs a replication message (DESIGN §4a): null to step it, 'park'
+   * while the map has not reached its epoch yet (it lags Raft by milliseconds), or why it is
+   * refused. The sender must hold a replica of the shard, and an append at the map's epoch must
+   * come from the shard's primary; a core never adopts an epoch the map does not have.
+   */
+  private admitReplication(m: ReplicationMessage): 'park' | string | null {
+    const a = this.view.shards[m.shard];
+    if (a === undefined) return 'the shard is not assigned';
+    if (m.epoch > a.epoch) return 'park';
+    if (!a.replicas.includes(m.from)) return `${m.from} holds no replica of shard ${m.shard} at epoch ${a.epoch}`;
+    if (m.type === 'append' && m.epoch === a.epoch && m.from !== a.primary) return `${m.from} is not the primary of shard ${m.shard} at epoch ${a.epoch}`;
+    return null;
+  }
+
+  private refuseReplication(m: ReplicationMessage, why: string): void {
+    this.counters.replicationRejected++;
+    this.opts.log.debug('replication message refused', { shard: m.shard, type: m.type, from: m.from, epoch: m.epoch, why });
   }
 
   private tick(): void {
@@ -497,6 +530,14 @@ export class StoreService implements KvApi {
 
   private onReplicationFrame(from: string, frame: Uint8Array): void {
     if (this.stopped) return;
+    // Only members of the committed map replicate. A stranger's frame is dropped and counted; the
+    // stream is not reset, because a peer that joined a moment ago may not be in our copy of the
+    // map yet (its traffic is retried).
+    if (!Object.hasOwn(this.view.members, from)) {
+      this.counters.replicationRejected++;
+      this.opts.log.debug('replication frame from a peer outside the cluster map dropped', { from });
+      return;
+    }
     const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
     const now = this.now();
     const touched = new Set<ShardSlot>();
@@ -511,15 +552,20 @@ export class StoreService implements KvApi {
       const slot = this.slots.get(m.shard);
       // Not ours (yet): opening it is the map's business; the sender retries.
       if (slot === undefined) continue;
-      // A backup applied a map change (epoch bump) a moment before we did. Were the primary to
-      // adopt the epoch from the message, it would step down until its own map catches up and
-      // answer its in-flight writes `indeterminate`, though it stays primary at the new epoch
-      // (a replica added or the in-sync set changed). Hold such messages until our map has the
-      // epoch (Raft applies it here within milliseconds), at most PARK_MS: delaying a message is
-      // always safe, like a slow network.
-      const mapEpoch = this.view.shards[m.shard]?.epoch ?? 0;
-      if (slot.core.role === 'primary' && m.epoch > slot.core.epoch && m.epoch > mapEpoch && slot.parked.length < MAX_PARKED) {
-        slot.parked.push({ m, atMs: now });
+      // A message of an epoch our map has not reached yet: its sender applied a map change a
+      // moment before we did. It waits until our map has the epoch (Raft applies it here within
+      // milliseconds), at most PARK_MS: delaying a message is always safe, like a slow network,
+      // and a core never adopts an epoch the map does not back (a forged epoch would otherwise
+      // replace a backup's data). Were a primary to adopt it, it would also step down until its
+      // map caught up and answer its in-flight writes `indeterminate`.
+      const verdict = this.admitReplication(m);
+      if (verdict === 'park') {
+        if (slot.parked.length < MAX_PARKED) slot.parked.push({ m, atMs: now });
+        else this.refuseReplication(m, 'too many messages waiting for the map');
+        continue;
+      }
+      if (verdict !== null) {
+        this.refuseReplication(m, verdict);
         continue;
       }
       slot.core.step(now, m);
@@ -569,6 +615,12 @@ export class StoreService implements KvApi {
     const shard = int(h, 'shard', 0, 1023);
     const meta: SnapshotMeta = { shard, epoch: int(h, 'epoch', 1), from: str(h, 'from', 128), seq: int(h, 'seq'), seqEpoch: int(h, 'seqEpoch') };
     if (meta.from !== from) throw new InvalidMessageError('from: not the sender');
+    // Only the shard's primary at the map's epoch sends a snapshot, and only to a replica.
+    const a = this.view.shards[shard];
+    if (a === undefined || a.primary !== from || meta.epoch !== a.epoch || !a.replicas.includes(this.self)) {
+      this.counters.requestsRejected++;
+      throw new StoreError('unavailable', `a snapshot of shard ${shard} at epoch ${meta.epoch} from ${from} is not backed by the map here (primary ${a?.primary ?? 'none'} at epoch ${a?.epoch ?? 0})`);
+    }
     const slot = this.slots.get(shard) ?? (await this.openShard(shard));
     if (slot === null || slot === undefined) throw new StoreError('unavailable', `shard ${shard} is not held here`);
     const old = this.incoming.get(shard);
@@ -783,6 +835,14 @@ export class StoreService implements KvApi {
   private async handleRpc(from: string, body: Uint8Array, via: 'store' | 'bulk' | 'lease'): Promise<Uint8Array> {
     if (this.stopped) throw Object.assign(new Error('stopping'), { code: 'stopping' });
     const f: Frame = decodeFrame(body);
+    // Only members of the committed map forward operations, renew leases or send snapshots. A
+    // peer that joined a moment ago may not be in our copy of the map yet: its operation gets a
+    // retryable `unavailable`.
+    if (!Object.hasOwn(this.view.members, from)) {
+      this.counters.requestsRejected++;
+      if (f.kind === FrameKind.kv) return this.encodeReply({ ok: false, code: 'unavailable', message: `${from} is not a member of the cluster map here` });
+      throw new InvalidMessageError(`${from} is not a member of the cluster map`);
+    }
     // Each kind on its own protocol: leases alone; snapshots only with the bulk traffic.
     const allowed = via === 'lease' ? f.kind === FrameKind.lease : via === 'store' ? f.kind === FrameKind.kv : f.kind !== FrameKind.lease;
     if (!allowed) throw new InvalidMessageError(`frame.kind: ${f.kind} is not accepted on the ${via} protocol`);

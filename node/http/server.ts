@@ -4,6 +4,7 @@ import { parseHostPort } from '../config.js';
 import type { Logger } from '../log.js';
 import type { MembershipCounters } from '../membership-service.js';
 import type { ChannelCounters } from '../stream-channel.js';
+import { checkRequest, type GuardOptions } from './request-guard.js';
 import type { PeerStatus } from '../peer.js';
 import type { ClusterMapView } from '../../protocols/cluster-map/types.js';
 import type { StoreLimits } from '../store-api.js';
@@ -26,7 +27,7 @@ export { ClientGoneError, HttpError };
 /** Handlers answer null while the peer is still starting (the API answers 503 then). */
 export interface HttpHandlers {
   status(): PeerStatus | null;
-  counters(): { membership: MembershipCounters; raft: ChannelCounters; store?: StoreMetrics } | null;
+  counters(): { membership: MembershipCounters; raft: RaftCounters; store?: StoreMetrics } | null;
   clusterMap(): ClusterMapView | null;
   /** Start a graceful stop of this peer (hand over, announce left, exit); returns at once. */
   leave(): void;
@@ -63,10 +64,22 @@ function family(name: string, type: MetricType, help: string, samples: Array<[st
   return [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...samples.map(([labels, v]) => `${name}${labels} ${v}`)];
 }
 
+/** The Raft channel's counters and the frames refused for the sender's role (Coordinator.counters). */
+export type RaftCounters = ChannelCounters & { rejected: number };
+
 /** What the store reports to /metrics (see StoreService.metrics). */
 export interface StoreMetrics {
   counters: Record<
-    'forwarded' | 'served' | 'leaseRenewals' | 'leaseFailures' | 'snapshotsSent' | 'snapshotsInstalled' | 'assignmentsProposed' | 'replicationRefused',
+    | 'forwarded'
+    | 'served'
+    | 'leaseRenewals'
+    | 'leaseFailures'
+    | 'snapshotsSent'
+    | 'snapshotsInstalled'
+    | 'assignmentsProposed'
+    | 'replicationRefused'
+    | 'replicationRejected'
+    | 'requestsRejected',
     number
   >;
   leaseValid: boolean;
@@ -105,13 +118,15 @@ function storeLines(st: StoreMetrics): string[] {
           ...family('shoal_store_catchups_backing_off', 'gauge', 'Abandoned catch-ups waiting to be retried (coordinator only).', [['', st.catchUps.abandoned]]),
           ...family('shoal_store_catchups_abandoned_total', 'counter', 'Catch-ups abandoned for making no progress (coordinator only).', [['', st.catchUps.abandonedTotal]]),
         ]),
+    ...family('shoal_replication_messages_rejected_total', 'counter', 'Replication messages the committed cluster map does not back (sender not a replica or not the primary, epoch never reached).', [['', c.replicationRejected]]),
+    ...family('shoal_store_requests_rejected_total', 'counter', 'Store, lease and snapshot requests refused for the sender\'s role in the cluster map.', [['', c.requestsRejected]]),
     ...family('shoal_replication_messages_refused_total', 'counter', 'Replication messages dropped for exceeding the frame limit (should stay 0).', [['', c.replicationRefused]]),
     ...family('shoal_replication_frames_refused_total', 'counter', 'Replication frames refused before sending for exceeding the frame limit.', [['', st.replication.framesRefused]]),
   ];
 }
 
 function metricsText(
-  { membership: m, raft, store }: { membership: MembershipCounters; raft: ChannelCounters; store?: StoreMetrics },
+  { membership: m, raft, store }: { membership: MembershipCounters; raft: RaftCounters; store?: StoreMetrics },
   status: PeerStatus,
 ): string {
   const byState = new Map<string, number>();
@@ -132,6 +147,7 @@ function metricsText(
     ...family('shoal_raft_frames_received_total', 'counter', 'Raft messages received.', [['', raft.framesReceived]]),
     ...family('shoal_raft_frames_dropped_total', 'counter', 'Raft messages dropped (queue full or peer unreachable).', [['', raft.framesDropped]]),
     ...family('shoal_raft_streams_reset_total', 'counter', 'Inbound raft streams reset for a bad frame.', [['', raft.streamsReset]]),
+    ...family('shoal_raft_frames_rejected_total', 'counter', 'Raft frames refused: sender outside the Raft configuration, term far ahead, or a snapshot that does not restore.', [['', raft.rejected]]),
     ...family('shoal_raft_frames_refused_total', 'counter', 'Raft frames refused before sending for exceeding the frame limit.', [['', raft.framesRefused]]),
     ...family('shoal_raft_term', 'gauge', 'Current Raft term.', [['', status.term]]),
     ...family('shoal_raft_commit_index', 'gauge', 'Raft commit index.', [['', status.commitIndex]]),
@@ -166,7 +182,7 @@ function notStarting<T>(value: T | null): T {
 }
 
 /** Serve the HTTP API on HOST:PORT. Resolves once listening; rejects with the listen error (e.g. EADDRINUSE). */
-export async function startHttpServer(hostPort: string, handlers: HttpHandlers, log: Logger): Promise<HttpServer> {
+export async function startHttpServer(hostPort: string, handlers: HttpHandlers, log: Logger, guard: GuardOptions = { allowedHosts: [] }): Promise<HttpServer> {
   const { host, port } = parseHostPort(hostPort, 'http');
   const kvDeps: KvRouteDeps = { kv: () => handlers.kv(), limits: () => handlers.limits() };
   /** Answered KV requests by operation and status, for /metrics. */
@@ -178,6 +194,8 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
     });
   };
 
+  /** Requests refused before routing (Host, Origin, content type: see request-guard.ts). */
+  let refused = 0;
   const routes: Array<{ pattern: RegExp; methods: Record<string, Handler> }> = [
     { pattern: /^\/v1\/status$/, methods: { GET: (_q, s) => sendJson(s, 200, notStarting(handlers.status())) } },
     { pattern: /^\/healthz$/, methods: { GET: (_q, s) => sendJson(s, 200, { ok: true }) } },
@@ -188,6 +206,8 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
           const text =
             metricsText(notStarting(handlers.counters()), notStarting(handlers.status())) +
             family('shoal_http_kv_requests_total', 'counter', 'Key-value requests answered, by operation and HTTP status.', [...kvRequests].sort()).join('\n') +
+            '\n' +
+            family('shoal_http_requests_refused_total', 'counter', 'HTTP requests refused before routing: Host not this peer, a foreign Origin on a state change, /v1/leave without JSON.', [['', refused]]).join('\n') +
             '\n';
           s.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
           s.end(text);
@@ -257,6 +277,11 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
     };
     try {
       const { path } = splitRequestTarget(req.url);
+      const refusal = checkRequest(req.method ?? '', path, req.headers, guard);
+      if (refusal !== null) {
+        refused++;
+        return sendError(res, refusal.status, refusal.code, refusal.message);
+      }
       let match: RegExpExecArray | null = null;
       const route = routes.find((r) => (match = r.pattern.exec(path)) !== null);
       if (route === undefined || match === null) return sendError(res, 404, 'not_found', `no route ${path}`);

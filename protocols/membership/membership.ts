@@ -191,7 +191,9 @@ export class Membership {
         break;
       case 'suspect':
       case 'dead':
-        this.receiveClaim(nowMs, { peerId: msg.peerId, state: msg.kind, incarnation: msg.incarnation, addrs: [] }, out);
+        // Another observer's verdict is never adopted as ours (DESIGN §4a): a `dead` claim counts
+        // as a suspicion, which the member refutes if it lives; our own detector convicts.
+        this.receiveClaim(nowMs, { peerId: msg.peerId, state: 'suspect', incarnation: msg.incarnation, addrs: [] }, out);
         break;
       case 'left':
         this.receiveClaim(nowMs, { peerId: msg.peerId, state: 'left', incarnation: msg.incarnation, addrs: [] }, out);
@@ -383,14 +385,24 @@ export class Membership {
     out.broadcast.push({ kind: 'suspect', from: this.self, peerId: row.peerId, incarnation: row.incarnation });
   }
 
-  /** A suspect, dead or left claim: about us, refute it; about an unknown peer, ignore it. */
+  /**
+   * A suspect or left claim: about us, refute it; about an unknown peer, ignore it. A claim by
+   * another about a member (a suspicion) is taken only at an incarnation we have heard from the
+   * member itself: only a member raises its own incarnation, so a higher one is forged, and
+   * taking it would make the member's real heartbeats look stale and evict it for good.
+   */
   private receiveClaim(nowMs: number, claim: MemberRecord, out: MembershipOutput): void {
     if (claim.peerId === this.self) {
       this.refuteIfNeeded(claim, nowMs, out);
       return;
     }
     const row = this.rows.get(claim.peerId);
-    if (row !== undefined) this.mergeClaim(row, claim, nowMs, out);
+    if (row === undefined) return;
+    if (claim.state !== 'left' && claim.incarnation > row.incarnation) {
+      out.rejected = `${claim.state} claim about ${claim.peerId} at incarnation ${claim.incarnation}, above its own ${row.incarnation}`;
+      return;
+    }
+    this.mergeClaim(row, claim, nowMs, out);
   }
 
   /**
@@ -402,7 +414,7 @@ export class Membership {
    * convict. Digests carry no arrival times, so detectors are not fed.
    */
   private receiveDigest(nowMs: number, msg: DigestMessage, out: MembershipOutput): void {
-    let refused = 0;
+    let ignored = 0;
     for (const record of msg.members) {
       if (record.peerId === this.self) {
         this.refuteIfNeeded(record, nowMs, out);
@@ -410,14 +422,31 @@ export class Membership {
       }
       const row = this.rows.get(record.peerId);
       if (row === undefined) {
-        if (this.admit(record, nowMs, out) === undefined) refused++;
-      } else {
-        const claim: MemberRecord = record.state === 'dead' ? { ...record, state: 'suspect' } : record;
-        this.mergeClaim(row, claim, nowMs, out);
+        // The sender's own record is its heartbeat's equal; anyone else's is hearsay: a peer
+        // enters the table only by its own (signed) heartbeat, so a digest cannot invent
+        // members (a stranger's digest once added 1,000, and some reached the cluster map).
+        if (record.peerId !== msg.from) ignored++;
+        else if (this.admit(record, nowMs, out) === undefined) out.rejected = 'member table full';
+        continue;
       }
+      if (record.peerId === msg.from) {
+        this.mergeClaim(row, record, nowMs, out);
+        continue;
+      }
+      // About a third member: never above the incarnation the member itself gave us, and a
+      // verdict (dead, left) only as a suspicion.
+      if (record.incarnation > row.incarnation) {
+        ignored++;
+        continue;
+      }
+      const claim: MemberRecord = record.state === 'dead' || record.state === 'left' ? { ...record, state: 'suspect' } : record;
+      this.mergeClaim(row, claim, nowMs, out);
     }
-    if (refused > 0) out.rejected = `member table full: ${refused} new members ignored`;
+    if (ignored > 0) this.counters.digestRecordsIgnored += ignored;
   }
+
+  /** Digest records not merged: unknown peers, or incarnations above what the member said itself. */
+  readonly counters = { digestRecordsIgnored: 0 };
 
   private mergeClaim(row: MemberRow, claim: MemberRecord, nowMs: number, out: MembershipOutput): void {
     if (!outranks(claim, row)) return;
@@ -446,6 +475,12 @@ export class Membership {
   private refuteIfNeeded(claim: StateClaim, nowMs: number, out: MembershipOutput): void {
     if (this.selfState === 'left') return;
     if (!outranks(claim, { state: 'alive', incarnation: this.selfIncarnation })) return;
+    // We alone raise our incarnation (and persist it): a claim above it is forged; refuting it
+    // would push ours toward 2^53 for nothing. Others ignore such claims too (receiveClaim).
+    if (claim.incarnation > this.selfIncarnation) {
+      out.rejected = `claim about us at incarnation ${claim.incarnation}, above ours (${this.selfIncarnation})`;
+      return;
+    }
     if (claim.incarnation >= Number.MAX_SAFE_INTEGER) {
       out.rejected = 'incarnation cannot rise above the claim';
       return;

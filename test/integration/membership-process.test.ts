@@ -57,6 +57,11 @@ describe('membership: 4 shoal processes, killed, frozen and restarted', function
     peers[3] = again;
     assert.equal(again.peerId, old.peerId);
     await waitFor('alive again at every peer', () => allSee(peers, again.peerId, (m) => m?.state === 'alive'), { timeoutMs: 15_000 });
+    // And it hears every other peer itself: a peer learns of members only from their own
+    // heartbeats, never from another's digest (a stranger's digest could invent them).
+    for (const other of peers) {
+      await waitFor(`the restarted peer to hear ${other.peerId}`, () => allSee([again], other.peerId, (m) => m?.state === 'alive'), { timeoutMs: 15_000 });
+    }
   });
 
   it('SIGSTOP: suspect then dead; SIGCONT: alive again with a higher incarnation', async () => {

@@ -216,7 +216,7 @@ describe('HTTP key-value routes (fake store)', function () {
     await new Promise<void>((resolve) => {
       const [host, port] = server.address.split(':') as [string, string];
       const sock = connect(Number(port), host, () => {
-        sock.write('PUT /v1/kv/abort HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\nxxxx');
+        sock.write('PUT /v1/kv/abort HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\nxxxx');
         setTimeout(() => {
           sock.destroy();
           resolve();
@@ -225,10 +225,10 @@ describe('HTTP key-value routes (fake store)', function () {
     });
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(kv.calls.length, 0);
-    const dots = await rawRequest(server.address, 'PUT /v1/kv/a/../b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nz');
+    const dots = await rawRequest(server.address, 'PUT /v1/kv/a/../b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nConnection: close\r\n\r\nz');
     assert.match(dots, /^HTTP\/1.1 200/);
     assert.ok(kv.data.has('a/../b'));
-    const pct = await rawRequest(server.address, 'GET /v1/kv/%E2%82%AC/%2e%2e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    const pct = await rawRequest(server.address, 'GET /v1/kv/%E2%82%AC/%2e%2e HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
     assert.match(pct, /^HTTP\/1.1 404/);
     assert.deepEqual(kv.calls.at(-1), { op: 'get', key: '€/..', options: {} });
   });

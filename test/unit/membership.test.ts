@@ -278,11 +278,16 @@ describe('Membership', () => {
       assert.equal(h.core.member(SELF, 50)?.state, 'alive');
     });
 
-    it('a death verdict at a later incarnation is refuted above it', () => {
+    it('a death verdict at its own incarnation is refuted above it; one above its incarnation is ignored as forged', () => {
       const h = new Harness({}, 1);
-      const out = h.receive(B, { kind: 'dead', from: B, peerId: SELF, incarnation: 7 });
-      assert.equal(h.core.incarnation, 8);
+      const out = h.receive(B, { kind: 'dead', from: B, peerId: SELF, incarnation: 1 });
+      assert.equal(h.core.incarnation, 2);
       assert.deepEqual(kinds(out), ['heartbeat']);
+      // Only we raise our incarnation: a claim at 2^53 - 1 is not chased (and others ignore it).
+      const forged = h.receive(B, { kind: 'dead', from: B, peerId: SELF, incarnation: Number.MAX_SAFE_INTEGER });
+      assert.equal(typeof forged.rejected, 'string');
+      assert.deepEqual(kinds(forged), []);
+      assert.equal(h.core.incarnation, 2);
     });
 
     it('ignores claims about an older incarnation, and alive at our own', () => {
@@ -293,12 +298,12 @@ describe('Membership', () => {
       assert.equal(h.core.incarnation, 3);
     });
 
-    it('refutes a claim found in a digest, including an alive row of a previous life', () => {
-      const h = new Harness();
+    it('refutes a claim about it found in a digest; one above its own incarnation is ignored', () => {
+      const h = new Harness({}, 2);
       h.receive(C, digest(C, [record(SELF, 'left', 2)]));
       assert.equal(h.core.incarnation, 3);
       h.receive(C, digest(C, [record(SELF, 'alive', 6)]));
-      assert.equal(h.core.incarnation, 7);
+      assert.equal(h.core.incarnation, 3);
     });
 
     it('ignores its own messages echoed back', () => {
@@ -326,32 +331,48 @@ describe('Membership', () => {
       }
     });
 
-    it('a stale alive does not beat dead at a higher incarnation; a rejoin at a higher one does', () => {
+    it('a stale alive does not beat dead; a rejoin at a higher incarnation does', () => {
       const h = new Harness();
       h.receive(B, heartbeat(B, 2));
-      h.receive(C, { kind: 'dead', from: C, peerId: B, incarnation: 3 });
+      h.runUntil(6000); // B silent: our own detector suspects, then convicts it at incarnation 2
       assert.equal(h.state(B), 'dead');
-      h.nowMs = 3000;
-      assert.deepEqual(h.receive(B, heartbeat(B, 2)).events, []);
-      assert.deepEqual(h.receive(B, heartbeat(B, 3)).events, [], 'alive at the dead incarnation is not enough');
+      assert.deepEqual(h.receive(B, heartbeat(B, 2)).events, [], 'alive at the dead incarnation is not enough');
       assert.equal(h.state(B), 'dead');
-      const stale = h.core.member(B, 3000);
-      assert.equal(stale?.lastHeartbeatAgeMs, 3000, 'stale heartbeats are not arrivals');
+      const stale = h.core.member(B, 6000);
+      assert.equal(stale?.lastHeartbeatAgeMs, 6000, 'stale heartbeats are not arrivals');
       assert.ok((stale?.phi ?? 0) > 30, 'nor fed to the detector');
-      h.nowMs = 3500;
-      const out = h.receive(B, heartbeat(B, 4));
-      assert.deepEqual(stateChanges(out), [`${B}:dead->alive@4`]);
-      assert.ok((h.core.member(B, 3500)?.phi ?? 1) < 1e-6);
+      h.nowMs = 6500;
+      const out = h.receive(B, heartbeat(B, 3));
+      assert.deepEqual(stateChanges(out), [`${B}:dead->alive@3`]);
+      assert.ok((h.core.member(B, 6500)?.phi ?? 1) < 1e-6);
     });
 
-    it('a suspicion at a higher incarnation revives a dead row as suspect, with a fresh detector', () => {
+    it('another peer cannot raise a member\'s incarnation or convict it: a dead claim is a suspicion at most', () => {
+      const h = new Harness();
+      h.receive(B, heartbeat(B, 2));
+      h.receive(C, heartbeat(C));
+      // A verdict at 2^53 - 1 (which B's real heartbeats could never beat) is refused outright.
+      const forged = h.receive(C, { kind: 'dead', from: C, peerId: B, incarnation: Number.MAX_SAFE_INTEGER });
+      assert.equal(typeof forged.rejected, 'string');
+      assert.equal(h.state(B), 'alive');
+      assert.equal(h.core.member(B, 0)?.incarnation, 2);
+      // At B's own incarnation, `dead` only makes B suspect; B refutes by heartbeating higher.
+      assert.deepEqual(stateChanges(h.receive(C, { kind: 'dead', from: C, peerId: B, incarnation: 2 })), [`${B}:alive->suspect@2`]);
+      h.nowMs = 300;
+      assert.deepEqual(stateChanges(h.receive(B, heartbeat(B, 3))), [`${B}:suspect->alive@3`]);
+    });
+
+    it('only the member itself revives a dead row: a third party\'s record at a higher incarnation is ignored', () => {
       const h = new Harness();
       h.receive(B, heartbeat(B));
-      h.receive(C, { kind: 'dead', from: C, peerId: B, incarnation: 0 });
-      h.nowMs = 5000;
-      const out = h.receive(C, digest(C, [record(B, 'suspect', 1)]));
-      assert.deepEqual(stateChanges(out), [`${B}:dead->suspect@1`]);
-      assert.ok((h.core.member(B, 5000)?.phi ?? 1) < 1e-6);
+      h.runUntil(6000, [C]);
+      assert.equal(h.state(B), 'dead');
+      assert.deepEqual(stateChanges(h.receive(C, digest(C, [record(B, 'suspect', 1)]))), []);
+      assert.deepEqual(stateChanges(h.receive(C, digest(C, [record(B, 'alive', 1)]))), []);
+      assert.equal(h.state(B), 'dead');
+      const out = h.receive(B, heartbeat(B, 1));
+      assert.deepEqual(stateChanges(out), [`${B}:dead->alive@1`]);
+      assert.ok((h.core.member(B, 6000)?.phi ?? 1) < 1e-6, 'with a fresh detector');
     });
 
     it('a suspicion at an older incarnation is ignored', () => {
@@ -430,19 +451,21 @@ describe('Membership', () => {
   });
 
   describe('digests', () => {
-    it('adds unknown peers: live ones with a detector started now, dead and left as such', () => {
+    it('never adds a peer on hearsay: a digest admits only its sender, whose own record it is', () => {
       const h = new Harness();
       h.receive(C, heartbeat(C));
       h.nowMs = 200;
-      const out = h.receive(C, digest(C, [record(C, 'alive', 0), record(B, 'alive', 2, ['/ip4/10.0.0.2/tcp/1']), record(D, 'dead', 1), record('peer-e', 'suspect', 0)]));
-      assert.deepEqual(stateChanges(out), [`${B}:null->alive@2`, `${D}:null->dead@1`, 'peer-e:null->suspect@0']);
-      const b = h.core.member(B, 200);
-      assert.equal(b?.lastHeartbeatAgeMs, null, 'a digest is not a heartbeat');
-      assert.deepEqual(b?.addrs, ['/ip4/10.0.0.2/tcp/1']);
-      // B never heartbeats: suspected once phi crosses 8 counting from the digest (200 + 2153.2 with bootstrap stats).
-      h.runUntil(5000, [C]);
-      assert.equal(h.firstTime(`${B}:alive->suspect@2`), 2400);
-      assert.equal(h.firstTime('peer-e:suspect->dead@0'), 1200);
+      const fakes = Array.from({ length: 50 }, (_, k) => record(`peer-fake-${k}`, 'alive', 0));
+      const out = h.receive(C, digest(C, [record(C, 'alive', 0), record(B, 'alive', 2, ['/ip4/10.0.0.2/tcp/1']), record(D, 'dead', 1), ...fakes]));
+      assert.deepEqual(stateChanges(out), []);
+      assert.equal(h.core.member(B, 200), undefined);
+      assert.equal(h.core.member(D, 200), undefined);
+      assert.equal(h.core.members(200).length, 2, 'self and C only');
+      assert.equal(h.core.counters.digestRecordsIgnored, 52);
+      // The sender's own record is as good as its heartbeat: E joins by its own digest.
+      const e = h.receive('peer-e', digest('peer-e', [record('peer-e', 'alive', 0, ['/ip4/10.0.0.5/tcp/1'])]));
+      assert.deepEqual(stateChanges(e), ['peer-e:null->alive@0']);
+      assert.equal(h.core.member('peer-e', 200)?.lastHeartbeatAgeMs, null, 'a digest is not a heartbeat');
     });
 
     it('does not feed detectors from digests', () => {
@@ -462,10 +485,14 @@ describe('Membership', () => {
       h.receive(D, heartbeat(D, 1));
       const out = h.receive(C, digest(C, [record(B, 'suspect', 1), record(C, 'alive', 1), record(D, 'alive', 0)]));
       assert.deepEqual(stateChanges(out), [`${B}:alive->suspect@1`]);
+      // A third party's alive above B's own incarnation is ignored; B's own heartbeat counts.
       h.receive(C, digest(C, [record(B, 'alive', 2), record(D, 'left', 1)]));
+      assert.equal(h.state(B), 'suspect');
+      h.receive(B, heartbeat(B, 2));
       assert.equal(h.state(B), 'alive');
       assert.equal(h.core.member(B, 0)?.incarnation, 2);
-      assert.equal(h.state(D), 'left');
+      // Someone else's `left` about D is a suspicion only: D alone says it left.
+      assert.equal(h.state(D), 'suspect');
     });
 
     it('treats a dead record about a live member as a suspicion, so the member has time to refute', () => {
@@ -507,8 +534,8 @@ describe('Membership', () => {
       const admitted = h.receive(D, heartbeat(D));
       assert.equal(admitted.rejected, undefined);
       assert.deepEqual(h.core.members(20).map((m) => m.peerId), [C, D, SELF]);
-      const partly = h.receive(C, digest(C, [record('peer-x', 'alive', 0), record('peer-y', 'alive', 0)]));
-      assert.equal(typeof partly.rejected, 'string');
+      const full = h.receive('peer-x', heartbeat('peer-x'));
+      assert.equal(full.rejected, 'member table full');
       assert.equal(h.core.members(20).length, 3);
     });
 
