@@ -146,7 +146,12 @@ export class Coordinator {
         snapshotIndex: recovered.snapshot?.index ?? 0,
       });
     }
-    return new Coordinator(opts, storage, recovered);
+    const coordinator = new Coordinator(opts, storage, recovered);
+    const lost = coordinator.node.recoveredLostTail;
+    if (lost !== null) {
+      opts.log.warn('raft log lost its tail (a torn write); committing what is here, the coordinator resends the rest', lost);
+    }
+    return coordinator;
   }
 
   async start(): Promise<void> {
@@ -301,6 +306,7 @@ export class Coordinator {
       } catch (err) {
         // Losing the disk under Raft is a broken invariant: stop serving rather than lie.
         this.opts.log.error('raft persistence failed; stopping the coordinator', { err });
+        this.storageFailure = (err as Error).message ?? String(err);
         this.stopped = true;
         return;
       }
@@ -401,6 +407,29 @@ export class Coordinator {
 
   /** Raft frames refused for the sender's role or their content (see admitRaft). */
   readonly counters = { rejected: 0 };
+  /** Why Raft stopped writing (the disk failed under it), or null. */
+  private storageFailure: string | null = null;
+  /** Since when (Date.now()) no coordinator has been known here, or null while one is. */
+  private noLeaderSince: number | null = null;
+
+  /**
+   * What keeps this peer from doing its part, for /healthz: Raft storage failed; no coordinator
+   * known for `noLeaderMs`; the log lost its tail at recovery and has not been filled again.
+   */
+  healthProblems(noLeaderMs: number): string[] {
+    const problems: string[] = [];
+    if (this.storageFailure !== null) problems.push(`raft storage failed: ${this.storageFailure}`);
+    const now = Date.now();
+    if (this.node.status.leader === null) {
+      this.noLeaderSince ??= now;
+      if (now - this.noLeaderSince >= noLeaderMs) problems.push(`no coordinator known for ${now - this.noLeaderSince} ms`);
+    } else this.noLeaderSince = null;
+    const lost = this.node.recoveredLostTail;
+    if (lost !== null && this.node.commitIndex < lost.committed) {
+      problems.push(`raft log lost its tail at recovery (commit ${lost.committed}, entries to ${lost.lastIndex}); catching up at ${this.node.commitIndex}`);
+    }
+    return problems;
+  }
 
   // -------------------------------------------------------------------------------------------
   // Leader: keep configuration and map in line with membership.

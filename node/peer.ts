@@ -17,6 +17,11 @@ import type { RaftCounters } from './http/server.js';
 import { PeerStartError } from './errors.js';
 import { validateSwarmKey } from './swarm-key.js';
 import { StoreService } from './store-service.js';
+
+/** /healthz reports a peer that has known no coordinator this long (elections take 1-2 s). */
+const HEALTH_NO_COORDINATOR_MS = 5000;
+/** /healthz reports a shard the map gives this peer that has had no open replica this long. */
+const HEALTH_SHARD_MISSING_MS = 10_000;
 import type { GetOptions, GetOutcome, KvApi, PutOptions, ShardSummary, WriteOutcome } from './store-api.js';
 
 export interface PeerStatus extends CoordinatorStatus {
@@ -107,6 +112,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
         opts.http,
         {
           status: () => peer?.status() ?? null,
+          health: () => peer?.healthProblems() ?? null,
           counters: () => peer?.counters ?? null,
           clusterMap: () => peer?.coordinator.mapView() ?? null,
           leave: () => {
@@ -212,6 +218,11 @@ class PeerImpl implements Peer {
 
   get peerId(): string {
     return this.host.peerId.toString();
+  }
+
+  /** Why this peer is not healthy (/healthz): its coordinator's and its store's problems; empty when healthy. */
+  healthProblems(): string[] {
+    return [...this.coordinator.healthProblems(HEALTH_NO_COORDINATOR_MS), ...this.kv.healthProblems(HEALTH_SHARD_MISSING_MS)];
   }
 
   get counters(): { membership: MembershipCounters; raft: RaftCounters; store: StoreMetrics } {

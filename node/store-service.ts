@@ -373,6 +373,7 @@ export class StoreService implements KvApi {
         return slot;
       } catch (err) {
         this.opts.log.error('cannot open shard', { shard, err });
+        this.failedShards.set(shard, `cannot open: ${(err as Error).message ?? String(err)}`);
         return null;
       } finally {
         this.opening.delete(shard);
@@ -426,6 +427,7 @@ export class StoreService implements KvApi {
       } catch (err) {
         // Losing the disk under a replica breaks its promises: stop this replica rather than lie.
         this.opts.log.error('shard persistence failed; dropping the replica until restart', { shard: slot.shard, err });
+        this.failedShards.set(slot.shard, (err as Error).message ?? String(err));
         slot.removed = true;
         this.slots.delete(slot.shard);
         return;
@@ -1158,6 +1160,31 @@ export class StoreService implements KvApi {
       const slot = this.slots.get(shard);
       return { shard, ...a, seq: slot === undefined ? null : slot.core.progress().lastSeq };
     });
+  }
+
+  /** Shards whose storage failed here (open or persist), with the error: not served until restart. */
+  private readonly failedShards = new Map<number, string>();
+  /** Since when (local ms) each shard the map gives this peer has had no open replica. */
+  private readonly missingSince = new Map<number, number>();
+
+  /**
+   * What keeps this peer from serving its shards, for /healthz: a shard whose storage failed, or
+   * one the map gives this peer that has had no open replica for `missingMs`.
+   */
+  healthProblems(missingMs: number): string[] {
+    const problems: string[] = [];
+    for (const [shard, why] of this.failedShards) problems.push(`shard ${shard} storage failed: ${why}`);
+    const now = this.now();
+    this.view.shards.forEach((a, shard) => {
+      if (!a.replicas.includes(this.self) || this.slots.has(shard) || this.failedShards.has(shard)) {
+        this.missingSince.delete(shard);
+        return;
+      }
+      const since = this.missingSince.get(shard) ?? now;
+      this.missingSince.set(shard, since);
+      if (now - since >= missingMs) problems.push(`shard ${shard} is assigned here but not open for ${Math.round(now - since)} ms`);
+    });
+    return problems.slice(0, 32);
   }
 
   /** Catch-ups under way and abandoned ones, as the shard controller sees them; null unless this peer is the coordinator. */

@@ -27,6 +27,8 @@ export { ClientGoneError, HttpError };
 /** Handlers answer null while the peer is still starting (the API answers 503 then). */
 export interface HttpHandlers {
   status(): PeerStatus | null;
+  /** What keeps the peer from doing its part (empty: healthy), or null while it starts. /healthz answers 503 with them. */
+  health?(): string[] | null;
   counters(): { membership: MembershipCounters; raft: RaftCounters; store?: StoreMetrics } | null;
   clusterMap(): ClusterMapView | null;
   /** Start a graceful stop of this peer (hand over, announce left, exit); returns at once. */
@@ -198,7 +200,16 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
   let refused = 0;
   const routes: Array<{ pattern: RegExp; methods: Record<string, Handler> }> = [
     { pattern: /^\/v1\/status$/, methods: { GET: (_q, s) => sendJson(s, 200, notStarting(handlers.status())) } },
-    { pattern: /^\/healthz$/, methods: { GET: (_q, s) => sendJson(s, 200, { ok: true }) } },
+    {
+      pattern: /^\/healthz$/,
+      methods: {
+        GET: (_q, s) => {
+          const problems = handlers.health?.() ?? ['the peer is starting'];
+          if (problems.length === 0) return sendJson(s, 200, { ok: true });
+          sendJson(s, 503, { ok: false, problems }, { 'retry-after': '1' });
+        },
+      },
+    },
     {
       pattern: /^\/metrics$/,
       methods: {

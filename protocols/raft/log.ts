@@ -35,17 +35,24 @@ export class RaftLog {
   unstableFrom: number;
   /** A snapshot received from the leader, not yet handed out in `Ready.snapshot`. */
   pendingSnapshot: Snapshot | null = null;
+  /** Set at recovery when the stored commit index was beyond the last stored entry. */
+  lostTail: { committed: number; lastIndex: number } | null = null;
 
   constructor(snapshot: Snapshot, entries: Entry[], committed: number, applied: number) {
     this.snapshotValue = snapshot;
     const kept = entries.filter((e) => e.index > snapshot.index);
     kept.forEach((e, k) => assertRaft(e.index === snapshot.index + 1 + k, `recovered entries not contiguous at ${e.index}`));
     this.entries = kept;
-    this.committed = Math.max(committed, snapshot.index);
-    assertRaft(this.committed <= this.lastIndex(), `recovered commit ${committed} beyond last index ${this.lastIndex()}`);
-    assertRaft(applied >= snapshot.index && applied <= this.committed, `recovered applied ${applied} outside [snapshot, commit]`);
-    this.applied = applied;
-    this.applying = applied;
+    // A log that lost its tail (a torn write that was never fsynced) holds less than the commit
+    // index it recorded: commit only what is here; the leader sends the rest again. Refusing to
+    // start instead left the peer crash-looping (issue 9, attack 8). `lostTail` tells the shell.
+    const wanted = Math.max(committed, snapshot.index);
+    this.committed = Math.min(wanted, this.lastIndex());
+    if (wanted > this.committed) this.lostTail = { committed: wanted, lastIndex: this.lastIndex() };
+    const start = Math.min(Math.max(applied, snapshot.index), this.committed);
+    assertRaft(applied >= snapshot.index, `recovered applied ${applied} below the snapshot ${snapshot.index}`);
+    this.applied = start;
+    this.applying = start;
     this.unstableFrom = this.lastIndex() + 1;
   }
 

@@ -124,6 +124,15 @@ export class Progress {
    * agree. False when the rejection is stale (answers an older message).
    */
   maybeDecrTo(rejected: number, hintIndex: number): boolean {
+    // The follower no longer holds the entry it acknowledged as `match` (it lost the tail of its
+    // log: a torn write that was never fsynced). Believe it and resend from where it matches;
+    // the commit index never goes back, so this only costs a resend.
+    if (rejected === this.match && hintIndex < this.match) {
+      this.match = Math.max(0, hintIndex);
+      this.next = this.match + 1;
+      this.probeSent = false;
+      return true;
+    }
     if (this.state === 'replicate') {
       if (rejected <= this.match) return false;
       this.next = this.match + 1;

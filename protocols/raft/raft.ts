@@ -191,6 +191,15 @@ export class RaftNode {
     return cloneConfState(this.conf);
   }
 
+  /**
+   * Set when the recovered commit index was beyond the last recovered entry: the log lost its
+   * tail (a torn write that was never fsynced). The node commits what it holds and the leader
+   * sends the rest again; the shell should say so.
+   */
+  get recoveredLostTail(): { committed: number; lastIndex: number } | null {
+    return this.log.lostTail;
+  }
+
   get status(): RaftStatus {
     return {
       id: this.id,
@@ -662,8 +671,10 @@ export class RaftNode {
   }
 
   private handleHeartbeat(m: HeartbeatMessage): void {
-    // The leader sends min(our match, its commit), so this never passes our matching prefix.
-    this.log.commitTo(m.commit);
+    // The leader sends min(our match, its commit), so this never passes our matching prefix,
+    // unless we lost the tail of our log since we acknowledged it (a torn, unsynced write):
+    // then commit what we hold; the leader learns from our next rejection and resends.
+    this.log.commitTo(Math.min(m.commit, this.log.lastIndex()));
     this.send({ type: 'heartbeat-response', to: m.from, term: this.termValue });
   }
 

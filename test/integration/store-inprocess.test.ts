@@ -7,7 +7,7 @@ import type { StoreService } from '../../node/store-service.js';
 import { shardOf } from '../../protocols/placement/index.js';
 import { makeTempDir, removeDir, waitFor } from './harness.js';
 
-const quiet = createLogger('silent');
+const quiet = createLogger((process.env.SHOAL_TEST_LOG as 'info' | undefined) ?? 'silent');
 
 function startPeer(dir: string, name: string, joinAddrs: string[] = [], extra: Record<string, unknown> = {}): Promise<Peer> {
   return createPeer(
@@ -228,7 +228,16 @@ describe('store: a new replica of a shard whose log was trimmed gets a snapshot'
         for (let n = 0; n < 300; n++) {
           const key = keys[n % keys.length]!;
           const value = `s${shard}-n${n}`;
-          await peers[n % 3]!.put(key, value);
+          // A planned handover (the first assignment settling its primaries) can leave a write in
+          // flight `indeterminate` (README: primaries); the same put again settles the value.
+          for (let attempt = 0; ; attempt++) {
+            try {
+              await peers[n % 3]!.put(key, value);
+              break;
+            } catch (err) {
+              if ((err as StoreError).code !== 'indeterminate' || attempt >= 4) throw err;
+            }
+          }
           last.set(key, value);
         }
       }),

@@ -524,6 +524,26 @@ describe('raft core', () => {
     });
   });
 
+  describe('a follower that lost the tail of its log', () => {
+    it('restarts without refusing (commit clamped), and the leader sends the lost entries again', () => {
+      const net = electedNetwork();
+      for (const v of ['a', 'b', 'c', 'd']) net.propose('n1', v);
+      net.tick(2);
+      assert.deepEqual(net.apps.get('n3')!.applied, ['a', 'b', 'c', 'd']);
+      // n3 dies; the last two entries never reached its disk, though its commit index did.
+      const store = net.stores.get('n3')!;
+      const commit = store.hardState.commit;
+      store.entries = store.entries.slice(0, -2);
+      const node = net.restart('n3');
+      assert.deepEqual(node.recoveredLostTail, { committed: commit, lastIndex: commit - 2 });
+      assert.equal(node.status.commitIndex, commit - 2);
+      net.propose('n1', 'e');
+      net.tick(4);
+      assert.deepEqual(net.apps.get('n3')!.applied, ['a', 'b', 'c', 'd', 'e']);
+      assert.equal(net.node('n3').status.commitIndex, net.node('n1').status.commitIndex);
+    });
+  });
+
   describe('membership changes', () => {
     it('refuses a conf change until the new leader commits an entry of its term, and one at a time', () => {
       const net = new TestNetwork(ids3);

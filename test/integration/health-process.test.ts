@@ -1,0 +1,87 @@
+/**
+ * /healthz tells the truth (issue 9): 503 with the problems while a peer cannot do its part, 200
+ * only once it can. And a peer whose newest LevelDB log was torn in half after a SIGKILL
+ * restarts, catches up, and serves every key.
+ */
+import assert from 'node:assert/strict';
+import { readdirSync, statSync, truncateSync } from 'node:fs';
+import http from 'node:http';
+import { join } from 'node:path';
+import { makeTempDir, ProcessPeer, removeDir, waitFor } from './harness.js';
+import { Cluster, kvPath, request } from './process-cluster.js';
+
+async function health(address: string): Promise<{ status: number; problems: string[] }> {
+  const res = await fetch(`http://${address}/healthz`, { signal: AbortSignal.timeout(3000) });
+  const body = (await res.json()) as { problems?: string[] };
+  return { status: res.status, problems: body.problems ?? [] };
+}
+
+describe('health and torn logs', function () {
+  this.timeout(120_000);
+  const cleanup: Array<() => Promise<void>> = [];
+  after(async () => {
+    for (const f of cleanup.reverse()) await f().catch(() => {});
+  });
+
+  it('/healthz answers 503 naming the problem while a peer knows no coordinator, 200 on a working peer', async () => {
+    const dir = await makeTempDir();
+    cleanup.push(() => removeDir(dir));
+    // A join address nobody answers: this peer never learns a coordinator.
+    const lonely = await ProcessPeer.start(join(dir, 'lonely'), { join: ['/ip4/127.0.0.1/tcp/9/p2p/12D3KooWJmHGoTpnwbhFpWDnrD3LRNkfmZDmdnf7snitw2TV3zga'] });
+    cleanup.push(() => lonely.destroy());
+    const sick = await waitFor('503 from the lonely peer', async () => {
+      const h = await health(lonely.httpAddress);
+      return h.status === 503 ? h : null;
+    }, { timeoutMs: 15_000, intervalMs: 250 });
+    assert.ok(sick.problems.some((p) => p.includes('no coordinator')), JSON.stringify(sick.problems));
+    const seed = await ProcessPeer.start(join(dir, 'seed'));
+    cleanup.push(() => seed.destroy());
+    await waitFor('200 from a seed that elected itself', async () => (await health(seed.httpAddress)).status === 200, { timeoutMs: 15_000, intervalMs: 250 });
+  });
+
+  it('a peer whose newest LevelDB log is cut in half after SIGKILL restarts, catches up and serves every key; /healthz is 200 only when it does', async () => {
+    const c = await Cluster.create();
+    cleanup.push(() => c.destroy());
+    await c.startPeers(3);
+    await c.waitSettled('start', 60_000);
+    const agent = new http.Agent({ keepAlive: true });
+    cleanup.push(async () => agent.destroy());
+    const keys = Array.from({ length: 200 }, (_, k) => `torn-${k}`);
+    for (const key of keys) assert.equal((await request(agent, c.peers[0]!.httpAddress, 'PUT', kvPath(key), Buffer.from(`v:${key}`), 5000)).status, 200);
+    const coordinator = (await c.status(c.peers[0]!)).coordinator;
+    const i = c.peers.findIndex((p) => p.peerId !== coordinator);
+    const victim = c.peers[i]!;
+    victim.signal('SIGKILL');
+    await victim.waitExit();
+    const db = join(victim.dataDir, 'db');
+    const logs = readdirSync(db)
+      .filter((f) => f.endsWith('.log'))
+      .map((f) => ({ f, size: statSync(join(db, f)).size, mtimeMs: statSync(join(db, f)).mtimeMs }))
+      .sort((a, b) => b.mtimeMs - a.mtimeMs);
+    assert.ok(logs.length > 0 && logs[0]!.size > 0, 'a LevelDB log to tear');
+    truncateSync(join(db, logs[0]!.f), Math.floor(logs[0]!.size / 2));
+    const again = await ProcessPeer.start(victim.dataDir, { join: [c.peers.find((p) => p !== victim)!.joinAddr] });
+    c.peers[i] = again;
+    // Whenever it says 200, it serves: poll both until every key reads back through it.
+    let healthySeen = false;
+    await waitFor(
+      'the restarted peer to serve every key',
+      async () => {
+        const h = await health(again.httpAddress);
+        let ok = 0;
+        for (const key of keys) {
+          const r = await request(agent, again.httpAddress, 'GET', kvPath(key), undefined, 3000).catch(() => null);
+          if (r !== null && r.status === 200 && r.body.toString() === `v:${key}`) ok++;
+        }
+        if (h.status === 200) {
+          healthySeen = true;
+          assert.equal(ok, keys.length, `/healthz said 200 while ${keys.length - ok} keys did not read back`);
+        }
+        return ok === keys.length && h.status === 200;
+      },
+      { timeoutMs: 60_000, intervalMs: 500 },
+    );
+    assert.ok(healthySeen);
+    await c.waitSettled('after the torn restart', 60_000);
+  });
+});
