@@ -186,10 +186,16 @@ function discardRest(req: IncomingMessage): void {
  * was announced with `Expect: 100-continue` is never sent). A client that aborts rejects with
  * ClientGoneError. Keeps an `error` listener on `req` so a late reset cannot crash the process.
  */
-export function readBoundedBody(req: IncomingMessage, maxBytes: number, tooLarge: () => HttpError): Promise<Buffer> {
+export function readBoundedBody(req: IncomingMessage, maxBytes: number, tooLarge: () => HttpError, budget?: BodyBudget): Promise<Buffer> {
   req.on('error', () => {});
   const declared = req.headers['content-length'];
   const declaredBytes = declared === undefined ? null : Number(declared);
+  // Over budget already, or a declared body that would take it over: refuse before reading.
+  if (budget !== undefined && declaredBytes !== null && declaredBytes <= maxBytes && budget.usedBytes + declaredBytes > budget.maxBytes) {
+    continueOwed.delete(req);
+    req.resume();
+    return Promise.reject(overloaded());
+  }
   const owed = continueOwed.get(req);
   if (owed !== undefined) {
     continueOwed.delete(req);
@@ -218,12 +224,20 @@ export function readBoundedBody(req: IncomingMessage, maxBytes: number, tooLarge
       req.off('end', onEnd);
       req.off('close', onClose);
       if (err === null) return resolve(Buffer.concat(chunks, size));
+      // The caller releases what a body it got holds; a failed read releases here.
+      if (budget !== undefined) budget.usedBytes -= Math.min(size, maxBytes + 1);
       chunks.length = 0;
       if (!(err instanceof ClientGoneError)) discardRest(req);
       reject(err);
     };
     const onData = (chunk: Buffer): void => {
+      if (settled) return;
+      const before = size;
       size += chunk.length;
+      if (budget !== undefined) {
+        budget.usedBytes += Math.min(size, maxBytes + 1) - Math.min(before, maxBytes + 1);
+        if (budget.usedBytes > budget.maxBytes) return finish(overloaded());
+      }
       if (size > maxBytes) finish(tooLarge());
       else chunks.push(chunk);
     };
@@ -266,6 +280,21 @@ export interface KvRouteDeps {
   /** The store; null while the peer starts (503 `starting`). */
   kv(): HttpKv | null;
   limits(): StoreLimits;
+  /** Bytes of request bodies held by this server at once, all requests together. */
+  bodyBudget?: BodyBudget;
+}
+
+/**
+ * A byte budget shared by every request body being read or written to the store: a flood of
+ * connections each sending a megabyte gets 503 `overloaded` instead of the peer's memory.
+ */
+export interface BodyBudget {
+  maxBytes: number;
+  usedBytes: number;
+}
+
+function overloaded(): HttpError {
+  return new HttpError(503, 'overloaded', 'this peer holds as many request bodies as it takes at once; retry', { 'retry-after': '1', connection: 'close' });
 }
 
 function requireKv(deps: KvRouteDeps): HttpKv {
@@ -317,9 +346,15 @@ export async function handleKvPut(req: IncomingMessage, res: ServerResponse, dep
     req,
     limits.maxValueBytes,
     () => new HttpError(413, 'value_too_large', `the value is over the limit of ${limits.maxValueBytes} bytes`),
+    deps.bodyBudget,
   );
-  const { version } = await kv.put(key, new Uint8Array(value.buffer, value.byteOffset, value.byteLength), options);
-  sendJsonBody(res, 200, { key, version });
+  try {
+    const { version } = await kv.put(key, new Uint8Array(value.buffer, value.byteOffset, value.byteLength), options);
+    sendJsonBody(res, 200, { key, version });
+  } finally {
+    // The body is held until the store has it.
+    if (deps.bodyBudget !== undefined) deps.bodyBudget.usedBytes -= value.byteLength;
+  }
 }
 
 export async function handleKvDelete(req: IncomingMessage, res: ServerResponse, deps: KvRouteDeps): Promise<void> {

@@ -17,6 +17,7 @@ import {
   httpErrorFromStore,
   markContinueOwed,
   readBoundedBody,
+  type BodyBudget,
   splitRequestTarget,
   type HttpKv,
   type KvRouteDeps,
@@ -42,6 +43,8 @@ export interface HttpHandlers {
 }
 
 export interface HttpServer {
+  /** Bytes of request bodies held now (see HttpServerLimits.maxBodyBytesInFlight). */
+  bodyBytesInFlight(): number;
   /** HOST:PORT actually bound (port 0 resolved). */
   readonly address: string;
   close(): Promise<void>;
@@ -184,9 +187,26 @@ function notStarting<T>(value: T | null): T {
 }
 
 /** Serve the HTTP API on HOST:PORT. Resolves once listening; rejects with the listen error (e.g. EADDRINUSE). */
-export async function startHttpServer(hostPort: string, handlers: HttpHandlers, log: Logger, guard: GuardOptions = { allowedHosts: [] }): Promise<HttpServer> {
+/** Bounds of one HTTP server (DESIGN §5: a limit on everything). */
+export interface HttpServerLimits {
+  /** Open connections at once; more are closed as they arrive. Default 512. */
+  maxConnections: number;
+  /** Bytes of request bodies held at once, all requests together; beyond it 503 `overloaded`. Default 64 MiB: 64 maximal values in flight. */
+  maxBodyBytesInFlight: number;
+}
+
+export const DEFAULT_HTTP_SERVER_LIMITS: Readonly<HttpServerLimits> = Object.freeze({ maxConnections: 512, maxBodyBytesInFlight: 64 * 1024 * 1024 });
+
+export async function startHttpServer(
+  hostPort: string,
+  handlers: HttpHandlers,
+  log: Logger,
+  guard: GuardOptions = { allowedHosts: [] },
+  limits: HttpServerLimits = DEFAULT_HTTP_SERVER_LIMITS,
+): Promise<HttpServer> {
   const { host, port } = parseHostPort(hostPort, 'http');
-  const kvDeps: KvRouteDeps = { kv: () => handlers.kv(), limits: () => handlers.limits() };
+  const bodyBudget: BodyBudget = { maxBytes: limits.maxBodyBytesInFlight, usedBytes: 0 };
+  const kvDeps: KvRouteDeps = { kv: () => handlers.kv(), limits: () => handlers.limits(), bodyBudget };
   /** Answered KV requests by operation and status, for /metrics. */
   const kvRequests = new Map<string, number>();
   const countKv = (res: ServerResponse, op: string): void => {
@@ -217,6 +237,8 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
           const text =
             metricsText(notStarting(handlers.counters()), notStarting(handlers.status())) +
             family('shoal_http_kv_requests_total', 'counter', 'Key-value requests answered, by operation and HTTP status.', [...kvRequests].sort()).join('\n') +
+            '\n' +
+            family('shoal_http_body_bytes_in_flight', 'gauge', 'Bytes of request bodies this server holds now (bounded: beyond the budget, 503 overloaded).', [['', bodyBudget.usedBytes]]).join('\n') +
             '\n' +
             family('shoal_http_requests_refused_total', 'counter', 'HTTP requests refused before routing: Host not this peer, a foreign Origin on a state change, /v1/leave without JSON.', [['', refused]]).join('\n') +
             '\n';
@@ -316,6 +338,7 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
     markContinueOwed(req, res);
     onRequest(req, res);
   });
+  server.maxConnections = limits.maxConnections;
   server.keepAliveTimeout = 5000;
   server.headersTimeout = 10000;
   server.requestTimeout = 30000;
@@ -331,6 +354,7 @@ export async function startHttpServer(hostPort: string, handlers: HttpHandlers, 
   const addr = server.address() as AddressInfo;
   const shownHost = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
+    bodyBytesInFlight: () => bodyBudget.usedBytes,
     address: `${shownHost}:${addr.port}`,
     close: () =>
       new Promise<void>((resolve) => {

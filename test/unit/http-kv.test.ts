@@ -72,6 +72,52 @@ function rawRequest(address: string, text: string): Promise<string> {
   });
 }
 
+describe('HTTP server bounds', function () {
+  this.timeout(20_000);
+  const quiet = createLogger('silent');
+
+  it('holds at most maxBodyBytesInFlight of request bodies: beyond it 503 overloaded, and the budget comes back', async () => {
+    const kv = new FakeKv();
+    const handlers = { ...handlersWith(kv), limits: () => ({ maxKeyBytes: 16, maxValueBytes: 1024 * 1024 }) };
+    const server = await startHttpServer('127.0.0.1:0', handlers, quiet, { allowedHosts: [] }, { maxConnections: 64, maxBodyBytesInFlight: 1024 * 1024 });
+    try {
+      const [host, port] = server.address.split(':') as [string, string];
+      // A slow client holds 600 KB of a 700 KB body.
+      const slow = connect(Number(port), host);
+      let slowOut = '';
+      slow.on('data', (d: Buffer) => (slowOut += d.toString('latin1')));
+      slow.write(`PUT /v1/kv/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 700000\r\n\r\n`);
+      slow.write(Buffer.alloc(600_000, 97));
+      const inFlight = async (): Promise<number> => server.bodyBytesInFlight();
+      for (let i = 0; i < 200 && (await inFlight()) < 600_000; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(await inFlight(), 600_000, 'the server holds the slow body so far');
+      // Another 700 KB body would pass the 1 MiB budget: refused at once, before it is read.
+      const refused = await fetch(`http://${server.address}/v1/kv/other`, { method: 'PUT', body: Buffer.alloc(700_000, 98) });
+      assert.equal(refused.status, 503);
+      assert.equal(((await refused.json()) as { error: string }).error, 'overloaded');
+      assert.equal(refused.headers.get('retry-after'), '1');
+      // The slow one finishes: stored, and its bytes go back to the budget.
+      slow.write(Buffer.alloc(100_000, 97));
+      await waitUntil(() => /^HTTP\/1.1 200/.test(slowOut), 5000);
+      slow.destroy();
+      const again = await fetch(`http://${server.address}/v1/kv/other`, { method: 'PUT', body: Buffer.alloc(900_000, 98) });
+      assert.equal(again.status, 200, 'the budget came back');
+      assert.equal(await inFlight(), 0);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+/** Polls `check` every 10 ms for up to `ms` (a bounded wait for a condition; no fixed sleep). */
+async function waitUntil(check: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (let i = 0; i < ms / 10 + 1 && Date.now() < deadline; i++) {
+    if (check()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 describe('HTTP key-value routes (fake store)', function () {
   this.timeout(20_000);
   const quiet = createLogger('silent');
