@@ -401,8 +401,16 @@ export class Coordinator {
     if (m.term > this.node.term + MAX_TERM_AHEAD) return `term ${m.term} is more than ${MAX_TERM_AHEAD} ahead of ${this.node.term}`;
     const conf = this.node.confState;
     const inConf = (id: string): boolean => conf.voters.includes(id) || conf.learners.includes(id);
-    if (inConf(this.self)) return inConf(m.from) ? null : 'the sender is not in the Raft configuration';
-    return m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot' ? null : 'this peer is not in the Raft configuration';
+    if (inConf(m.from)) return null;
+    const fromLeader = m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot';
+    if (!inConf(this.self)) return fromLeader ? null : 'this peer is not in the Raft configuration';
+    // Our configuration may lag: a leader that joined while we were down is not in it yet, and
+    // only its appends would tell us. Take a leader's messages also from a peer we know, in our
+    // map or by its own signed heartbeat (never from one that never joined the membership).
+    if (fromLeader && (this.map.member(m.from) !== undefined || this.opts.membership.members().some((x) => x.peerId === m.from && x.state === 'alive'))) {
+      return null;
+    }
+    return 'the sender is not in the Raft configuration';
   }
 
   /** Raft frames refused for the sender's role or their content (see admitRaft). */

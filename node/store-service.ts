@@ -370,6 +370,7 @@ export class StoreService implements KvApi {
         core.setLease(now, this.leaseUntil);
         this.afterInput(slot);
         this.opts.log.debug('shard opened', { shard, appliedSeq: recovered.appliedSeq, log: recovered.log.length, epoch: recovered.epoch });
+        this.failedShards.delete(shard);
         return slot;
       } catch (err) {
         this.opts.log.error('cannot open shard', { shard, err });

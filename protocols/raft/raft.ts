@@ -536,8 +536,18 @@ export class RaftNode {
   // ---------------------------------------------------------------------------------------------
   // Elections
 
+  /**
+   * A voter, and not refilling a lost log tail: a peer whose log lost entries it had
+   * acknowledged (recoveredLostTail) may be one of the majority that held a committed entry, so
+   * it neither campaigns nor grants votes until it has committed past that point again.
+   */
   private isPromotable(): boolean {
-    return this.conf.voters.includes(this.id);
+    return this.conf.voters.includes(this.id) && !this.refillingLostTail();
+  }
+
+  private refillingLostTail(): boolean {
+    const lost = this.log.lostTail;
+    return lost !== null && this.log.committed < lost.committed;
   }
 
   private startCampaign(kind: CampaignKind): void {
@@ -583,7 +593,7 @@ export class RaftNode {
     // Same term, or a higher term after the checks in step (pre-votes leave our term alone).
     const canVote =
       this.vote === m.from || (this.vote === null && this.leaderId === null) || (m.pre && m.term > this.termValue);
-    if (canVote && this.log.isUpToDate(m.lastIndex, m.lastTerm)) {
+    if (canVote && !this.refillingLostTail() && this.log.isUpToDate(m.lastIndex, m.lastTerm)) {
       this.send({ type: 'vote-response', to: m.from, term: m.term, pre: m.pre, granted: true });
       if (!m.pre) {
         this.electionElapsedTicks = 0;

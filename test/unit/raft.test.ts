@@ -537,6 +537,13 @@ describe('raft core', () => {
       const node = net.restart('n3');
       assert.deepEqual(node.recoveredLostTail, { committed: commit, lastIndex: commit - 2 });
       assert.equal(node.status.commitIndex, commit - 2);
+      // It may have been one of the majority holding the lost entries: no campaign, no vote
+      // until it has committed past them again.
+      const sentBefore = net.sent.length;
+      for (let t = 0; t < 100; t++) node.tick();
+      net.drain('n3');
+      assert.equal(node.status.role, 'follower');
+      assert.ok(!net.sent.slice(sentBefore).some((m) => m.from === 'n3' && m.type === 'vote'), 'no (pre-)vote request while refilling');
       net.propose('n1', 'e');
       net.tick(4);
       assert.deepEqual(net.apps.get('n3')!.applied, ['a', 'b', 'c', 'd', 'e']);
