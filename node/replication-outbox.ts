@@ -13,6 +13,7 @@
  * timing. So at most `bytesPerTurn` are encoded per turn (at least one message); the rest waits
  * for the next turn (setImmediate), peers taking turns. Order per peer is kept.
  */
+import { InvalidMessageError } from '../protocols/errors.js';
 import type { ReplicationMessage } from '../protocols/replication/types.js';
 import type { SendResult } from './stream-channel.js';
 
@@ -32,6 +33,19 @@ export interface ReplicationOutboxOptions {
   maxQueuedPerPeer: number;
   /** A message that cannot fit in a frame (dropped). */
   onRefused: (m: ReplicationMessage, bytes: number) => void;
+}
+
+/** The messages of a received batch frame (untrusted: a bad length throws InvalidMessageError). */
+export function* splitBatch(frame: Uint8Array): Generator<Uint8Array> {
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  for (let offset = 0; offset < frame.length; ) {
+    if (offset + BATCH_PREFIX_BYTES > frame.length) throw new InvalidMessageError('replication frame: truncated length prefix');
+    const length = view.getUint32(offset);
+    const start = offset + BATCH_PREFIX_BYTES;
+    if (start + length > frame.length) throw new InvalidMessageError('replication frame: message runs past the frame');
+    yield frame.subarray(start, start + length);
+    offset = start + length;
+  }
 }
 
 interface PeerQueue {

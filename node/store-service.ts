@@ -62,7 +62,7 @@ import {
   STORE_PROTOCOL_ID,
   type Frame,
 } from './store-wire.js';
-import { ReplicationOutbox } from './replication-outbox.js';
+import { ReplicationOutbox, splitBatch } from './replication-outbox.js';
 import { StreamChannel } from './stream-channel.js';
 import type { StoreMetrics } from './http/server.js';
 
@@ -541,15 +541,10 @@ export class StoreService implements KvApi {
       this.opts.log.debug('replication frame from a peer outside the cluster map dropped', { from });
       return;
     }
-    const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
     const now = this.now();
     const touched = new Set<ShardSlot>();
-    for (let offset = 0; offset < frame.length; ) {
-      if (offset + 4 > frame.length) throw new InvalidMessageError('replication frame: truncated length prefix');
-      const length = view.getUint32(offset);
-      if (offset + 4 + length > frame.length) throw new InvalidMessageError('replication frame: message runs past the frame');
-      const m = decodeReplicationMessage(frame.subarray(offset + 4, offset + 4 + length));
-      offset += 4 + length;
+    for (const bytes of splitBatch(frame)) {
+      const m = decodeReplicationMessage(bytes);
       if (m.from !== from) throw new InvalidMessageError(`replication message claims to be from ${m.from} but came from ${from}`);
       if (m.to !== this.self) throw new InvalidMessageError(`replication message for ${m.to} reached ${this.self}`);
       const slot = this.slots.get(m.shard);

@@ -7,7 +7,7 @@ import '../../node/polyfill.js';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadLargeValues, metricSum, quantile, readBack, SmallWriter, WritableWatch } from '../integration/bulk-load.js';
+import { loadLargeValues, quantile, readBack, replicationTrouble, SmallWriter, WritableWatch } from '../integration/bulk-load.js';
 import { ProcessPeer } from '../integration/harness.js';
 import { Cluster } from '../integration/process-cluster.js';
 import type { ShardInfo } from '../../node/store-api.js';
@@ -82,18 +82,12 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 
 /** Stream resets and dropped replication frames summed over the peers (NaN if a peer does not answer). */
 async function streamResets(c: Cluster): Promise<{ resets: number; dropped: number }> {
-  let resets = 0;
-  let dropped = 0;
-  for (const p of c.peers) {
-    try {
-      resets += (await metricSum(p.httpAddress, 'shoal_replication_streams_reset_total')) + (await metricSum(p.httpAddress, 'shoal_raft_streams_reset_total'));
-      dropped += await metricSum(p.httpAddress, 'shoal_replication_frames_dropped_total');
-    } catch (err) {
-      log(`metrics of ${p.httpAddress}: ${(err as Error).message}`);
-      return { resets: NaN, dropped: NaN };
-    }
+  try {
+    return await replicationTrouble(c.peers.map((p) => p.httpAddress));
+  } catch (err) {
+    log(`metrics: ${(err as Error).message}`);
+    return { resets: NaN, dropped: NaN };
   }
-  return { resets, dropped };
 }
 
 function balance(table: ShardInfo[], peers: readonly string[]): { max: number; mean: number } {

@@ -234,6 +234,19 @@ export class WritableWatch {
   }
 }
 
+/** Replication stream resets (and raft's), dropped frames and frames or messages refused over the limit, summed over peers. */
+export async function replicationTrouble(addresses: readonly string[]): Promise<{ resets: number; dropped: number; refused: number }> {
+  let resets = 0;
+  let dropped = 0;
+  let refused = 0;
+  for (const a of addresses) {
+    resets += (await metricSum(a, 'shoal_replication_streams_reset_total')) + (await metricSum(a, 'shoal_raft_streams_reset_total'));
+    dropped += await metricSum(a, 'shoal_replication_frames_dropped_total');
+    refused += (await metricSum(a, 'shoal_replication_frames_refused_total')) + (await metricSum(a, 'shoal_replication_messages_refused_total'));
+  }
+  return { resets, dropped, refused };
+}
+
 /** The samples of one metric family in a peer's /metrics text, summed over labels. */
 export async function metricSum(address: string, name: string): Promise<number> {
   const res = await fetch(`http://${address}/metrics`, { signal: AbortSignal.timeout(3000) });

@@ -7,25 +7,13 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import type { ShardInfo } from '../../node/store-api.js';
-import { loadLargeValues, metricSum, quantile, readBack, SmallWriter, WritableWatch } from './bulk-load.js';
+import { loadLargeValues, quantile, readBack, replicationTrouble, SmallWriter, WritableWatch } from './bulk-load.js';
 import { ProcessPeer } from './harness.js';
 import { Cluster } from './process-cluster.js';
 
 const MB = 1024 * 1024;
 /** SHOAL_LARGE_MB overrides the load size (for a quick local run); the suite uses 200. */
 const LOAD_MB = Number(process.env.SHOAL_LARGE_MB ?? 200);
-
-async function resetsAndDrops(c: Cluster): Promise<{ resets: number; dropped: number; refused: number }> {
-  let resets = 0;
-  let dropped = 0;
-  let refused = 0;
-  for (const p of c.peers) {
-    resets += (await metricSum(p.httpAddress, 'shoal_replication_streams_reset_total')) + (await metricSum(p.httpAddress, 'shoal_raft_streams_reset_total'));
-    dropped += await metricSum(p.httpAddress, 'shoal_replication_frames_dropped_total');
-    refused += (await metricSum(p.httpAddress, 'shoal_replication_frames_refused_total')) + (await metricSum(p.httpAddress, 'shoal_replication_messages_refused_total'));
-  }
-  return { resets, dropped, refused };
-}
 
 describe('store: large values through 3 processes, then growth to 5', function () {
   this.timeout(420_000);
@@ -59,7 +47,7 @@ describe('store: large values through 3 processes, then growth to 5', function (
     });
     const during = await writer.stop();
     await watch.stop();
-    const counts = await resetsAndDrops(c);
+    const counts = await replicationTrouble(c.peers.map((p) => p.httpAddress));
     const rate = load.bytesAcked / MB / (load.elapsedMs / 1000);
     console.log(
       `    load: ${load.acked.size} × 1 MiB in ${(load.elapsedMs / 1000).toFixed(1)} s = ${rate.toFixed(1)} MB/s; ` +
@@ -92,7 +80,7 @@ describe('store: large values through 3 processes, then growth to 5', function (
     const counts5 = [...held.values()];
     const mean = counts5.reduce((a, b) => a + b, 0) / counts5.length;
     const max = Math.max(...counts5);
-    const after = await resetsAndDrops(c);
+    const after = await replicationTrouble(c.peers.map((p) => p.httpAddress));
     console.log(
       `    grow 3 → 5 settled in ${((performance.now() - grownAt) / 1000).toFixed(1)} s; replicas per peer ${counts5.join('/')} (max/mean ${(max / mean).toFixed(2)}); resets ${after.resets}`,
     );

@@ -45,9 +45,8 @@ describe('stream channel: one frame limit, refused frames fail alone', function 
     await b?.stop();
   });
 
-  async function pair(protocol: string, maxFrameBytes?: number): Promise<{ from: StreamChannel; to: StreamChannel; got: Uint8Array[] }> {
+  async function pair(protocol: string, opts: { maxFrameBytes?: number; maxQueuedBytes?: number } = {}): Promise<{ from: StreamChannel; to: StreamChannel; got: Uint8Array[] }> {
     const got: Uint8Array[] = [];
-    const opts = maxFrameBytes === undefined ? {} : { maxFrameBytes };
     const to = new StreamChannel({ host: b, protocol, onFrame: (_from, f) => got.push(f.slice()), maxQueuedFrames: 64, dialTimeoutMs: 2000, log: quiet, ...opts });
     const from = new StreamChannel({ host: a, protocol, onFrame: () => {}, maxQueuedFrames: 64, dialTimeoutMs: 2000, log: quiet, ...opts });
     await to.start();
@@ -58,7 +57,7 @@ describe('stream channel: one frame limit, refused frames fail alone', function 
 
   it('refuses a frame over the limit by itself; the frames queued before and after it arrive on the same stream', async () => {
     const limit = 64 * 1024;
-    const { from, to, got } = await pair('/shoal/test-channel-limit/1.0.0', limit);
+    const { from, to, got } = await pair('/shoal/test-channel-limit/1.0.0', { maxFrameBytes: limit });
     const peer = b.peerId.toString();
     // Queued in one turn: the stream opens after all three calls.
     assert.equal(from.send(peer, frame(1, 1000)), 'queued');
@@ -101,12 +100,7 @@ describe('stream channel: one frame limit, refused frames fail alone', function 
   });
 
   it('bounds the bytes queued for one peer: beyond maxQueuedBytes a frame is dropped, not buffered', async () => {
-    const got: Uint8Array[] = [];
-    const to = new StreamChannel({ host: b, protocol: '/shoal/test-channel-bytes/1.0.0', onFrame: (_f, f) => got.push(f), maxQueuedFrames: 64, dialTimeoutMs: 2000, log: quiet, maxFrameBytes: 1024 * 1024, maxQueuedBytes: 2 * 1024 * 1024 });
-    const from = new StreamChannel({ host: a, protocol: '/shoal/test-channel-bytes/1.0.0', onFrame: () => {}, maxQueuedFrames: 64, dialTimeoutMs: 2000, log: quiet, maxFrameBytes: 1024 * 1024, maxQueuedBytes: 2 * 1024 * 1024 });
-    await to.start();
-    await from.start();
-    channels.push(from, to);
+    const { from, got } = await pair('/shoal/test-channel-bytes/1.0.0', { maxFrameBytes: 1024 * 1024, maxQueuedBytes: 2 * 1024 * 1024 });
     const peer = b.peerId.toString();
     const results = [1, 2, 3].map((tag) => from.send(peer, frame(tag, 1024 * 1024)));
     assert.deepEqual(results, ['queued', 'queued', 'queue-full']);
