@@ -2,12 +2,15 @@
 // The polyfill must be the first import (../shared/STACK.md: Node 20).
 import '../node/polyfill.js';
 import { existsSync } from 'node:fs';
-import { open, writeFile } from 'node:fs/promises';
+import { open, readFile, writeFile } from 'node:fs/promises';
+import { join as joinPath } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { DEFAULT_PEER_OPTIONS, parseHostPort, validateJoinAddr, validateListenAddr, type PeerOptions } from '../node/config.js';
 import { ConfigError, PeerStartError } from '../node/errors.js';
 import { createPeer } from '../node/peer.js';
 import { newSwarmKey } from '../node/swarm-key.js';
+import { decodeJoinToken, looksLikeJoinToken } from '../node/join-token.js';
+import { JOIN_TOKEN_FILE } from '../node/cluster-key.js';
 import { LOG_LEVELS } from '../node/log.js';
 import { DEFAULT_MEMBERSHIP_CONFIG } from '../protocols/membership/config.js';
 import { DEFAULT_RAFT_CONFIG } from '../protocols/raft/config.js';
@@ -40,6 +43,7 @@ Commands:
   put KEY VALUE    store a value under KEY (or --file FILE)
   get KEY          print the value stored under KEY
   del KEY          delete KEY
+  token            print the join token of a peer's data dir (the cluster key and its addresses)
   keygen FILE      write a new private-network (swarm) key to FILE
   help [COMMAND]   show help for a command
 
@@ -50,18 +54,27 @@ const START_HELP = `Usage: shoal start [options]
 
 Run a peer in the foreground. SIGINT or SIGTERM makes it leave gracefully.
 
+Secure by default: the first peer of a cluster generates the cluster key (DATA_DIR/cluster.key)
+and prints a join token; other peers join with --join TOKEN. Peers without the key cannot
+connect. Every peer keeps the key in its data dir and prints a token of its own.
+
 Options:
   --listen MULTIADDR        address to listen on, repeatable; /tcp/0 picks a free port
                             (default ${DEFAULT_PEER_OPTIONS.listen[0]})
-  --join MULTIADDR          full address of a peer to join through, with /p2p/<peer id>;
-                            repeatable; retried with backoff until one answers (default: none,
-                            start a new cluster)
+  --join TOKEN|MULTIADDR    the join token a member printed (SHOAL-1-...: key and addresses),
+                            or a member's full address with /p2p/<peer id> when the key comes
+                            from the data dir or --swarm-key; repeatable; retried with backoff
+                            until one answers (default: none, start a new cluster)
   --data-dir DIR            identity and data (default ${DEFAULT_PEER_OPTIONS.dataDir})
   --http HOST:PORT|off      HTTP API address; port 0 picks a free port (default ${DEFAULT_PEER_OPTIONS.http})
   --http-allowed-host NAME  a host name the HTTP API answers to besides IP addresses and
                             localhost (repeatable); requests naming any other Host get 421
-  --swarm-key FILE          private-network key from 'shoal keygen'; peers without it cannot
-                            connect (default: open network)
+  --http-token-file FILE    bearer token (16+ visible characters) every HTTP request except
+                            GET /healthz must carry; required to serve HTTP beyond loopback
+  --swarm-key FILE          cluster key from 'shoal keygen' instead of a generated one or a
+                            join token; peers without it cannot connect
+  --insecure                open network: no cluster key, and HTTP beyond loopback without a
+                            token. Only for trusted networks (default: secure)
   --log-level LEVEL         debug, info, warn, error or silent (default ${DEFAULT_PEER_OPTIONS.logLevel})
   --heartbeat-interval-ms N heartbeat period (default ${m.heartbeatIntervalMs})
   --phi-threshold N         phi at which a member becomes suspect (default ${m.phiThreshold})
@@ -95,8 +108,11 @@ New-cluster options (read only by the peer that starts a cluster, i.e. without -
   --min-in-sync N           writes are refused while fewer replicas are in sync (default 2)
   -h, --help                this help
 
-Logs are JSON lines on stderr; the peer id and join addresses are printed on stdout.
+Logs are JSON lines on stderr; the peer id, its addresses and its join token are printed
+on stdout. The token is a secret: anyone holding it can join the cluster.
 `;
+
+const TOKEN_FLAG_HELP = `  --http-token-file FILE  the peer's bearer token, when it runs with --http-token-file`;
 
 const STATUS_HELP = `Usage: shoal status [options]
 
@@ -104,6 +120,7 @@ Show the members that a running peer sees.
 
 Options:
   --http HOST:PORT   the peer's HTTP API (default ${DEFAULT_PEER_OPTIONS.http})
+${TOKEN_FLAG_HELP}
   --json             print the raw JSON of GET /v1/status
   --timeout-ms N     give up after N ms (default 5000)
   -h, --help         this help
@@ -116,11 +133,13 @@ holds it, announces 'left', waits to be removed from the Raft configuration, and
 
 Options:
   --http HOST:PORT   the peer's HTTP API (default ${DEFAULT_PEER_OPTIONS.http})
+${TOKEN_FLAG_HELP}
   --wait-ms N        wait up to N ms until the peer has stopped answering (default 15000)
   -h, --help         this help
 `;
 
 const KV_COMMON_OPTIONS = `  --http HOST:PORT   the peer's HTTP API, any peer of the cluster (default ${DEFAULT_PEER_OPTIONS.http})
+${TOKEN_FLAG_HELP}
   --timeout-ms N     give up after N ms (default 10000; a peer itself answers 503 after
                      waiting 5 s for a shard's primary)
   -h, --help         this help`;
@@ -169,6 +188,17 @@ Exit codes: 0 deleted; 1 the peer refused or could not be reached (after a timeo
 delete may or may not have been applied); 2 usage error.
 `;
 
+const TOKEN_HELP = `Usage: shoal token [--data-dir DIR]
+
+Print the join token a peer wrote to DIR/join-token at its last start: the cluster key and
+that peer's addresses. Another peer joins with 'shoal start --join TOKEN'. The token is a
+secret; reading it needs read access to the data dir.
+
+Options:
+  --data-dir DIR   the peer's data dir (default ${DEFAULT_PEER_OPTIONS.dataDir})
+  -h, --help       this help
+`;
+
 const KEYGEN_HELP = `Usage: shoal keygen FILE [--force]
 
 Write a new private-network key to FILE (mode 0600). Give the same file to every peer
@@ -208,6 +238,8 @@ async function cmdStart(argv: string[]): Promise<number> {
       http: { type: 'string' },
       'http-allowed-host': { type: 'string', multiple: true },
       'swarm-key': { type: 'string' },
+      insecure: { type: 'boolean' },
+      'http-token-file': { type: 'string' },
       'log-level': { type: 'string' },
       'heartbeat-interval-ms': { type: 'string' },
       'phi-threshold': { type: 'string' },
@@ -236,7 +268,10 @@ async function cmdStart(argv: string[]): Promise<number> {
   }
   // Check addresses here so the error names the flag the user typed.
   for (const a of values.listen ?? []) validateListenAddr(a, '--listen');
-  for (const a of values.join ?? []) validateJoinAddr(a, '--join');
+  for (const a of values.join ?? []) {
+    if (looksLikeJoinToken(a)) decodeJoinToken(a, '--join');
+    else validateJoinAddr(a, '--join');
+  }
   if (values.http !== undefined && values.http !== 'off') parseHostPort(values.http, '--http');
   const logLevel = values['log-level'];
   if (logLevel !== undefined && !(LOG_LEVELS as readonly string[]).includes(logLevel)) {
@@ -324,6 +359,8 @@ async function cmdStart(argv: string[]): Promise<number> {
   if (values['data-dir'] !== undefined) options.dataDir = values['data-dir'];
   if (values.http !== undefined) options.http = values.http;
   if (values['swarm-key'] !== undefined) options.swarmKeyFile = values['swarm-key'];
+  if (values.insecure === true) options.insecure = true;
+  if (values['http-token-file'] !== undefined) options.httpTokenFile = values['http-token-file'];
   if (values['log-level'] !== undefined) options.logLevel = values['log-level'] as PeerOptions['logLevel'];
 
   const peer = await createPeer(options);
@@ -331,6 +368,7 @@ async function cmdStart(argv: string[]): Promise<number> {
     `shoal peer ${peer.peerId}`,
     ...peer.addrs.map((a) => `  join with: ${a}`),
     `  http: ${peer.httpAddress ?? 'off'}`,
+    peer.joinToken !== null ? `  join token: ${peer.joinToken}` : '  insecure: open network, no cluster key',
   ];
   process.stdout.write(lines.join('\n') + '\n');
 
@@ -397,12 +435,29 @@ export function formatStatusTable(status: PeerStatus): string {
   return [`peer ${status.peerId}  (${counts.join(', ')}; * = this peer)`, ...coord, '', fmt(header), ...rows.map(fmt)].join('\n') + '\n';
 }
 
+/** Headers every HTTP request of this CLI run carries (the bearer token of --http-token-file). */
+let clientHeaders: Record<string, string> = {};
+
+/** Read --http-token-file for a client command; its first line is the token. */
+async function useHttpToken(file: string | undefined): Promise<void> {
+  if (file === undefined) return;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new RuntimeFailure(`--http-token-file ${file}: cannot read it: ${(err as Error).message}`);
+  }
+  const token = text.trim();
+  if (!/^[\x21-\x7e]{16,4096}$/.test(token)) throw new UsageError(`--http-token-file ${file}: expected one token of 16 to 4096 visible ASCII characters`);
+  clientHeaders = { authorization: `Bearer ${token}` };
+}
+
 async function fetchJson(hostPort: string, path: string, timeoutMs: number, method = 'GET'): Promise<unknown> {
   const url = `http://${hostPort}${path}`;
   let res: Response;
   try {
     // A JSON body on POSTs: POST /v1/leave wants application/json (a web page cannot send it cross-origin).
-    const post = method === 'POST' ? { body: '{}', headers: { 'content-type': 'application/json' } } : {};
+    const post = method === 'POST' ? { body: '{}', headers: { 'content-type': 'application/json', ...clientHeaders } } : { headers: clientHeaders };
     res = await fetch(url, { method, signal: AbortSignal.timeout(timeoutMs), ...post });
   } catch (err) {
     const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name;
@@ -422,6 +477,7 @@ async function cmdStatus(argv: string[]): Promise<number> {
     strict: true,
     options: {
       http: { type: 'string' },
+      'http-token-file': { type: 'string' },
       json: { type: 'boolean' },
       'timeout-ms': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -434,6 +490,7 @@ async function cmdStatus(argv: string[]): Promise<number> {
   const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
   parseHostPort(hostPort, '--http');
   const timeoutMs = intFlag(values['timeout-ms'], '--timeout-ms') ?? 5000;
+  await useHttpToken(values['http-token-file']);
   const status = (await fetchJson(hostPort, '/v1/status', timeoutMs)) as PeerStatus;
   process.stdout.write(values.json === true ? JSON.stringify(status, null, 2) + '\n' : formatStatusTable(status));
   return 0;
@@ -445,6 +502,7 @@ async function cmdLeave(argv: string[]): Promise<number> {
     strict: true,
     options: {
       http: { type: 'string' },
+      'http-token-file': { type: 'string' },
       'wait-ms': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -456,6 +514,7 @@ async function cmdLeave(argv: string[]): Promise<number> {
   const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
   parseHostPort(hostPort, '--http');
   const waitMs = intFlag(values['wait-ms'], '--wait-ms') ?? 15_000;
+  await useHttpToken(values['http-token-file']);
   const status = (await fetchJson(hostPort, '/v1/status', 5000)) as PeerStatus;
   await fetchJson(hostPort, '/v1/leave', 5000, 'POST');
   // Done when the peer no longer answers (it closes its HTTP server as the last step).
@@ -472,6 +531,31 @@ async function cmdLeave(argv: string[]): Promise<number> {
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new PeerStartError('HTTP', `peer ${status.peerId} at ${hostPort} was still running after ${waitMs} ms`);
+}
+
+async function cmdToken(argv: string[]): Promise<number> {
+  const { values } = parse({ args: argv, strict: true, options: { 'data-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+  if (values.help === true) {
+    process.stdout.write(TOKEN_HELP);
+    return 0;
+  }
+  const dir = values['data-dir'] ?? DEFAULT_PEER_OPTIONS.dataDir;
+  const file = joinPath(dir, JOIN_TOKEN_FILE);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    const missing = (err as NodeJS.ErrnoException).code === 'ENOENT';
+    throw new RuntimeFailure(
+      missing
+        ? `${file} does not exist: no peer has started with --data-dir ${dir}, or it runs with --insecure (no key, no token)`
+        : `cannot read ${file}: ${(err as Error).message}`,
+    );
+  }
+  const token = text.trim();
+  decodeJoinToken(token, file);
+  await writeStdout(token + '\n');
+  return 0;
 }
 
 async function cmdKeygen(argv: string[]): Promise<number> {
@@ -505,15 +589,17 @@ const DEFAULT_KV_TIMEOUT_MS = 10_000;
 
 const KV_COMMON_FLAGS = {
   http: { type: 'string' },
+  'http-token-file': { type: 'string' },
   'timeout-ms': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-/** `--http` and `--timeout-ms` of a KV command, checked. */
-function kvTarget(values: { http?: string; 'timeout-ms'?: string }): { hostPort: string; timeoutMs: number } {
+/** `--http`, `--timeout-ms` and `--http-token-file` of a KV command, checked. */
+async function kvTarget(values: { http?: string; 'timeout-ms'?: string; 'http-token-file'?: string }): Promise<{ hostPort: string; timeoutMs: number }> {
   const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
   parseHostPort(hostPort, '--http');
   const timeoutMs = intFlag(values['timeout-ms'], '--timeout-ms') ?? DEFAULT_KV_TIMEOUT_MS;
+  await useHttpToken(values['http-token-file']);
   return { hostPort, timeoutMs };
 }
 
@@ -598,7 +684,7 @@ async function kvRequest(
     return new RuntimeFailure(`cannot reach a shoal peer at ${hostPort} (${cause}); is it running? (--http HOST:PORT)`);
   };
   try {
-    const res = await fetch(`http://${hostPort}${path}`, { method, body, signal });
+    const res = await fetch(`http://${hostPort}${path}`, { method, body, signal, headers: clientHeaders });
     return { status: res.status, headers: res.headers, body: new Uint8Array(await res.arrayBuffer()) };
   } catch (err) {
     throw failed(err);
@@ -664,7 +750,7 @@ async function cmdPut(argv: string[]): Promise<number> {
     if (!/^[0-9]{1,15}$/.test(ifVersion)) throw new UsageError(`--if-version: expected a non-negative integer, got ${JSON.stringify(ifVersion)}`);
     query = `?ifVersion=${Number(ifVersion)}`;
   }
-  const { hostPort, timeoutMs } = kvTarget(values);
+  const { hostPort, timeoutMs } = await kvTarget(values);
   const value = withFile ? await readValueFile(values.file as string) : Buffer.from(positionals[1] as string, 'utf8');
   const answer = await kvRequest(hostPort, 'PUT', kvPath(key) + query, timeoutMs, value);
   if (answer.status !== 200) throw kvFailure('put', key, answer);
@@ -691,7 +777,7 @@ async function cmdGet(argv: string[]): Promise<number> {
     }
     query = `?consistency=${values.consistency}`;
   }
-  const { hostPort, timeoutMs } = kvTarget(values);
+  const { hostPort, timeoutMs } = await kvTarget(values);
   const answer = await kvRequest(hostPort, 'GET', kvPath(key) + query, timeoutMs);
   if (answer.status !== 200) throw kvFailure('get', key, answer);
   await writeStdout(answer.body);
@@ -706,7 +792,7 @@ async function cmdDel(argv: string[]): Promise<number> {
     return 0;
   }
   const key = kvKey('del', positionals, 1, 'shoal del KEY');
-  const { hostPort, timeoutMs } = kvTarget(values);
+  const { hostPort, timeoutMs } = await kvTarget(values);
   const answer = await kvRequest(hostPort, 'DELETE', kvPath(key), timeoutMs);
   if (answer.status !== 200) throw kvFailure('del', key, answer);
   await writeStdout(`version ${versionOf(answer) ?? '?'}\n`);
@@ -717,6 +803,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help:
   start: { run: cmdStart, help: START_HELP },
   status: { run: cmdStatus, help: STATUS_HELP },
   leave: { run: cmdLeave, help: LEAVE_HELP },
+  token: { run: cmdToken, help: TOKEN_HELP },
   keygen: { run: cmdKeygen, help: KEYGEN_HELP },
   put: { run: cmdPut, help: PUT_HELP },
   get: { run: cmdGet, help: GET_HELP },

@@ -8,6 +8,7 @@ import { checkClusterSettings, DEFAULT_CLUSTER_SETTINGS } from '../protocols/clu
 import type { ClusterSettings } from '../protocols/cluster-map/types.js';
 import { MAX_KEY_BYTES, MAX_VALUE_BYTES } from '../protocols/replication/config.js';
 import { READ_POLICIES, type ReadPolicy } from './store-api.js';
+import { decodeJoinToken, looksLikeJoinToken } from './join-token.js';
 
 export { ConfigError };
 
@@ -17,7 +18,11 @@ export interface PeerOptions {
   dataDir: string;
   /** Multiaddrs to listen on. Default `/ip4/127.0.0.1/tcp/4001`: loopback only until the operator opens it up; `/tcp/0` picks a free port. */
   listen: string[];
-  /** Full multiaddrs (with `/p2p/<peer id>`) of peers to join through. Default none: the peer starts a new cluster. */
+  /**
+   * Peers to join through: join tokens (`SHOAL-1-...`, carrying the cluster key and a member's
+   * addresses) or full multiaddrs (with `/p2p/<peer id>`, when the key comes from elsewhere).
+   * Default none: the peer starts a new cluster.
+   */
   join: string[];
   /** HOST:PORT of the HTTP API, or `off`. Default `127.0.0.1:7070`; port 0 picks a free port. */
   http: string;
@@ -27,8 +32,19 @@ export interface PeerOptions {
    * web page cannot reach the API by making its own name resolve here (DNS rebinding).
    */
   httpAllowedHosts: string[];
-  /** Path of a libp2p private-network key (`shoal keygen`). Default none: an open network. */
+  /** Path of a libp2p private-network key (`shoal keygen`). Default none: the key comes from the data dir, a join token, or is generated for a new cluster (node/cluster-key.ts). */
   swarmKeyFile: string | null;
+  /**
+   * Run an open network: no cluster key, and the HTTP API may listen beyond loopback without a
+   * token. Default false (secure by default; CockroachDB's rule).
+   */
+  insecure: boolean;
+  /**
+   * File holding the HTTP bearer token. When set, every HTTP route except `GET /healthz` needs
+   * `Authorization: Bearer <token>`. Default none; then the HTTP API must listen on loopback
+   * unless `insecure` is set.
+   */
+  httpTokenFile: string | null;
   /** Log level. Default `info`. */
   logLevel: LogLevel;
   /** Failure-detector and gossip settings (protocols/membership/config.ts has the defaults and reasons). */
@@ -66,6 +82,8 @@ export const DEFAULT_PEER_OPTIONS: PeerOptions = {
   http: '127.0.0.1:7070',
   httpAllowedHosts: [],
   swarmKeyFile: null,
+  insecure: false,
+  httpTokenFile: null,
   logLevel: 'info',
   membership: {},
   joinBackoffMaxMs: 5000,
@@ -104,6 +122,12 @@ function parseMultiaddr(value: string, field: string): Multiaddr {
   }
 }
 
+/** True for names and addresses that only this machine can reach. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
 /** A listen address must name an IP and a TCP port. */
 export function validateListenAddr(value: string, field = 'listen'): Multiaddr {
   const ma = parseMultiaddr(value, field);
@@ -132,8 +156,23 @@ export function validatePeerOptions(partial: Partial<PeerOptions>): PeerOptions 
   if (!Array.isArray(o.listen) || o.listen.length === 0) throw new ConfigError('listen', 'needs at least one address');
   o.listen.forEach((a) => validateListenAddr(a));
   if (!Array.isArray(o.join)) throw new ConfigError('join', 'must be a list of multiaddrs');
-  o.join.forEach((a) => validateJoinAddr(a));
-  if (o.http !== 'off') parseHostPort(o.http, 'http');
+  o.join.forEach((a) => (looksLikeJoinToken(a) ? decodeJoinToken(a) : validateJoinAddr(a)));
+  if (typeof o.insecure !== 'boolean') throw new ConfigError('insecure', 'must be true or false');
+  if (o.insecure && (o.swarmKeyFile !== null || o.join.some(looksLikeJoinToken))) {
+    throw new ConfigError('insecure', '--insecure runs an open network; it cannot be combined with a join token or --swarm-key');
+  }
+  if (o.httpTokenFile !== null && (typeof o.httpTokenFile !== 'string' || o.httpTokenFile.length === 0)) {
+    throw new ConfigError('httpTokenFile', 'must be a path or null');
+  }
+  if (o.http !== 'off') {
+    const { host } = parseHostPort(o.http, 'http');
+    if (!isLoopbackHost(host) && o.httpTokenFile === null && !o.insecure) {
+      throw new ConfigError(
+        'http',
+        `${o.http} is reachable beyond this machine: give a bearer token with --http-token-file FILE, or pass --insecure to serve the API unauthenticated`,
+      );
+    }
+  }
   if (!Array.isArray(o.httpAllowedHosts) || o.httpAllowedHosts.some((h) => typeof h !== 'string' || !/^[a-z0-9.-]{1,253}$/.test(h))) {
     throw new ConfigError('httpAllowedHosts', 'must be host names in lower case (letters, digits, dots and dashes, no port)');
   }

@@ -1,4 +1,6 @@
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { multiaddr } from '@multiformats/multiaddr';
 import type { MemberView } from '../protocols/membership/types.js';
 import { validateMembershipConfig } from '../protocols/membership/config.js';
@@ -15,7 +17,7 @@ import { Coordinator, type CoordinatorStatus } from './coordinator.js';
 import type { ClusterCommand } from '../protocols/cluster-map/types.js';
 import type { RaftCounters } from './http/server.js';
 import { PeerStartError } from './errors.js';
-import { validateSwarmKey } from './swarm-key.js';
+import { publishJoinToken, resolveClusterKey } from './cluster-key.js';
 import { StoreService } from './store-service.js';
 
 /** /healthz reports a peer that has known no coordinator this long (elections take 1-2 s). */
@@ -40,6 +42,11 @@ export interface Peer extends KvApi {
   readonly addrs: string[];
   /** HOST:PORT of the HTTP API, or null when it is off. */
   readonly httpAddress: string | null;
+  /**
+   * The join token (`SHOAL-1-...`): the cluster key and this peer's addresses; another peer
+   * joins with `--join TOKEN`. A secret. Null with `insecure` (no key).
+   */
+  readonly joinToken: string | null;
   status(): PeerStatus;
   /**
    * Leave gracefully: hand over the coordinator role if this peer holds it, announce `left`,
@@ -60,16 +67,9 @@ export interface Peer extends KvApi {
 export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log?: Logger } = {}): Promise<Peer> {
   const opts = validatePeerOptions(options);
   const membershipConfig = validateMembershipConfig(opts.membership);
-  let swarmKey: Uint8Array | null = null;
-  if (opts.swarmKeyFile !== null) {
-    let bytes: Uint8Array;
-    try {
-      bytes = await readFile(opts.swarmKeyFile);
-    } catch (err) {
-      throw new PeerStartError('SWARM_KEY', `cannot read swarm key ${opts.swarmKeyFile}: ${(err as Error).message}`);
-    }
-    swarmKey = validateSwarmKey(bytes, opts.swarmKeyFile);
-  }
+  const httpToken = opts.httpTokenFile === null ? null : await readHttpToken(opts.httpTokenFile);
+  // Whether this data dir held a database before this start (a first start creates it below).
+  const hadData = existsSync(join(opts.dataDir, 'db'));
 
   let store: KvStore;
   try {
@@ -84,6 +84,9 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     for (const f of cleanup.reverse()) await Promise.resolve().then(f).catch(() => {});
   };
   try {
+    // After the store is open, so the data dir's lock guards the key file too.
+    const keyPlan = await resolveClusterKey({ dataDir: opts.dataDir, join: opts.join, swarmKeyFile: opts.swarmKeyFile, insecure: opts.insecure, hadData });
+    const swarmKey = keyPlan.swarmKey;
     const meta = store.sublevel('meta');
     const { key } = await loadOrCreatePrivateKey(meta);
     const incarnation = await nextIncarnation(meta);
@@ -127,7 +130,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
           },
         },
         log,
-        { allowedHosts: opts.httpAllowedHosts },
+        { allowedHosts: opts.httpAllowedHosts, bearerToken: httpToken },
       ).catch((err: Error & { code?: string }) => {
         const inUse = err.code === 'EADDRINUSE';
         throw new PeerStartError(inUse ? 'ADDRESS_IN_USE' : 'HTTP', `cannot serve HTTP on ${opts.http}: ${err.message}`);
@@ -154,7 +157,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
       host,
       store,
       membership,
-      bootstrap: opts.join.length === 0,
+      bootstrap: keyPlan.joinAddrs.length === 0,
       voters: opts.voters,
       replaceVoterAfterMs: opts.replaceVoterAfterMs,
       raft: opts.raft,
@@ -185,13 +188,15 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
       Object.entries(coordinator.mapView().members)
         .filter(([id, m]) => id !== self && m.status !== 'left')
         .flatMap(([, m]) => m.addrs);
-    const joiner = new Joiner(host, opts.join, mapAddrs, opts.joinBackoffMaxMs, log);
+    const joiner = new Joiner(host, keyPlan.joinAddrs, mapAddrs, opts.joinBackoffMaxMs, log);
     joiner.start();
     cleanup.push(() => joiner.stop());
 
     peer = new PeerImpl(host, membership, coordinator, kv, log, undo);
     peer.http = http;
-    log.info('peer started', { addrs: peer.addrs, incarnation, http: peer.httpAddress });
+    if (keyPlan.keyHex !== null) peer.joinToken = await publishJoinToken(opts.dataDir, keyPlan.keyHex, peer.addrs);
+    else log.warn('insecure: open network without a cluster key; any host that reaches the listen address can connect');
+    log.info('peer started', { addrs: peer.addrs, incarnation, http: peer.httpAddress, clusterKey: keyPlan.source });
     return peer;
   } catch (err) {
     await undo();
@@ -199,8 +204,24 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
   }
 }
 
+/** Read and check the HTTP bearer token file: 16 to 4096 visible ASCII characters (surrounding white space ignored). */
+async function readHttpToken(path: string): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new PeerStartError('HTTP_TOKEN', `cannot read the HTTP token file ${path}: ${(err as Error).message}`);
+  }
+  const token = text.trim();
+  if (!/^[\x21-\x7e]{16,4096}$/.test(token)) {
+    throw new PeerStartError('HTTP_TOKEN', `${path} must hold one token of 16 to 4096 visible ASCII characters (e.g. from 'openssl rand -hex 32')`);
+  }
+  return token;
+}
+
 class PeerImpl implements Peer {
   http: HttpServer | null = null;
+  joinToken: string | null = null;
   private stopping: Promise<void> | null = null;
   private markStopped!: () => void;
   readonly stopped = new Promise<void>((resolve) => {

@@ -8,15 +8,21 @@
  *
  * A pure function of the request's method, path and headers; the server maps a refusal to 4xx.
  */
+import { timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
 
 export interface GuardOptions {
   /** Host names (lower case, without port) accepted besides IP literals and `localhost`. */
   allowedHosts: readonly string[];
+  /**
+   * When set (`--http-token-file`), every request except `GET`/`HEAD /healthz` must carry
+   * `Authorization: Bearer <token>`; otherwise 401.
+   */
+  bearerToken?: string | null;
 }
 
 export interface GuardRefusal {
-  status: 400 | 403 | 415 | 421;
+  status: 400 | 401 | 403 | 415 | 421;
   code: string;
   message: string;
 }
@@ -45,11 +51,22 @@ function hostAllowed(host: string, opts: GuardOptions): boolean {
   return isIP(host) !== 0 || host === 'localhost' || opts.allowedHosts.includes(host);
 }
 
+/** Constant-time comparison of an Authorization header with the expected bearer token. */
+function bearerMatches(header: string | undefined, token: string): boolean {
+  if (header === undefined) return false;
+  const m = /^Bearer +(\S+) *$/i.exec(header);
+  if (m === null) return false;
+  const got = Buffer.from(m[1] as string);
+  const want = Buffer.from(token);
+  // Compare equal-length buffers only; the length itself is not secret (tokens are >= 16 characters).
+  return got.length === want.length && timingSafeEqual(got, want);
+}
+
 /** Null when the request may proceed; otherwise why not. */
 export function checkRequest(
   method: string,
   path: string,
-  headers: { host?: string | undefined; origin?: string | undefined; 'content-type'?: string | undefined },
+  headers: { host?: string | undefined; origin?: string | undefined; 'content-type'?: string | undefined; authorization?: string | undefined },
   opts: GuardOptions,
 ): GuardRefusal | null {
   const rawHost = headers.host;
@@ -61,6 +78,17 @@ export function checkRequest(
       status: 421,
       code: 'misdirected_request',
       message: `Host ${JSON.stringify(host)} is not this peer: use its IP address or localhost, or allow the name with --http-allowed-host`,
+    };
+  }
+  const token = opts.bearerToken ?? null;
+  if (token !== null && !(path === '/healthz' && (method === 'GET' || method === 'HEAD')) && !bearerMatches(headers.authorization, token)) {
+    return {
+      status: 401,
+      code: 'unauthorized',
+      message:
+        headers.authorization === undefined
+          ? 'this peer needs Authorization: Bearer <token> (the --http-token-file of the peer; shoal commands take --http-token-file)'
+          : 'the bearer token is wrong',
     };
   }
   if (STATE_CHANGING.has(method) && headers.origin !== undefined) {

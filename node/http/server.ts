@@ -313,7 +313,7 @@ export async function startHttpServer(
       const refusal = checkRequest(req.method ?? '', path, req.headers, guard);
       if (refusal !== null) {
         refused++;
-        return sendError(res, refusal.status, refusal.code, refusal.message);
+        return sendError(res, refusal.status, refusal.code, refusal.message, refusal.status === 401 ? { 'www-authenticate': 'Bearer realm="shoal"' } : {});
       }
       let match: RegExpExecArray | null = null;
       const route = routes.find((r) => (match = r.pattern.exec(path)) !== null);

@@ -76,7 +76,7 @@ async function shoalFailover(dir: string, peers: ProcessPeer[]): Promise<number[
     times.push(performance.now() - t0);
     process.stderr.write(`shoal round ${r + 1}/${rounds}: new coordinator committed after ${Math.round(times[times.length - 1] as number)} ms\n`);
     await victim.waitExit();
-    const again = await ProcessPeer.start(victim.dataDir, { join: [(rest[0] as ProcessPeer).joinAddr], extraArgs: ['--log-level', process.env.SHOAL_BENCH_LOG ?? 'warn'] });
+    const again = await ProcessPeer.start(victim.dataDir, { join: [(rest[0] as ProcessPeer).joinToken], extraArgs: ['--log-level', process.env.SHOAL_BENCH_LOG ?? 'warn'] });
     peers[peers.indexOf(victim)] = again;
     // Next round only once the restarted peer is a full member again (seen alive by all).
     if (!values['no-settle']) await waitFor(
@@ -181,7 +181,7 @@ async function main(): Promise<void> {
   const peers: ProcessPeer[] = [];
   try {
     const seed = await ProcessPeer.start(join(dir, 'p0'));
-    peers.push(seed, ...(await Promise.all([1, 2, 3, 4].map((i) => ProcessPeer.start(join(dir, `p${i}`), { join: [seed.joinAddr] })))));
+    peers.push(seed, ...(await Promise.all([1, 2, 3, 4].map((i) => ProcessPeer.start(join(dir, `p${i}`), { join: [seed.joinToken] })))));
     await waitFor(
       '5 peers in the configuration',
       async () => (await statuses(peers)).every((s) => s !== null && s.voters.length + s.learners.length === 5),

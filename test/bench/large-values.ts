@@ -137,7 +137,7 @@ async function main(): Promise<void> {
     const g0 = performance.now();
     const seed = c.peers[0] as ProcessPeer;
     for (let i = c.peers.length; i < growTo; i++) {
-      c.peers.push(await ProcessPeer.start(join(c.dir, `p${i}`), { join: [seed.joinAddr], extraArgs: c.extraArgs }));
+      c.peers.push(await ProcessPeer.start(join(c.dir, `p${i}`), { join: [seed.joinToken], extraArgs: c.extraArgs }));
     }
     try {
       await c.waitSettled('grown', (mb * 2 + 120) * 1000);

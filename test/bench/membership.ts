@@ -31,7 +31,7 @@ async function everyoneSees(observers: ProcessPeer[], target: string, state: str
 async function startCluster(dir: string, tag: string): Promise<{ peers: ProcessPeer[]; convergeMs: number }> {
   const seed = await ProcessPeer.start(join(dir, `${tag}-0`));
   const rest = await Promise.all(
-    Array.from({ length: peerCount - 1 }, (_, i) => ProcessPeer.start(join(dir, `${tag}-${i + 1}`), { join: [seed.joinAddr] })),
+    Array.from({ length: peerCount - 1 }, (_, i) => ProcessPeer.start(join(dir, `${tag}-${i + 1}`), { join: [seed.joinToken] })),
   );
   const t0 = performance.now(); // the last peer has started (printed its addresses)
   const peers = [seed, ...rest];

@@ -350,7 +350,7 @@ async function startCluster(sync: boolean): Promise<Cluster> {
   tempDirs.add(dir);
   const extraArgs = sync ? ['--sync'] : [];
   const seed = await startPeer(join(dir, 'p0'), [], extraArgs);
-  const others = await Promise.all([1, 2].map((i) => startPeer(join(dir, `p${i}`), [seed.joinAddr], extraArgs)));
+  const others = await Promise.all([1, 2].map((i) => startPeer(join(dir, `p${i}`), [seed.joinToken], extraArgs)));
   const peers = [seed, ...others];
   const t0 = performance.now();
   const shardCount = await waitWritable(peers, 'every shard writable at all 3 peers');

@@ -26,10 +26,10 @@ describe('CLI: help and bad input', function () {
   it('--help and start --help list every option with its default', async () => {
     const top = await runCli(['--help']);
     assert.equal(top.code, 0);
-    for (const c of ['start', 'status', 'leave', 'keygen']) assert.ok(top.stdout.includes(c));
+    for (const c of ['start', 'status', 'leave', 'token', 'keygen']) assert.ok(top.stdout.includes(c));
     const start = await runCli(['start', '--help']);
     assert.equal(start.code, 0);
-    for (const flag of ['--listen', '--join', '--data-dir', '--http', '--swarm-key', '--log-level', '--heartbeat-interval-ms', '--phi-threshold', '--suspicion-timeout-ms']) {
+    for (const flag of ['--listen', '--join', '--data-dir', '--http', '--swarm-key', '--insecure', '--http-token-file', '--log-level', '--heartbeat-interval-ms', '--phi-threshold', '--suspicion-timeout-ms']) {
       assert.ok(start.stdout.includes(flag), `start --help lists ${flag}`);
     }
     assert.ok(start.stdout.includes('/ip4/127.0.0.1/tcp/4001'));
@@ -44,6 +44,10 @@ describe('CLI: help and bad input', function () {
       [['start', '--bogus'], '--bogus'],
       [['start', '--join', '/ip4/127.0.0.1/tcp/4001'], '--join'],
       [['start', '--join', 'not-a-multiaddr'], '--join'],
+      [['start', '--join', 'SHOAL-1-bm90IGEgdG9rZW4'], 'join token'],
+      [['start', '--join', 'SHOAL-9-abc'], 'SHOAL-1'],
+      [['start', '--http', '0.0.0.0:0'], '--http-token-file'],
+      [['start', '--insecure', '--swarm-key', '/nonexistent/key'], '--insecure'],
       [['start', '--listen', '/ip4/127.0.0.1/udp/4001'], '--listen'],
       [['start', '--listen', 'garbage'], '--listen'],
       [['start', '--http', 'nohostport'], '--http'],
@@ -143,7 +147,7 @@ describe('CLI: a running peer', function () {
     peers.push(a);
     assert.match(a.peerId, /^12D3/);
     assert.match(a.joinAddr, new RegExp(`^/ip4/127\\.0\\.0\\.1/tcp/\\d+/p2p/${a.peerId}$`));
-    const b = await ProcessPeer.start(join(dir, 'b'), { join: [a.joinAddr] });
+    const b = await ProcessPeer.start(join(dir, 'b'), { join: [a.joinToken] });
     peers.push(b);
     await waitFor('both alive at a', async () => {
       const s = await a.status();
@@ -167,7 +171,7 @@ describe('CLI: a running peer', function () {
 
   it('shoal leave makes a running peer leave and exit 0; the others see it left', async () => {
     const a = peers[0] as ProcessPeer;
-    const c = await ProcessPeer.start(join(dir, 'c'), { join: [a.joinAddr] });
+    const c = await ProcessPeer.start(join(dir, 'c'), { join: [a.joinToken] });
     peers.push(c);
     await waitFor('c alive at a', async () => stateOf(await a.status(), c.peerId) === 'alive');
     const r = await runCli(['leave', '--http', c.httpAddress]);
@@ -192,23 +196,80 @@ describe('CLI: a running peer', function () {
     assert.equal(h.status, 200);
   });
 
-  it('a private network: a peer without the swarm key cannot connect to peers that have it', async () => {
-    const key = join(dir, 'swarm.key');
-    assert.equal((await runCli(['keygen', key])).code, 0);
-    const p1 = await ProcessPeer.start(join(dir, 'k1'), { extraArgs: ['--swarm-key', key] });
+  it('secure by default: a generated cluster key, a join token, and no way in without the key', async () => {
+    const p1 = await ProcessPeer.start(join(dir, 'k1'));
     peers.push(p1);
-    const p2 = await ProcessPeer.start(join(dir, 'k2'), { join: [p1.joinAddr], extraArgs: ['--swarm-key', key] });
+    // The first peer generated the key in its data dir (0600) and printed a token carrying it.
+    const keyFile = join(dir, 'k1', 'cluster.key');
+    assert.match(await readFile(keyFile, 'utf8'), /^\/key\/swarm\/psk\/1\.0\.0\/\n\/base16\/\n[0-9a-f]{64}$/);
+    assert.equal((await stat(keyFile)).mode & 0o777, 0o600);
+    assert.match(p1.joinToken, /^SHOAL-1-[A-Za-z0-9_-]+$/);
+    const shown = await runCli(['token', '--data-dir', join(dir, 'k1')]);
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.equal(shown.stdout.trim(), p1.joinToken);
+    // A peer joins with the token alone, and keeps the key for its restarts.
+    const p2 = await ProcessPeer.start(join(dir, 'k2'), { join: [p1.joinToken] });
     peers.push(p2);
-    const outsider = await ProcessPeer.start(join(dir, 'k3'), { join: [p1.joinAddr] });
+    await waitFor('p1 and p2 see each other', async () => stateOf(await p1.status(), p2.peerId) === 'alive');
+    assert.equal(await readFile(join(dir, 'k2', 'cluster.key'), 'utf8'), await readFile(keyFile, 'utf8'));
+    // Joining by address without the key is refused at once, naming the way in.
+    const nokey = await runCli(['start', '--data-dir', join(dir, 'k3'), '--listen', '/ip4/127.0.0.1/tcp/0', '--http', '127.0.0.1:0', '--join', p1.joinAddr]);
+    assert.equal(nokey.code, 2, nokey.stderr);
+    assertOneLineNaming(nokey.stderr, 'join token');
+    // An --insecure peer has no key: it never becomes a member on either side.
+    const outsider = await ProcessPeer.start(join(dir, 'k4'), { join: [p1.joinAddr], extraArgs: ['--insecure'] });
     peers.push(outsider);
-    await waitFor('keyed peers see each other', async () => stateOf(await p1.status(), p2.peerId) === 'alive');
-    // The outsider keeps retrying its join; give it several attempts' worth of time and
-    // check at every poll that it never becomes a member on either side.
+    assert.ok(outsider.stdout.includes('insecure: open network'));
     const deadline = Date.now() + 3000;
     for (let i = 0; i < 100 && Date.now() < deadline; i++) {
       assert.equal(stateOf(await p1.status(), outsider.peerId), undefined);
       assert.equal(stateOf(await outsider.status(), p1.peerId), undefined);
       await new Promise((r) => setTimeout(r, 100));
     }
+    // A data dir holding a key refuses --insecure; a key of another cluster is refused too.
+    p2.signal('SIGTERM');
+    assert.equal((await p2.waitExit()).code, 0);
+    const wasSecure = await runCli(['start', '--data-dir', join(dir, 'k2'), '--listen', '/ip4/127.0.0.1/tcp/0', '--http', '127.0.0.1:0', '--insecure']);
+    assert.equal(wasSecure.code, 1, wasSecure.stderr);
+    assertOneLineNaming(wasSecure.stderr, 'cluster.key');
+    const other = join(dir, 'other.key');
+    assert.equal((await runCli(['keygen', other])).code, 0);
+    const wrong = await runCli(['start', '--data-dir', join(dir, 'k2'), '--listen', '/ip4/127.0.0.1/tcp/0', '--http', '127.0.0.1:0', '--swarm-key', other]);
+    assert.equal(wrong.code, 1, wrong.stderr);
+    assertOneLineNaming(wrong.stderr, 'another cluster');
+  });
+
+  it('--swarm-key: peers given the same key file join by address', async () => {
+    const key = join(dir, 'swarm.key');
+    assert.equal((await runCli(['keygen', key])).code, 0);
+    const p1 = await ProcessPeer.start(join(dir, 's1'), { extraArgs: ['--swarm-key', key] });
+    peers.push(p1);
+    const p2 = await ProcessPeer.start(join(dir, 's2'), { join: [p1.joinAddr], extraArgs: ['--swarm-key', key] });
+    peers.push(p2);
+    await waitFor('keyed peers see each other', async () => stateOf(await p1.status(), p2.peerId) === 'alive');
+  });
+
+  it('--http-token-file: every route but /healthz needs the bearer token; the CLI sends it', async () => {
+    const tokenFile = join(dir, 'http.token');
+    await writeFile(tokenFile, 'correct-horse-battery-staple-42\n', { mode: 0o600 });
+    const p = await ProcessPeer.start(join(dir, 't1'), { extraArgs: ['--http-token-file', tokenFile, '--replication-factor', '1', '--min-in-sync', '1', '--shards', '8'] });
+    peers.push(p);
+    assert.equal((await fetch(`http://${p.httpAddress}/healthz`)).status !== 401, true, '/healthz needs no token');
+    for (const [method, path] of [['GET', '/v1/status'], ['GET', '/metrics'], ['PUT', '/v1/kv/a'], ['POST', '/v1/leave']] as const) {
+      const r = await fetch(`http://${p.httpAddress}${path}`, { method, body: method === 'GET' ? undefined : '{}', headers: { 'content-type': 'application/json' } });
+      assert.equal(r.status, 401, `${method} ${path} without a token`);
+      assert.equal(r.headers.get('www-authenticate'), 'Bearer realm="shoal"');
+      const wrong = await fetch(`http://${p.httpAddress}${path}`, { method, body: method === 'GET' ? undefined : '{}', headers: { authorization: 'Bearer correct-horse-battery-staple-43', 'content-type': 'application/json' } });
+      assert.equal(wrong.status, 401, `${method} ${path} with a wrong token`);
+    }
+    const denied = await runCli(['status', '--http', p.httpAddress]);
+    assert.equal(denied.code, 1);
+    assertOneLineNaming(denied.stderr, '401');
+    const ok = await runCli(['status', '--http', p.httpAddress, '--http-token-file', tokenFile]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.ok(ok.stdout.includes(p.peerId));
+    await waitFor('the lone peer takes writes', async () => (await runCli(['put', 'k', 'v', '--http', p.httpAddress, '--http-token-file', tokenFile])).code === 0, { timeoutMs: 20_000 });
+    const got = await runCli(['get', 'k', '--http', p.httpAddress, '--http-token-file', tokenFile]);
+    assert.equal(got.stdout, 'v');
   });
 });

@@ -24,7 +24,7 @@ describe('coordinator: 4 peers in one process', function () {
   before(async () => {
     dir = await makeTempDir();
     peers.push(await startPeer(dir, 'p0'));
-    for (let i = 1; i < 4; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).addrs[0] as string]));
+    for (let i = 1; i < 4; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).joinToken as string]));
   });
 
   after(async () => {

@@ -16,7 +16,7 @@ describe('coordinator: 5 shoal processes, coordinator killed and restarted', fun
     dir = await makeTempDir();
     const seed = await ProcessPeer.start(join(dir, 'p0'));
     peers.push(seed);
-    peers.push(...(await Promise.all([1, 2, 3, 4].map((i) => ProcessPeer.start(join(dir, `p${i}`), { join: [seed.joinAddr] })))));
+    peers.push(...(await Promise.all([1, 2, 3, 4].map((i) => ProcessPeer.start(join(dir, `p${i}`), { join: [seed.joinToken] })))));
     await waitFor(
       'one coordinator, 3 voters and 2 learners, agreed by all 5',
       async () => {
@@ -65,7 +65,7 @@ describe('coordinator: 5 shoal processes, coordinator killed and restarted', fun
     );
 
     // Restart on the same data dir: its log is recovered from disk before it hears anyone.
-    const again = await ProcessPeer.start(victim.dataDir, { join: [(rest[0] as ProcessPeer).joinAddr], extraArgs: ['--log-level', 'info'] });
+    const again = await ProcessPeer.start(victim.dataDir, { join: [(rest[0] as ProcessPeer).joinToken], extraArgs: ['--log-level', 'info'] });
     peers[peers.indexOf(victim)] = again;
     assert.equal(again.peerId, victim.peerId);
     const recovered = again.stderr
@@ -179,7 +179,7 @@ describe('coordinator: a voter that stays dead is replaced by a live learner', f
     dir = await makeTempDir();
     const seed = await ProcessPeer.start(join(dir, 'p0'), { extraArgs });
     peers.push(seed);
-    peers.push(...(await Promise.all([1, 2, 3].map((i) => ProcessPeer.start(join(dir, `p${i}`), { join: [seed.joinAddr], extraArgs })))));
+    peers.push(...(await Promise.all([1, 2, 3].map((i) => ProcessPeer.start(join(dir, `p${i}`), { join: [seed.joinToken], extraArgs })))));
     await waitFor(
       '3 voters and 1 learner',
       async () => {

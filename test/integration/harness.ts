@@ -81,6 +81,8 @@ export function runCli(args: string[], { timeoutMs = 15_000, cwd }: { timeoutMs?
 export class ProcessPeer {
   peerId = '';
   joinAddr = '';
+  /** The join token the peer printed (SHOAL-1-...), or '' when it runs with --insecure. */
+  joinToken = '';
   httpAddress = '';
   stdout = '';
   stderr = '';
@@ -105,13 +107,14 @@ export class ProcessPeer {
       'the peer to print its addresses',
       () => {
         if (exitedEarly) throw new Error(`peer exited early: ${peer.stderr}`);
-        return /http: \S+/.test(peer.stdout);
+        return /(join token|insecure): \S+/.test(peer.stdout);
       },
       { timeoutMs: 20_000 },
     );
     peer.peerId = /shoal peer (\S+)/.exec(peer.stdout)?.[1] ?? '';
     peer.joinAddr = /join with: (\S+)/.exec(peer.stdout)?.[1] ?? '';
     peer.httpAddress = /http: (\S+)/.exec(peer.stdout)?.[1] ?? '';
+    peer.joinToken = /join token: (\S+)/.exec(peer.stdout)?.[1] ?? '';
     return peer;
   }
 

@@ -27,7 +27,7 @@ describe('health and torn logs', function () {
     const dir = await makeTempDir();
     cleanup.push(() => removeDir(dir));
     // A join address nobody answers: this peer never learns a coordinator.
-    const lonely = await ProcessPeer.start(join(dir, 'lonely'), { join: ['/ip4/127.0.0.1/tcp/9/p2p/12D3KooWJmHGoTpnwbhFpWDnrD3LRNkfmZDmdnf7snitw2TV3zga'] });
+    const lonely = await ProcessPeer.start(join(dir, 'lonely'), { join: ['/ip4/127.0.0.1/tcp/9/p2p/12D3KooWJmHGoTpnwbhFpWDnrD3LRNkfmZDmdnf7snitw2TV3zga'], extraArgs: ['--insecure'] });
     cleanup.push(() => lonely.destroy());
     const sick = await waitFor('503 from the lonely peer', async () => {
       const h = await health(lonely.httpAddress);
@@ -60,7 +60,7 @@ describe('health and torn logs', function () {
       .sort((a, b) => b.mtimeMs - a.mtimeMs);
     assert.ok(logs.length > 0 && logs[0]!.size > 0, 'a LevelDB log to tear');
     truncateSync(join(db, logs[0]!.f), Math.floor(logs[0]!.size / 2));
-    const again = await ProcessPeer.start(victim.dataDir, { join: [c.peers.find((p) => p !== victim)!.joinAddr] });
+    const again = await ProcessPeer.start(victim.dataDir, { join: [c.peers.find((p) => p !== victim)!.joinToken] });
     c.peers[i] = again;
     // Whenever it says 200, it serves: poll both until every key reads back through it.
     let healthySeen = false;

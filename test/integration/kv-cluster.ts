@@ -29,7 +29,7 @@ export async function startWritableCluster(dir: string): Promise<Peer[]> {
   const peers: Peer[] = [await startKvPeer(dir, 'p0')];
   const seed = peers[0] as Peer;
   try {
-    for (let i = 1; i < 3; i++) peers.push(await startKvPeer(dir, `p${i}`, [seed.addrs[0] as string]));
+    for (let i = 1; i < 3; i++) peers.push(await startKvPeer(dir, `p${i}`, [seed.joinToken as string]));
     await waitAllShardsWritable(seed.httpAddress as string);
   } catch (err) {
     await Promise.all(peers.map((p) => p.stop().catch(() => {})));

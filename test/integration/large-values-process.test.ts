@@ -68,7 +68,7 @@ describe('store: large values through 3 processes, then growth to 5', function (
 
     // Grow to 5: every shard ends with 3 in-sync replicas, balanced.
     const seed = c.peers[0] as ProcessPeer;
-    for (let i = 3; i < 5; i++) c.peers.push(await ProcessPeer.start(join(c.dir, `p${i}`), { join: [seed.joinAddr] }));
+    for (let i = 3; i < 5; i++) c.peers.push(await ProcessPeer.start(join(c.dir, `p${i}`), { join: [seed.joinToken] }));
     const grownAt = performance.now();
     await c.waitSettled('grown to 5', 240_000);
     const table: ShardInfo[] = await c.shards(seed);

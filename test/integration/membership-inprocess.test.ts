@@ -32,7 +32,7 @@ describe('membership: 5 peers in one process', function () {
     peers.push(seed);
     const seedAddr = seed.addrs[0] as string;
     assert.match(seedAddr, /^\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/12D3/);
-    for (let i = 1; i < 5; i++) peers.push(await startPeer(dir, `p${i}`, [seedAddr]));
+    for (let i = 1; i < 5; i++) peers.push(await startPeer(dir, `p${i}`, [seed.joinToken as string]));
     const ids = peers.map((p) => p.peerId);
 
     await waitFor(
@@ -74,7 +74,7 @@ describe('membership: 5 peers in one process', function () {
   it('a peer restarted on the same data dir keeps its peer id and rejoins alive with a higher incarnation', async () => {
     const old = peers[3] as Peer;
     const oldInc = (peers[0] as Peer).status().members.find((m) => m.peerId === old.peerId)?.incarnation ?? -1;
-    const again = await startPeer(dir, 'p3', [(peers[0] as Peer).addrs[0] as string]);
+    const again = await startPeer(dir, 'p3', [(peers[0] as Peer).joinToken as string]);
     peers[3] = again;
     assert.equal(again.peerId, old.peerId);
     await waitFor('the others to see it alive again', () =>

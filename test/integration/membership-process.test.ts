@@ -25,7 +25,7 @@ describe('membership: 4 shoal processes, killed, frozen and restarted', function
     dir = await makeTempDir();
     const seed = await ProcessPeer.start(join(dir, 'p0'));
     peers.push(seed);
-    const rest = await Promise.all([1, 2, 3].map((i) => ProcessPeer.start(join(dir, `p${i}`), { join: [seed.joinAddr] })));
+    const rest = await Promise.all([1, 2, 3].map((i) => ProcessPeer.start(join(dir, `p${i}`), { join: [seed.joinToken] })));
     peers.push(...rest);
     const ids = peers.map((p) => p.peerId);
     await waitFor(
@@ -53,7 +53,7 @@ describe('membership: 4 shoal processes, killed, frozen and restarted', function
 
   it('SIGKILLed peer restarted on the same data dir returns with the same peer id', async () => {
     const old = peers[3] as ProcessPeer;
-    const again = await ProcessPeer.start(old.dataDir, { join: [(peers[0] as ProcessPeer).joinAddr] });
+    const again = await ProcessPeer.start(old.dataDir, { join: [(peers[0] as ProcessPeer).joinToken] });
     peers[3] = again;
     assert.equal(again.peerId, old.peerId);
     await waitFor('alive again at every peer', () => allSee(peers, again.peerId, (m) => m?.state === 'alive'), { timeoutMs: 15_000 });

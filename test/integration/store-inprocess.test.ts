@@ -27,8 +27,8 @@ describe('store: 3 peers in one process (library API)', function () {
     dir = await makeTempDir();
     peers.push(await startPeer(dir, 'p0'));
     // Each peer reads `any` by another policy.
-    peers.push(await startPeer(dir, 'p1', [(peers[0] as Peer).addrs[0] as string], { readPolicy: 'random' }));
-    peers.push(await startPeer(dir, 'p2', [(peers[0] as Peer).addrs[0] as string], { readPolicy: 'weighted' }));
+    peers.push(await startPeer(dir, 'p1', [(peers[0] as Peer).joinToken as string], { readPolicy: 'random' }));
+    peers.push(await startPeer(dir, 'p2', [(peers[0] as Peer).joinToken as string], { readPolicy: 'weighted' }));
     await waitFor(
       'every shard writable with 3 in-sync replicas on every peer',
       () =>
@@ -145,7 +145,7 @@ describe('store: a 4th peer joins 3 under write load', function () {
   before(async () => {
     dir = await makeTempDir();
     peers.push(await startPeer(dir, 'p0'));
-    for (let i = 1; i < 3; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).addrs[0] as string]));
+    for (let i = 1; i < 3; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).joinToken as string]));
     await waitFor('3 peers settled', () => settled(3), { timeoutMs: 30_000 });
   });
 
@@ -175,7 +175,7 @@ describe('store: a 4th peer joins 3 under write load', function () {
     const workers = Array.from({ length: 6 }, (_, w) => worker(w));
     try {
       await waitFor('some writes before the join', () => ok >= 50, { timeoutMs: 10_000 });
-      peers.push(await startPeer(dir, 'p3', [(peers[0] as Peer).addrs[0] as string], { readPolicy: 'least-latency' }));
+      peers.push(await startPeer(dir, 'p3', [(peers[0] as Peer).joinToken as string], { readPolicy: 'least-latency' }));
       await waitFor('4 peers settled: every shard 3 in-sync replicas, each peer holds some', () => settled(4), { timeoutMs: 45_000 });
     } finally {
       stop = true;
@@ -205,7 +205,7 @@ describe('store: a new replica of a shard whose log was trimmed gets a snapshot'
   before(async () => {
     dir = await makeTempDir();
     peers.push(await startPeer(dir, 'p0', [], { cluster: { shardCount: 8 } }));
-    for (let i = 1; i < 3; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).addrs[0] as string]));
+    for (let i = 1; i < 3; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).joinToken as string]));
     await waitFor('3 peers, every shard writable', () => peers.every((p) => p.status().shards?.writableShards === 8), { timeoutMs: 30_000 });
   });
 
@@ -242,7 +242,7 @@ describe('store: a new replica of a shard whose log was trimmed gets a snapshot'
         }
       }),
     );
-    peers.push(await startPeer(dir, 'p3', [(peers[0] as Peer).addrs[0] as string]));
+    peers.push(await startPeer(dir, 'p3', [(peers[0] as Peer).joinToken as string]));
     const p3 = peers[3]!;
     await waitFor(
       'p3 holds in-sync replicas and every shard has 3 in-sync replicas',
@@ -279,7 +279,7 @@ describe('store: writes are refused while the in-sync set is below minInSync', f
   it('2 peers with R = 2 and minInSync = 2: after one leaves, a put fails with not_enough_replicas and a get still works', async () => {
     dir = await makeTempDir();
     peers.push(await startPeer(dir, 'p0', [], { cluster: { shardCount: 8, replicationFactor: 2, minInSync: 2 }, requestTimeoutMs: 1500 }));
-    peers.push(await startPeer(dir, 'p1', [(peers[0] as Peer).addrs[0] as string]));
+    peers.push(await startPeer(dir, 'p1', [(peers[0] as Peer).joinToken as string]));
     await waitFor(
       'both peers hold every shard in sync',
       () => kvOf(peers[0]!).shards().length === 8 && kvOf(peers[0]!).shards().every((a) => a.inSync.length === 2),
@@ -317,7 +317,7 @@ describe('store: a primary that stops gracefully hands its shards over without w
   it(`with --lease-ms ${LEASE_MS}, a write to its shard succeeds through another peer within 1 s of stop()`, async () => {
     dir = await makeTempDir();
     peers.push(await startPeer(dir, 'p0', [], { cluster: { shardCount: 8 }, leaseMs: LEASE_MS }));
-    for (let i = 1; i < 3; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).addrs[0] as string], { leaseMs: LEASE_MS }));
+    for (let i = 1; i < 3; i++) peers.push(await startPeer(dir, `p${i}`, [(peers[0] as Peer).joinToken as string], { leaseMs: LEASE_MS }));
     await waitFor(
       'every shard with 3 in-sync replicas',
       () => kvOf(peers[0]!).shards().length === 8 && kvOf(peers[0]!).shards().every((a) => a.inSync.length === 3),

@@ -39,3 +39,29 @@ describe('HTTP request guard', () => {
     assert.equal(status('POST', '/v1/leave', { host, 'content-type': 'application/json; charset=utf-8' }), null);
   });
 });
+
+describe('HTTP request guard: bearer token', () => {
+  const token = 'correct-horse-battery-staple-42';
+  const withToken = { allowedHosts: [], bearerToken: token };
+  const host = '127.0.0.1:7070';
+  const check = (method: string, path: string, authorization?: string): number | null =>
+    checkRequest(method, path, { host, ...(authorization !== undefined ? { authorization } : {}) }, withToken)?.status ?? null;
+
+  it('needs Authorization: Bearer <token> on every route but GET/HEAD /healthz (401 otherwise)', () => {
+    for (const [m, p] of [['GET', '/v1/status'], ['GET', '/metrics'], ['GET', '/v1/kv/a'], ['PUT', '/v1/kv/a'], ['POST', '/v1/leave'], ['POST', '/healthz']]) {
+      assert.equal(check(m as string, p as string), 401, `${m} ${p} without a token`);
+      assert.equal(check(m as string, p as string, `Bearer ${token}x`), 401, `${m} ${p} with a longer token`);
+      assert.equal(check(m as string, p as string, `Bearer ${token.slice(0, -1)}`), 401, `${m} ${p} with a shorter token`);
+      assert.equal(check(m as string, p as string, `Basic ${token}`), 401, `${m} ${p} with another scheme`);
+      assert.equal(check(m as string, p as string, token), 401, `${m} ${p} without the scheme`);
+    }
+    assert.equal(check('GET', '/v1/status', `Bearer ${token}`), null);
+    assert.equal(check('GET', '/v1/status', `bearer ${token}`), null, 'the scheme is case-insensitive (RFC 7235)');
+    assert.equal(check('GET', '/healthz'), null);
+    assert.equal(check('HEAD', '/healthz'), null);
+  });
+
+  it('without a configured token, no Authorization is needed', () => {
+    assert.equal(checkRequest('GET', '/v1/status', { host }, { allowedHosts: [] }), null);
+  });
+});
