@@ -133,6 +133,9 @@ export class Coordinator {
   static async open(opts: CoordinatorOptions): Promise<Coordinator> {
     const storage = new LevelRaftStorage(opts.store.sublevel('raft'));
     let recovered = await storage.load();
+    if (storage.repair !== null) {
+      opts.log.warn('raft log: a damaged entry was found at open; the log was cut before it and the coordinator resends the rest', { ...storage.repair });
+    }
     const empty = recovered.hardState.term === 0 && recovered.entries.length === 0 && recovered.snapshot === undefined;
     if (empty && opts.bootstrap) {
       recovered = bootstrapStorage([opts.host.peerId.toString()]);

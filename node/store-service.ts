@@ -354,6 +354,11 @@ export class StoreService implements KvApi {
     const p = (async (): Promise<ShardSlot | null> => {
       try {
         const recovered = await this.shardStore.recover(shard);
+        const repair = this.shardStore.takeRepair(shard);
+        if (repair !== null) {
+          this.opts.log.warn('shard log: damaged records found at open were removed', { shard, ...repair });
+          if (repair.kind === 'tail') this.repairedShards.set(shard, { untilSeq: repair.seq + repair.dropped - 1, repair });
+        }
         if (this.stopped) return null;
         const settings = this.view.settings;
         const core = new ReplicaCore({
@@ -1160,6 +1165,8 @@ export class StoreService implements KvApi {
 
   /** Shards whose storage failed here (open or persist), with the error: not served until restart. */
   private readonly failedShards = new Map<number, string>();
+  /** Shards whose log lost a damaged tail at open: unhealthy until the log reaches `untilSeq` again (or the replica goes). */
+  private readonly repairedShards = new Map<number, { untilSeq: number; repair: { seq: number; problem: string; dropped: number } }>();
   /** Since when (local ms) each shard the map gives this peer has had no open replica. */
   private readonly missingSince = new Map<number, number>();
 
@@ -1170,6 +1177,14 @@ export class StoreService implements KvApi {
   healthProblems(missingMs: number): string[] {
     const problems: string[] = [];
     for (const [shard, why] of this.failedShards) problems.push(`shard ${shard} storage failed: ${why}`);
+    for (const [shard, r] of this.repairedShards) {
+      const slot = this.slots.get(shard);
+      if (slot === undefined || slot.removed || slot.core.progress().lastSeq >= r.untilSeq) {
+        if (slot !== undefined) this.repairedShards.delete(shard);
+        continue;
+      }
+      problems.push(`shard ${shard} log was damaged (${r.repair.problem} at group ${r.repair.seq}); ${r.repair.dropped} groups removed, catching up at ${slot.core.progress().lastSeq} of ${r.untilSeq}`);
+    }
     const now = this.now();
     this.view.shards.forEach((a, shard) => {
       if (!a.replicas.includes(this.self) || this.slots.has(shard) || this.failedShards.has(shard)) {

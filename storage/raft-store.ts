@@ -1,5 +1,6 @@
 import type { ConfState, Entry, EntryType, HardState, RecoveredState, Snapshot } from '../protocols/raft/types.js';
 import type { BatchOp, KvStore } from './kv-store.js';
+import { crc32 } from './checksum.js';
 import { StorageError } from './storage-error.js';
 
 /**
@@ -9,6 +10,12 @@ import { StorageError } from './storage-error.js';
  * Ready's state or none of it.
  *
  * Keys: `hard` (JSON), `snap` (header + data), `e<16 hex digits of index>` (header + data).
+ *
+ * Records are sealed with a CRC-32 (format byte 1, then the checksum of the rest); records of
+ * the unsealed format (first byte 0: the u32 header length) are still read. At load a damaged
+ * entry ends the log there: it and every later entry are deleted (Raft then treats the peer as
+ * one that lost its tail and the leader sends them again). A damaged hard state or snapshot
+ * refuses to start with StorageError CORRUPT naming the record: guessing a vote is not safe.
  */
 export interface RaftStorage {
   /** What the core was told to keep: feed it to `new RaftNode({ storage })`. */
@@ -37,18 +44,38 @@ function entryKey(index: number): string {
   return ENTRY_PREFIX + index.toString(16).padStart(16, '0');
 }
 
-/** header length (4 bytes BE) | header JSON | data */
+const SEALED = 1;
+const SEAL_BYTES = 5;
+
+/** 1 | crc32 of the rest (4 bytes BE) | header length (4 bytes BE) | header JSON | data */
 function frame(header: unknown, data: Uint8Array): Uint8Array {
   const head = new TextEncoder().encode(JSON.stringify(header));
-  const out = new Uint8Array(4 + head.length + data.length);
-  new DataView(out.buffer).setUint32(0, head.length);
-  out.set(head, 4);
-  out.set(data, 4 + head.length);
+  const out = new Uint8Array(SEAL_BYTES + 4 + head.length + data.length);
+  const view = new DataView(out.buffer);
+  view.setUint8(0, SEALED);
+  view.setUint32(SEAL_BYTES, head.length);
+  out.set(head, SEAL_BYTES + 4);
+  out.set(data, SEAL_BYTES + 4 + head.length);
+  view.setUint32(1, crc32(out.subarray(SEAL_BYTES)));
   return out;
 }
 
-function unframe<T>(bytes: Uint8Array, where: string, location: string): { header: T; data: Uint8Array } {
+/** The unsealed record inside `bytes`, checked; throws when the checksum does not match. */
+function unseal(bytes: Uint8Array): Uint8Array {
+  if (bytes.length === 0) throw new Error('empty record');
+  if (bytes[0] === 0) return bytes; // written before records were sealed
+  if (bytes[0] !== SEALED) throw new Error(`unknown record format ${bytes[0]}`);
+  if (bytes.length < SEAL_BYTES) throw new Error('record shorter than its seal');
+  const want = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(1);
+  const body = bytes.subarray(SEAL_BYTES);
+  if (crc32(body) !== want) throw new Error('checksum mismatch');
+  return body;
+}
+
+function unframe<T>(sealed: Uint8Array, where: string, location: string): { header: T; data: Uint8Array } {
   try {
+    const bytes = unseal(sealed);
+    if (bytes.length < 4) throw new Error('record shorter than its header length');
     const len = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0);
     if (4 + len > bytes.length) throw new Error('header longer than record');
     const header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(4, 4 + len))) as T;
@@ -58,9 +85,18 @@ function unframe<T>(bytes: Uint8Array, where: string, location: string): { heade
   }
 }
 
+/** Entries dropped at load because a record was damaged. */
+export interface RaftLogRepair {
+  fromIndex: number;
+  throughIndex: number;
+  problem: string;
+}
+
 export class LevelRaftStorage implements RaftStorage {
   private last = 0;
   private snapshotIndex = 0;
+  /** Set by `load` when it cut the log at a damaged entry. */
+  repair: RaftLogRepair | null = null;
 
   constructor(private readonly store: KvStore) {}
 
@@ -82,14 +118,32 @@ export class LevelRaftStorage implements RaftStorage {
     this.snapshotIndex = snapshot?.index ?? 0;
     const entries: Entry[] = [];
     let expect = this.snapshotIndex + 1;
+    let damaged: { index: number; problem: string } | null = null;
+    const dropKeys: string[] = [];
     for await (const [key, value] of this.store.iterate({ gt: entryKey(this.snapshotIndex), lt: ENTRY_END })) {
-      const { header, data } = unframe<{ term: number; type: EntryType }>(value, `entry ${key}`, loc);
       const index = parseInt(key.slice(1), 16);
+      if (damaged !== null) {
+        dropKeys.push(key);
+        continue;
+      }
+      let rec: { header: { term: number; type: EntryType }; data: Uint8Array };
+      try {
+        rec = unframe<{ term: number; type: EntryType }>(value, `entry ${key}`, loc);
+      } catch (err) {
+        damaged = { index, problem: (err as Error).message };
+        dropKeys.push(key);
+        continue;
+      }
       if (index !== expect) {
         throw new StorageError('CORRUPT', loc, `raft log in ${loc} has a gap: expected entry ${expect}, found ${index}`);
       }
-      entries.push({ index, term: header.term, type: header.type, data });
+      entries.push({ index, term: rec.header.term, type: rec.header.type, data: rec.data });
       expect++;
+    }
+    if (damaged !== null) {
+      // Cut the log before the damaged entry, durably, before anyone acts on it.
+      await this.store.batch(dropKeys.map((key) => ({ type: 'del' as const, key })), { sync: true });
+      this.repair = { fromIndex: damaged.index, throughIndex: parseInt((dropKeys[dropKeys.length - 1] as string).slice(1), 16), problem: damaged.problem };
     }
     this.last = expect - 1;
     return { hardState, snapshot, entries };

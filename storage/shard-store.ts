@@ -64,11 +64,24 @@ import type {
   ReplicationReady,
 } from '../protocols/replication/types.js';
 import type { BatchOp, KvStore } from './kv-store.js';
+import { crc32 } from './checksum.js';
 import { StorageError } from './storage-error.js';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------------------------
+
+/**
+ * Damaged op-log records `recover` removed: `tail` — from group `seq` (above the applied seq) to
+ * the end, so the replica must be caught up again; `prefix` — through group `seq` (already
+ * applied), so older groups are served from snapshots instead.
+ */
+export interface ShardLogRepair {
+  kind: 'tail' | 'prefix';
+  seq: number;
+  problem: string;
+  dropped: number;
+}
 
 /** One key of a shard's data: a value, or a tombstone (`value: null`) keeping its version. */
 export interface ShardEntry {
@@ -219,12 +232,17 @@ export const shardKeys = Object.freeze({
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
+/** Format byte of a sealed record: SEALED, crc32 (u32) of the rest, then a FORMAT record. */
+const SEALED = 2;
+const SEAL_BYTES = 5;
+
+/** Writes one sealed record: the seal is filled in by `done`. */
 class Writer {
   private buf: Uint8Array;
   private view: DataView;
-  private pos = 0;
+  private pos = SEAL_BYTES;
   constructor(size: number) {
-    this.buf = new Uint8Array(size);
+    this.buf = new Uint8Array(SEAL_BYTES + size);
     this.view = new DataView(this.buf.buffer);
   }
   u8(n: number): void {
@@ -246,8 +264,21 @@ class Writer {
   }
   done(): Uint8Array {
     if (this.pos !== this.buf.byteLength) throw new Error(`shard store: encoded ${this.pos} of ${this.buf.byteLength} bytes`);
+    this.view.setUint8(0, SEALED);
+    this.view.setUint32(1, crc32(this.buf.subarray(SEAL_BYTES)));
     return this.buf;
   }
+}
+
+/** The FORMAT record inside a sealed one, checked (records written before sealing pass as they are). */
+function unseal(b: Uint8Array): Uint8Array {
+  if (b.byteLength === 0) throw new Malformed('empty record');
+  if (b[0] === FORMAT) return b;
+  if (b[0] !== SEALED) throw new Malformed(`unknown format ${b[0]}`);
+  if (b.byteLength < SEAL_BYTES) throw new Malformed('record shorter than its seal');
+  const body = b.subarray(SEAL_BYTES);
+  if (crc32(body) !== new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(1)) throw new Malformed('checksum mismatch');
+  return body;
 }
 
 /** Thrown inside decoders; turned into StorageError CORRUPT with the key. */
@@ -308,8 +339,8 @@ function encodeApplied(r: AppliedRecord): Uint8Array {
   return w.done();
 }
 
-function decodeApplied(b: Uint8Array): AppliedRecord {
-  const r = new Reader(b);
+function decodeApplied(sealed: Uint8Array): AppliedRecord {
+  const r = new Reader(unseal(sealed));
   if (r.u8() !== FORMAT) throw new Malformed('unknown format');
   const rec = { seq: r.u64(), epoch: r.u64(), gen: r.u32() };
   r.end();
@@ -326,8 +357,8 @@ function encodeData(value: Uint8Array | null, version: number): Uint8Array {
   return w.done();
 }
 
-function decodeData(b: Uint8Array): { value: Uint8Array | null; version: number } {
-  const r = new Reader(b);
+function decodeData(sealed: Uint8Array): { value: Uint8Array | null; version: number } {
+  const r = new Reader(unseal(sealed));
   if (r.u8() !== FORMAT) throw new Malformed('unknown format');
   const kind = r.u8();
   const version = r.u64();
@@ -366,8 +397,8 @@ function encodeGroup(g: LogGroup): Uint8Array {
   return w.done();
 }
 
-function decodeGroup(b: Uint8Array): LogGroup {
-  const r = new Reader(b);
+function decodeGroup(sealed: Uint8Array): LogGroup {
+  const r = new Reader(unseal(sealed));
   if (r.u8() !== FORMAT) throw new Malformed('unknown format');
   const seq = r.u64();
   const epoch = r.u64();
@@ -506,6 +537,7 @@ export class ShardStore {
   readonly options: Readonly<ShardStoreOptions>;
   readonly #kv: KvStore;
   readonly #shards = new Map<number, ShardState>();
+  readonly #repairs = new Map<number, ShardLogRepair>();
 
   private constructor(kv: KvStore, options: ShardStoreOptions) {
     this.#kv = kv;
@@ -525,6 +557,13 @@ export class ShardStore {
     const store = new ShardStore(kv, resolved);
     await store.#load();
     return store;
+  }
+
+  /** What `recover` cut from the shard's log because records were damaged (null when nothing); cleared by reading it. */
+  takeRepair(shard: number): ShardLogRepair | null {
+    const r = this.#repairs.get(shard) ?? null;
+    this.#repairs.delete(shard);
+    return r;
   }
 
   /** The shards with anything stored, ascending. */
@@ -557,12 +596,53 @@ export class ShardStore {
     const hard = hardBytes === undefined ? { epoch: 0, expanding: [] } : this.#decode(shardKeys.hard(shard), hardBytes, decodeHard);
     const applied =
       appliedBytes === undefined ? { seq: 0, epoch: 0, gen: 0 } : this.#decode(shardKeys.applied(shard), appliedBytes, decodeApplied);
-    const log: LogGroup[] = [];
+    let log: LogGroup[] = [];
+    // A damaged group (bad checksum or shape) at or below the applied seq is history: the log is
+    // cut after it (its data was applied). Above, it ends the log: it and every later group go,
+    // and the replica reports the shorter log, so it is caught up again rather than trusted.
+    const drop: string[] = [];
+    let tailCut: { seq: number; problem: string } | null = null;
+    let prefixCut: { seq: number; problem: string } | null = null;
     for await (const [key, value] of this.#kv.iterate({ gt: shardKeys.log(shard, 0), lt: shardKeys.prefix(shard) + LOG_END })) {
-      const g = this.#decode(key, value, decodeGroup);
-      const expect = log.length === 0 ? this.#logSeqOf(key) : log[log.length - 1]!.seq + 1;
-      if (g.seq !== this.#logSeqOf(key) || g.seq !== expect) this.#corrupt(key, `group ${g.seq} where ${expect} belongs (a gap)`);
+      const seq = this.#logSeqOf(key);
+      if (tailCut !== null) {
+        drop.push(key);
+        continue;
+      }
+      let g: LogGroup;
+      try {
+        g = decodeGroup(value);
+        if (g.seq !== seq) throw new Malformed(`holds group ${g.seq}`);
+      } catch (error) {
+        if (!(error instanceof Malformed)) throw error;
+        drop.push(key);
+        if (seq > applied.seq) {
+          tailCut = { seq, problem: error.message };
+        } else {
+          prefixCut = { seq, problem: error.message };
+          for (const earlier of log) drop.push(shardKeys.log(shard, earlier.seq));
+          log = [];
+        }
+        continue;
+      }
+      const expect = log.length === 0 ? seq : log[log.length - 1]!.seq + 1;
+      if (g.seq !== expect) this.#corrupt(key, `group ${g.seq} where ${expect} belongs (a gap)`);
       log.push(g);
+    }
+    if (drop.length > 0) {
+      await this.#kv.batch(drop.map((key) => ({ type: 'del' as const, key })), { sync: true });
+      const s = this.#shards.get(shard);
+      if (s !== undefined) {
+        s.firstSeq = log.length > 0 ? log[0]!.seq : applied.seq + 1;
+        s.lastSeq = log.length > 0 ? log[log.length - 1]!.seq : applied.seq;
+      }
+      const cut = tailCut ?? prefixCut!;
+      this.#repairs.set(shard, {
+        kind: tailCut !== null ? 'tail' : 'prefix',
+        seq: cut.seq,
+        problem: cut.problem,
+        dropped: drop.length,
+      });
     }
     if (log.length > 0) {
       const first = log[0]!.seq;

@@ -978,6 +978,10 @@ export class ReplicaCore {
   private handleCatchUp(nowMs: number, m: CatchUpMessage): void {
     const f = this.primary!.followers.get(m.from);
     if (f === undefined) return;
+    // A follower asking from below what it acknowledged lost its log tail (damaged records cut
+    // at restart, a torn write): believe it, as Raft's leader believes a regressed follower, or
+    // heartbeats naming the old match point would never reach it again. Commit never goes back.
+    if (m.afterSeq < f.matchSeq) f.matchSeq = Math.max(m.afterSeq, 0);
     f.nextSeq = Math.max(f.matchSeq, Math.min(m.afterSeq, this.log.lastSeq)) + 1;
     f.probing = true;
     this.sendAppend(f, nowMs, true);

@@ -1,12 +1,14 @@
 /**
  * /healthz tells the truth (issue 9): 503 with the problems while a peer cannot do its part, 200
  * only once it can. And a peer whose newest LevelDB log was torn in half after a SIGKILL
- * restarts, catches up, and serves every key.
+ * restarts, catches up, and serves every key; so does one whose stored records were damaged
+ * (bit flips the record checksums find).
  */
 import assert from 'node:assert/strict';
 import { readdirSync, statSync, truncateSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
+import { openDiskStore } from '../../storage/level-store.js';
 import { makeTempDir, ProcessPeer, removeDir, waitFor } from './harness.js';
 import { Cluster, kvPath, request } from './process-cluster.js';
 
@@ -83,5 +85,71 @@ describe('health and torn logs', function () {
     );
     assert.ok(healthySeen);
     await c.waitSettled('after the torn restart', 60_000);
+  });
+
+  it('a peer whose stored Raft entry and shard log groups have a flipped bit restarts, cuts the damaged records, and serves every key', async () => {
+    const c = await Cluster.create();
+    cleanup.push(() => c.destroy());
+    await c.startPeers(3);
+    await c.waitSettled('start', 60_000);
+    const agent = new http.Agent({ keepAlive: true });
+    cleanup.push(async () => agent.destroy());
+    const keys = Array.from({ length: 200 }, (_, k) => `rot-${k}`);
+    for (const key of keys) assert.equal((await request(agent, c.peers[0]!.httpAddress, 'PUT', kvPath(key), Buffer.from(`v:${key}`), 5000)).status, 200);
+    const coordinator = (await c.status(c.peers[0]!)).coordinator;
+    const i = c.peers.findIndex((p) => p.peerId !== coordinator);
+    const victim = c.peers[i]!;
+    victim.signal('SIGKILL');
+    await victim.waitExit();
+    // Flip one bit in the newest Raft entry and in the newest op-log group of every shard.
+    const store = await openDiskStore(victim.dataDir);
+    let damagedGroups = 0;
+    try {
+      const flip = async (view: ReturnType<typeof store.sublevel>, key: string): Promise<void> => {
+        const b = Uint8Array.from((await view.get(key))!);
+        b[b.length - 1] = (b[b.length - 1] as number) ^ 0x04;
+        await view.put(key, b, { sync: true });
+      };
+      const raft = store.sublevel('raft');
+      let lastEntry: string | null = null;
+      for await (const [key] of raft.iterate({ gt: 'e', lt: 'f' })) lastEntry = key;
+      assert.ok(lastEntry !== null, 'a raft entry to damage');
+      await flip(raft, lastEntry);
+      const shards = store.sublevel('shards');
+      const newest = new Map<string, string>();
+      for await (const [key] of shards.iterate()) if (/^[0-9a-f]{4}l/.test(key)) newest.set(key.slice(0, 4), key);
+      for (const key of newest.values()) await flip(shards, key);
+      damagedGroups = newest.size;
+    } finally {
+      await store.close();
+    }
+    assert.ok(damagedGroups > 0, 'shard log groups to damage');
+    const again = await ProcessPeer.start(victim.dataDir, { join: [c.peers.find((p) => p !== victim)!.joinToken] });
+    c.peers[i] = again;
+    let healthySeen = false;
+    await waitFor(
+      'the restarted peer to serve every key',
+      async () => {
+        const h = await health(again.httpAddress);
+        let ok = 0;
+        for (const key of keys) {
+          const r = await request(agent, again.httpAddress, 'GET', kvPath(key), undefined, 3000).catch(() => null);
+          if (r !== null && r.status === 200 && r.body.toString() === `v:${key}`) ok++;
+        }
+        if (h.status === 200) {
+          healthySeen = true;
+          assert.equal(ok, keys.length, `/healthz said 200 while ${keys.length - ok} keys did not read back`);
+        }
+        return ok === keys.length && h.status === 200;
+      },
+      { timeoutMs: 60_000, intervalMs: 500 },
+    );
+    assert.ok(healthySeen);
+    assert.match(again.stderr, /raft log: a damaged entry was found at open/);
+    const repaired = again.stderr.split('\n').filter((l) => l.includes('shard log: damaged records found at open were removed')).length;
+    assert.equal(repaired, damagedGroups, `every damaged shard log was cut (${repaired} of ${damagedGroups})`);
+    await c.waitSettled('after the damaged restart', 60_000);
+    // Writes go on through it.
+    for (const key of keys.slice(0, 20)) assert.equal((await request(agent, again.httpAddress, 'PUT', kvPath(key), Buffer.from('again'), 5000)).status, 200);
   });
 });

@@ -101,6 +101,46 @@ function raftStorageContract(name: string, make: () => Promise<Harness>): void {
       assert.deepEqual(back.entries, entries(5, 6, 1));
     });
 
+    it('checksums: a damaged entry cuts the log before it (durably); a damaged hard state is CORRUPT', async () => {
+      const rs = new LevelRaftStorage(store.sublevel('raft'));
+      await rs.load();
+      await rs.persist({ hardState: { term: 1, vote: 'a', commit: 5 }, entries: entries(1, 6, 1) }, { sync: false });
+      const raw = store.sublevel('raft');
+      const key = 'e' + (4).toString(16).padStart(16, '0');
+      const b = Uint8Array.from((await raw.get(key))!);
+      b[b.length - 1] = (b[b.length - 1] as number) ^ 1;
+      await raw.put(key, b);
+      store = await h.reopen(store);
+      const again = new LevelRaftStorage(store.sublevel('raft'));
+      const back = await again.load();
+      assert.deepEqual(back.entries, entries(1, 3, 1));
+      assert.equal(back.hardState.commit, 5, 'the core sees commit beyond its log and recovers the lost tail');
+      assert.equal(again.repair?.fromIndex, 4);
+      assert.equal(again.repair?.throughIndex, 6);
+      assert.match(again.repair?.problem ?? '', /entry e0+4 .*checksum mismatch/);
+      assert.equal(again.lastIndex, 3);
+      assert.deepEqual((await reload()).entries, entries(1, 3, 1), 'the cut is on disk');
+      const hard = Uint8Array.from((await store.sublevel('raft').get('hard'))!);
+      hard[hard.length - 2] = (hard[hard.length - 2] as number) ^ 1;
+      await store.sublevel('raft').put('hard', hard);
+      await assert.rejects(new LevelRaftStorage(store.sublevel('raft')).load(), (err: Error & { code?: string }) => err.name === 'StorageError' && err.code === 'CORRUPT' && /checksum/.test(err.message));
+    });
+
+    it('records written before checksums are still read', async () => {
+      const rs = new LevelRaftStorage(store.sublevel('raft'));
+      await rs.load();
+      await rs.persist({ hardState: { term: 2, vote: null, commit: 2 }, entries: entries(1, 3, 2) }, { sync: false });
+      const raw = store.sublevel('raft');
+      for (const key of ['hard', ...[1, 2, 3].map((i) => 'e' + i.toString(16).padStart(16, '0'))]) {
+        const sealed = (await raw.get(key))!;
+        assert.equal(sealed[0], 1);
+        await raw.put(key, sealed.slice(5));
+      }
+      const back = await reload();
+      assert.deepEqual(back.entries, entries(1, 3, 2));
+      assert.deepEqual(back.hardState, { term: 2, vote: null, commit: 2 });
+    });
+
     it('raft keys live in their own sublevel', async () => {
       const rs = new LevelRaftStorage(store.sublevel('raft'));
       await rs.load();

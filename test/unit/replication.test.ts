@@ -291,6 +291,23 @@ describe('replication core', () => {
     assert.deepEqual(net.logOf('r2'), [[1, 1, 1], [2, 1, 1]]);
   });
 
+  it('a backup that lost an acknowledged tail (damaged records cut at restart) is believed and refilled', () => {
+    const net = threeReplicas();
+    for (const v of ['1', '2', '3']) {
+      net.write('r1', { kind: 'put', key: v, value: bytes(v) });
+      net.deliver();
+    }
+    assert.deepEqual(net.logOf('r2').map((g) => g[0]), [1, 2, 3], 'one group per write');
+    assert.equal(net.core('r1').status(net.nowMs).commitSeq, 3);
+    // r2 comes back holding groups 1..1 only and asks from there, below the 3 it acknowledged.
+    net.deliverOne({ type: 'catch-up', shard: SHARD, epoch: 1, from: 'r2', to: 'r1', afterSeq: 1 });
+    const refill = net.queue.find((m) => m.from === 'r1' && m.to === 'r2' && m.type === 'append');
+    assert.ok(refill !== undefined && refill.type === 'append', 'the primary answers with an append');
+    assert.equal(refill.prevSeq, 1, 'from where r2 says its log ends, not from the old match point');
+    assert.deepEqual(refill.groups.map((g) => g.seq), [2, 3]);
+    assert.equal(net.core('r1').status(net.nowMs).commitSeq, 3, 'commit never goes back');
+  });
+
   it('a slow backup: shrink request, writes wait for the new assignment, then commit without it', () => {
     const net = threeReplicas();
     const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });

@@ -464,16 +464,73 @@ function shardStorageContract(name: string, make: () => Promise<Harness>): void 
       await store.persistReady(SHARD, { hardState: { epoch: 1, expanding: [] }, appendLog: groups(1, 2, 1), apply: [group(1, 1, [put('k', 'v', 1)])] }, NO_SYNC);
       await raw.put(shardKeys.data(SHARD, 0, 'k'), new Uint8Array([1, 9, 0]));
       await rejectsWith(store.readValue(SHARD, 'k'), 'StorageError', { code: 'CORRUPT' });
-      await raw.put(shardKeys.log(SHARD, 2), new Uint8Array([1, 0, 0]));
-      await rejectsWith(store.recover(SHARD), 'StorageError', { code: 'CORRUPT' });
-      await raw.del(shardKeys.log(SHARD, 2));
-      await raw.put(shardKeys.log(SHARD, 3), (await raw.get(shardKeys.log(SHARD, 1)))!);
-      await rejectsWith(store.recover(SHARD), 'StorageError', { code: 'CORRUPT' }); // a gap, and seq 1 stored under 3
+      // A gap: a log that skips a group is not damage a checksum finds; it refuses to load.
+      await store.persistReady(SHARD, { appendLog: groups(3, 4, 1), apply: [] }, NO_SYNC);
       await raw.del(shardKeys.log(SHARD, 3));
+      await rejectsWith(store.recover(SHARD), 'StorageError', { code: 'CORRUPT' });
+      await raw.del(shardKeys.log(SHARD, 4));
       await raw.put(shardKeys.hard(SHARD), enc('{"epoch":-1}'));
       await rejectsWith(store.recover(SHARD), 'StorageError', { code: 'CORRUPT' });
       await raw.put(shardKeys.applied(SHARD), new Uint8Array([1, 2, 3]));
       await rejectsWith(ShardStore.open(raw), 'StorageError', { code: 'CORRUPT' });
+    });
+
+    /** The stored bytes of `key` with one bit flipped at `at` (from the end when negative). */
+    async function flipped(raw: KvStore, key: string, at: number): Promise<Uint8Array> {
+      const b = Uint8Array.from((await raw.get(key))!);
+      const i = at < 0 ? b.length + at : at;
+      b[i] = (b[i] as number) ^ 0x10;
+      return b;
+    }
+
+    it('checksums: a flipped bit in a value, an applied record or the hard state is CORRUPT, never a wrong answer', async () => {
+      const raw = kv.sublevel('shards');
+      await store.persistReady(SHARD, { hardState: { epoch: 1, expanding: [] }, appendLog: groups(1, 2, 1), apply: [group(1, 1, [put('k', 'value', 1)])] }, NO_SYNC);
+      await raw.put(shardKeys.data(SHARD, 0, 'k'), await flipped(raw, shardKeys.data(SHARD, 0, 'k'), -1));
+      await rejectsWith(store.readValue(SHARD, 'k'), 'StorageError', { code: 'CORRUPT' });
+      await raw.put(shardKeys.applied(SHARD), await flipped(raw, shardKeys.applied(SHARD), 8));
+      await rejectsWith(ShardStore.open(raw), 'StorageError', { code: 'CORRUPT' });
+    });
+
+    it('checksums: a damaged log group above the applied seq cuts the log there; at or below it, the log head goes', async () => {
+      const raw = (): KvStore => kv.sublevel('shards');
+      await store.persistReady(SHARD, { appendLog: groups(1, 6, 1), apply: groups(1, 3, 1) }, NO_SYNC);
+      // Group 5 (not applied) damaged: 5 and 6 go, the replica recovers with 1..4 and says so once.
+      await raw().put(shardKeys.log(SHARD, 5), await flipped(raw(), shardKeys.log(SHARD, 5), -1));
+      await reopen();
+      const r1 = await store.recover(SHARD);
+      assert.deepEqual(r1.log, groups(1, 4, 1));
+      assert.equal(r1.appliedSeq, 3);
+      assert.deepEqual(store.takeRepair(SHARD), { kind: 'tail', seq: 5, problem: 'checksum mismatch', dropped: 2 });
+      assert.equal(store.takeRepair(SHARD), null);
+      assert.deepEqual(store.logBounds(SHARD), { firstSeq: 1, lastSeq: 4 });
+      assert.equal(await raw().get(shardKeys.log(SHARD, 6)), undefined, 'the cut is on disk');
+      // Group 2 (applied) damaged: groups 1 and 2 go, 3 and 4 stay; the data is untouched.
+      await raw().put(shardKeys.log(SHARD, 2), await flipped(raw(), shardKeys.log(SHARD, 2), 12));
+      await reopen();
+      const r2 = await store.recover(SHARD);
+      assert.deepEqual(r2.log, groups(3, 4, 1));
+      assert.equal(store.takeRepair(SHARD)?.kind, 'prefix');
+      assert.deepEqual(store.logBounds(SHARD), { firstSeq: 3, lastSeq: 4 });
+      // The log goes on from there.
+      await store.persistReady(SHARD, { appendLog: [group(5, 2)], apply: [] }, NO_SYNC);
+      await reopen();
+      assert.deepEqual((await store.recover(SHARD)).log, [...groups(3, 4, 1), group(5, 2)]);
+    });
+
+    it('records written before checksums (format 1) are still read', async () => {
+      const raw = kv.sublevel('shards'); // used before the reopen only
+      await store.persistReady(SHARD, { appendLog: groups(1, 2, 1), apply: [group(1, 1, [put('k', 'v', 1)])] }, NO_SYNC);
+      for (const key of [shardKeys.log(SHARD, 1), shardKeys.log(SHARD, 2), shardKeys.data(SHARD, 0, 'k'), shardKeys.applied(SHARD)]) {
+        const sealed = (await raw.get(key))!;
+        assert.equal(sealed[0], 2, 'new records are sealed');
+        await raw.put(key, sealed.slice(5));
+      }
+      await reopen();
+      const r = await store.recover(SHARD);
+      assert.equal(r.log.length, 2);
+      assert.equal(store.takeRepair(SHARD), null);
+      assert.equal(new TextDecoder().decode((await store.readValue(SHARD, 'k')).value!), 'v');
     });
   });
 }
