@@ -11,6 +11,7 @@ import type { ConfChange, HardState, RaftMessage, RecoveredState } from '../prot
 import { SeededRandom } from '../protocols/random.js';
 import type { KvStore } from '../storage/kv-store.js';
 import { LevelRaftStorage } from '../storage/raft-store.js';
+import { admitRaftMessage } from '../protocols/raft/admission.js';
 import type { Host } from './host.js';
 import type { Logger } from './log.js';
 import type { MembershipService } from './membership-service.js';
@@ -73,7 +74,6 @@ const PROPOSAL_TIMEOUT_MS = 5000;
 /** Bound on in-flight proposals waiting to be applied. */
 const MAX_PENDING_PROPOSALS = 4096;
 /** A Raft message whose term is further ahead of ours than this is refused (see admitRaft). */
-const MAX_TERM_AHEAD = 1_000_000;
 
 interface Waiter {
   term: number;
@@ -393,27 +393,15 @@ export class Coordinator {
     this.kick();
   }
 
-  /**
-   * Why a Raft message is refused, or null. A peer in the configuration (voter or learner)
-   * listens only to the others in it; a peer outside it (new, or removed and back) only to
-   * what a leader sends (appends, heartbeats, snapshots), which is how it is brought in. Terms
-   * more than MAX_TERM_AHEAD beyond ours are refused: with pre-vote no member's term runs ahead,
-   * and one forged term near 2^53 would otherwise end every election for good.
-   */
+  /** Why a Raft message is refused, or null (protocols/raft/admission.ts has the rule). */
   private admitRaft(m: RaftMessage): string | null {
-    if (m.term > this.node.term + MAX_TERM_AHEAD) return `term ${m.term} is more than ${MAX_TERM_AHEAD} ahead of ${this.node.term}`;
-    const conf = this.node.confState;
-    const inConf = (id: string): boolean => conf.voters.includes(id) || conf.learners.includes(id);
-    if (inConf(m.from)) return null;
-    const fromLeader = m.type === 'append' || m.type === 'heartbeat' || m.type === 'snapshot';
-    if (!inConf(this.self)) return fromLeader ? null : 'this peer is not in the Raft configuration';
-    // Our configuration may lag: a leader that joined while we were down is not in it yet, and
-    // only its appends would tell us. Take a leader's messages also from a peer we know, in our
-    // map or by its own signed heartbeat (never from one that never joined the membership).
-    if (fromLeader && (this.map.member(m.from) !== undefined || this.opts.membership.members().some((x) => x.peerId === m.from && x.state === 'alive'))) {
-      return null;
-    }
-    return 'the sender is not in the Raft configuration';
+    return admitRaftMessage(m, {
+      term: this.node.term,
+      conf: this.node.confState,
+      self: this.self,
+      isMapMember: (id) => this.map.member(id) !== undefined,
+      isAlive: (id) => this.opts.membership.members().some((x) => x.peerId === id && x.state === 'alive'),
+    });
   }
 
   /** Raft frames refused for the sender's role or their content (see admitRaft). */

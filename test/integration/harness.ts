@@ -118,6 +118,11 @@ export class ProcessPeer {
     return peer;
   }
 
+  /** What another peer joins this one by: its token, or its address when it runs with --insecure. */
+  get joinRef(): string {
+    return this.joinToken !== '' ? this.joinToken : this.joinAddr;
+  }
+
   status(): Promise<PeerStatus> {
     return getStatus(this.httpAddress);
   }

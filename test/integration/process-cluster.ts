@@ -91,7 +91,7 @@ export class Cluster {
     const seed = await ProcessPeer.start(join(this.dir, 'p0'), { extraArgs: this.extraArgs });
     this.peers.push(seed);
     const others = await Promise.allSettled(
-      Array.from({ length: n - 1 }, (_, i) => ProcessPeer.start(join(this.dir, `p${i + 1}`), { join: [seed.joinToken], extraArgs: this.extraArgs })),
+      Array.from({ length: n - 1 }, (_, i) => ProcessPeer.start(join(this.dir, `p${i + 1}`), { join: [seed.joinRef], extraArgs: this.extraArgs })),
     );
     for (const o of others) if (o.status === 'fulfilled') this.peers.push(o.value);
     const failed = others.find((o) => o.status === 'rejected');
@@ -175,7 +175,7 @@ export class Cluster {
   async restart(i: number, via: ProcessPeer[]): Promise<ProcessPeer> {
     const old = this.peers[i] as ProcessPeer;
     this.retired.push(old);
-    const again = await ProcessPeer.start(old.dataDir, { join: via.map((p) => p.joinToken), extraArgs: this.extraArgs });
+    const again = await ProcessPeer.start(old.dataDir, { join: via.map((p) => p.joinRef), extraArgs: this.extraArgs });
     this.peers[i] = again;
     assert.equal(again.peerId, old.peerId, 'the restarted peer keeps its identity');
     return again;

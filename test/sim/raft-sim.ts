@@ -13,6 +13,7 @@
 import { SeededRandom, type Random } from '../../protocols/random.js';
 import {
   RaftNode,
+  admitRaftMessage,
   bootstrapStorage,
   emptyStorage,
   decodeRaftMessage,
@@ -102,7 +103,17 @@ export interface SimOptions {
   log?: (line: string) => void;
   /** With `log`: also log every delivered message. */
   traceMessages?: boolean;
+  /**
+   * Byzantine mode: a stranger (never a member, unknown to every peer) forges messages of every
+   * kind with terms just above or far beyond the receivers', through the faulty network, with
+   * this probability per tick (default 0: off). Every delivery goes through the node's admission
+   * rule (protocols/raft/admission.ts) in every mode; a forged message admitted fails the run.
+   */
+  byzantineProbability?: number;
 }
+
+/** The stranger of Byzantine mode. */
+export const STRANGER = 'x-stranger';
 
 export interface SimStats {
   ticks: number;
@@ -117,6 +128,10 @@ export interface SimStats {
   confChangesCommitted: number;
   transfers: number;
   livenessTicks: number;
+  /** Forged messages the admission rule refused (Byzantine mode). */
+  forgedRefused: number;
+  /** Members' messages the admission rule refused (e.g. votes of a removed voter). */
+  memberMessagesRefused: number;
 }
 
 export class SimFailure extends Error {
@@ -452,8 +467,26 @@ class Simulation {
       try {
         msg = decodeRaftMessage(encodeRaftMessage(m));
       } catch (err) {
+        if (m.from === STRANGER) {
+          // The decoder refuses it before admission even looks (a reset stream in the node).
+          this.stats.forgedRefused++;
+          return;
+        }
         this.fail(`codec rejected a real message ${JSON.stringify({ ...m, entries: undefined })}: ${(err as Error).message}`);
       }
+    }
+    // The node's admission rule, as the shell applies it before stepping.
+    // Members of the simulated cluster are in each other's map and membership; the stranger is in neither.
+    const known = (id: string): boolean => this.byId.has(id);
+    const refused = admitRaftMessage(msg, { term: peer.node.term, conf: peer.node.confState, self: peer.id, isMapMember: known, isAlive: known });
+    if (msg.from === STRANGER) {
+      if (refused === null) this.fail(`a forged message was admitted by ${peer.id}: ${JSON.stringify({ ...msg, entries: undefined, snapshot: undefined })}`);
+      this.stats.forgedRefused++;
+      return;
+    }
+    if (refused !== null) {
+      this.stats.memberMessagesRefused++;
+      return;
     }
     this.stats.messagesDelivered++;
     if (this.options.traceMessages === true) {
@@ -473,8 +506,37 @@ class Simulation {
     this.log(`${peer.id} crashes (${why})`);
   }
 
+  /** Byzantine mode: the stranger sends one forged message to a live peer. */
+  private forge(): void {
+    const live = this.peers.filter((p) => p.node !== null);
+    if (live.length === 0) return;
+    const target = this.random.pick(live);
+    const node = target.node!;
+    const term = this.random.chance(0.2) ? Number.MAX_SAFE_INTEGER : node.term + this.random.int(1, 3);
+    const last = node.lastIndex;
+    const base = { from: STRANGER, to: target.id, term };
+    const forged: RaftMessage[] = [
+      { ...base, type: 'vote', pre: this.random.chance(0.5), lastIndex: last + 100, lastTerm: term, transfer: this.random.chance(0.5) },
+      { ...base, type: 'heartbeat', commit: last + this.random.int(0, 50) },
+      {
+        ...base,
+        type: 'append',
+        prevIndex: last,
+        prevTerm: node.termAt(last) ?? 0,
+        entries: [{ index: last + 1, term, type: 'normal', data: new TextEncoder().encode(`forged${this.seq}`) }],
+        commit: last + 1,
+      },
+      { ...base, type: 'snapshot', snapshot: { index: last + 10, term, config: { voters: [STRANGER], learners: [] }, data: new Uint8Array([1, 2, 3]) } },
+      { ...base, type: 'timeout-now' },
+      { ...base, type: 'vote-response', pre: false, granted: true },
+      { ...base, type: 'append-response', index: last + 5, reject: false, hintIndex: 0, hintTerm: 0 },
+    ];
+    this.enqueue(this.random.pick(forged));
+  }
+
   private injectFaults(): void {
     const f = this.faults;
+    if (this.options.byzantineProbability !== undefined && this.random.chance(this.options.byzantineProbability)) this.forge();
     if (this.random.chance(f.healProbability) && this.blocked.size > 0) {
       this.blocked.clear();
       this.log('heal partitions');
@@ -653,6 +715,8 @@ class Simulation {
     let proposal: { index: number; term: number; id: string; leader: string } | null = null;
     let electedAt: number | null = null;
     for (let t = 1; t <= deadline; t++) {
+      // The stranger does not stop: liveness must hold under its forgeries.
+      if (this.options.byzantineProbability !== undefined && this.random.chance(this.options.byzantineProbability)) this.forge();
       this.tickAll();
       this.stats.livenessTicks = t;
       const leaders = this.liveLeaders().filter((p) => p.node!.confState.voters.includes(p.id));
@@ -731,6 +795,8 @@ export function emptyStats(): SimStats {
     confChangesCommitted: 0,
     transfers: 0,
     livenessTicks: 0,
+    forgedRefused: 0,
+    memberMessagesRefused: 0,
   };
 }
 

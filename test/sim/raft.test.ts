@@ -32,6 +32,16 @@ describe('raft simulation swarm', function () {
     assert.ok(total.committedEntries > totalSeeds * 10, 'commits');
   });
 
+  const byzantineSeeds = Math.max(1, Math.floor(totalSeeds / 6));
+  const byzantine = emptyStats();
+  it(`Byzantine mode: seeds 1..${byzantineSeeds} with a stranger forging every kind of message keep every invariant and recover liveness`, () => {
+    for (let seed = 1; seed <= byzantineSeeds; seed++) {
+      addStats(byzantine, runRaftSim({ seed, peers: peersForSeed(seed), byzantineProbability: [0.1, 0.5, 1][seed % 3] }));
+    }
+    assert.ok(byzantine.forgedRefused > byzantineSeeds, `forged messages refused: ${byzantine.forgedRefused}`);
+    assert.ok(byzantine.leadersElected >= byzantineSeeds, 'elections still happen');
+  });
+
   it('replays a seed exactly', () => {
     const a = runRaftSim({ seed: 4242, peers: 5 });
     const b = runRaftSim({ seed: 4242, peers: 5 });

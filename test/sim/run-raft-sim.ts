@@ -3,6 +3,7 @@
  *
  *   node dist/test/sim/run-raft-sim.js --seeds N [--start S] [--peers 3|5]
  *   node dist/test/sim/run-raft-sim.js --seed S [--peers 3|5] [--verbose | --trace]
+ *   ... --byzantine P   a stranger forges a message with probability P per tick (0 < P ≤ 1)
  *
  * Without --peers, odd seeds run 3 founding voters and even seeds 5. Exits 1 on the first
  * failing seed, printing it and the replay command.
@@ -10,9 +11,11 @@
 import { addStats, emptyStats, peersForSeed, runRaftSim, SimFailure } from './raft-sim.js';
 
 function usage(problem: string): never {
-  console.error(`${problem}\nusage: run-raft-sim --seeds N [--start S] [--peers 3|5] | --seed S [--peers 3|5] [--verbose | --trace]`);
+  console.error(`${problem}\nusage: run-raft-sim --seeds N [--start S] [--peers 3|5] | --seed S [--peers 3|5] [--verbose | --trace] [--byzantine P]`);
   process.exit(2);
 }
+
+let byzantine: number | undefined;
 
 function parseArgs(argv: string[]): { start: number; count: number; peers: number | null; verbose: boolean; trace: boolean } {
   let start = 1;
@@ -34,6 +37,9 @@ function parseArgs(argv: string[]): { start: number; count: number; peers: numbe
     else if (arg === '--peers') {
       peers = value();
       if (peers !== 3 && peers !== 5) usage('--peers must be 3 or 5');
+    } else if (arg === '--byzantine') {
+      byzantine = Number(argv[++k]);
+      if (!(byzantine > 0 && byzantine <= 1)) usage('--byzantine needs a probability in (0, 1]');
     } else if (arg === '--verbose') verbose = true;
     else if (arg === '--trace') {
       verbose = true;
@@ -51,7 +57,7 @@ const started = process.hrtime.bigint();
 for (let seed = args.start; seed < args.start + args.count; seed++) {
   const peers = args.peers ?? peersForSeed(seed);
   try {
-    addStats(total, runRaftSim({ seed, peers, log: args.verbose ? (line) => console.log(line) : undefined, traceMessages: args.trace }));
+    addStats(total, runRaftSim({ seed, peers, log: args.verbose ? (line) => console.log(line) : undefined, traceMessages: args.trace, byzantineProbability: byzantine }));
   } catch (err) {
     if (err instanceof SimFailure) {
       console.error(err.message);
