@@ -234,7 +234,8 @@ export class ShardController {
       Number.isSafeInteger(shard) && (shard as number) >= 0 && (shard as number) < CLUSTER_MAP_LIMITS.maxShardCount;
     let mine = this.progress.get(peer);
     for (const p of progress.slice(0, CLUSTER_MAP_LIMITS.maxShardCount)) {
-      if (!validShard(p.shard) || !Number.isFinite(p.lastEpoch) || !Number.isFinite(p.lastSeq)) continue;
+      const count = (n: unknown): boolean => Number.isSafeInteger(n) && (n as number) >= 0;
+      if (!validShard(p.shard) || !count(p.epoch) || !count(p.lastEpoch) || !count(p.lastSeq) || !count(p.commitSeq)) continue;
       if (mine === undefined) this.progress.set(peer, (mine = new Map()));
       mine.set(p.shard, { shard: p.shard, epoch: p.epoch, lastSeq: p.lastSeq, lastEpoch: p.lastEpoch, commitSeq: p.commitSeq });
     }
@@ -538,7 +539,10 @@ export class ShardController {
     for (const id of candidates) {
       // Highest (lastEpoch, lastSeq); missing progress ranks lowest; ties by order in `replicas`.
       const p = this.progress.get(id)?.get(shard);
-      const rank: [number, number] = p === undefined ? [-1, -1] : [p.lastEpoch, p.lastSeq];
+      // A position the map cannot back (an epoch beyond the shard's: no replica can hold groups
+      // of an epoch the map never granted) is a lie or a bug: it ranks as missing.
+      const backed = p !== undefined && p.lastEpoch <= a.epoch && p.epoch <= a.epoch;
+      const rank: [number, number] = !backed ? [-1, -1] : [p.lastEpoch, p.lastSeq];
       const better =
         best === null ||
         rank[0] > bestRank[0] ||

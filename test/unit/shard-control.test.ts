@@ -357,9 +357,11 @@ describe('shard controller', () => {
       assert.equal(plan!.cmd.updates.find((u) => u.shard === shard)!.expectEpoch, 1);
     });
 
-    it('ranks by lastEpoch before lastSeq, then by order in replicas; missing progress ranks lowest', () => {
+    it('ranks by lastEpoch before lastSeq, then by order in replicas; missing progress, or progress the map cannot back, ranks lowest', () => {
       for (const [pb1, pb2, winner] of [
-        [progressOf(0, 2, 1), progressOf(0, 1, 9), 1],
+        [progressOf(0, 1, 1), progressOf(0, 0, 9), 1],
+        [progressOf(0, 5, 100), progressOf(0, 1, 3), 2],
+        [progressOf(0, 1, 100), progressOf(0, 1, 3), 1],
         [progressOf(0, 1, 3), progressOf(0, 1, 3), 1],
         [undefined, progressOf(0, 0, 0), 2],
         [undefined, undefined, 1],
