@@ -237,6 +237,15 @@ describe('CLI: a running peer', function () {
     const wrong = await runCli(['start', '--data-dir', join(dir, 'k2'), '--listen', '/ip4/127.0.0.1/tcp/0', '--http', '127.0.0.1:0', '--swarm-key', other]);
     assert.equal(wrong.code, 1, wrong.stderr);
     assertOneLineNaming(wrong.stderr, 'another cluster');
+    // A peer holding another cluster's key cannot connect either (the Noise handshake fails).
+    const stranger = await ProcessPeer.start(join(dir, 'k5'), { join: [p1.joinAddr], extraArgs: ['--swarm-key', other] });
+    peers.push(stranger);
+    const until = Date.now() + 3000;
+    for (let i = 0; i < 100 && Date.now() < until; i++) {
+      assert.equal(stateOf(await p1.status(), stranger.peerId), undefined);
+      assert.equal(stateOf(await stranger.status(), p1.peerId), undefined);
+      await new Promise((r) => setTimeout(r, 100));
+    }
   });
 
   it('--swarm-key: peers given the same key file join by address', async () => {
