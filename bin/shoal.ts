@@ -430,7 +430,8 @@ export function formatStatusTable(status: PeerStatus): string {
   ];
   const sh = status.shards;
   if (sh !== null && sh !== undefined) {
-    coord.push(`shards   ${sh.shardCount} (replication factor ${sh.replicationFactor}, min in-sync ${sh.minInSync}): ${sh.writableShards} writable`);
+    const lowered = sh.effectiveMinInSync !== undefined && sh.effectiveMinInSync < sh.minInSync ? ` (${sh.effectiveMinInSync} while the cluster has fewer peers)` : '';
+    coord.push(`shards   ${sh.shardCount} (replication factor ${sh.replicationFactor}, min in-sync ${sh.minInSync}${lowered}): ${sh.writableShards} writable`);
   }
   return [`peer ${status.peerId}  (${counts.join(', ')}; * = this peer)`, ...coord, '', fmt(header), ...rows.map(fmt)].join('\n') + '\n';
 }

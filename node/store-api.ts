@@ -108,7 +108,12 @@ export interface ShardSummary {
   shardCount: number;
   replicationFactor: number;
   minInSync: number;
-  /** Shards with a primary and at least minInSync in-sync replicas. */
+  /**
+   * The in-sync count writes need now: minInSync, but at most the members that have not left,
+   * so a cluster growing from one peer takes writes (below minInSync only while it has fewer peers).
+   */
+  effectiveMinInSync: number;
+  /** Shards with a primary and at least effectiveMinInSync in-sync replicas. */
   writableShards: number;
   perPeer: Record<string, { primaries: number; replicas: number }>;
 }

@@ -10,6 +10,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { ClusterMapView, ShardAssignment } from '../protocols/cluster-map/types.js';
+import { effectiveMinInSync } from '../protocols/cluster-map/cluster-map.js';
 import { InvalidMessageError } from '../protocols/errors.js';
 import { shardOf } from '../protocols/placement/index.js';
 import { decodeReplicationMessage, encodeReplicationMessage, REPLICATION_PROTOCOL_ID } from '../protocols/replication/codec.js';
@@ -326,10 +327,12 @@ export class StoreService implements KvApi {
     const now = this.now();
     for (const id of this.heardAt.keys()) if (!Object.hasOwn(this.view.members, id)) this.heardAt.delete(id);
     if (this.opts.coordinator.isLeader) this.controller.observe(now, this.view);
+    const minInSync = effectiveMinInSync(this.view);
     this.view.shards.forEach((a, shard) => {
       const slot = this.slots.get(shard);
       if (slot !== undefined) {
         slot.core.setAssignment(now, a);
+        slot.core.setMinInSync(now, Math.min(minInSync, slot.core.config.minInSync));
         this.unpark(slot, now, false);
         this.afterInput(slot);
       } else if (a.replicas.includes(this.self)) {
@@ -372,6 +375,7 @@ export class StoreService implements KvApi {
         const now = this.now();
         const a = this.view.shards[shard];
         if (a !== undefined) core.setAssignment(now, a);
+        core.setMinInSync(now, Math.min(effectiveMinInSync(this.view), core.config.minInSync));
         core.setLease(now, this.leaseUntil);
         this.afterInput(slot);
         this.opts.log.debug('shard opened', { shard, appliedSeq: recovered.appliedSeq, log: recovered.log.length, epoch: recovered.epoch });
@@ -1208,15 +1212,16 @@ export class StoreService implements KvApi {
     if (s === null) return null;
     const perPeer: ShardSummary['perPeer'] = {};
     let writable = 0;
+    const need = effectiveMinInSync(this.view);
     for (const a of this.view.shards) {
-      if (a.primary !== null && a.inSync.length >= s.minInSync) writable++;
+      if (a.primary !== null && a.inSync.length >= need) writable++;
       for (const id of a.replicas) {
         const p = (perPeer[id] ??= { primaries: 0, replicas: 0 });
         p.replicas++;
         if (id === a.primary) p.primaries++;
       }
     }
-    return { shardCount: s.shardCount, replicationFactor: s.replicationFactor, minInSync: s.minInSync, writableShards: writable, perPeer };
+    return { shardCount: s.shardCount, replicationFactor: s.replicationFactor, minInSync: s.minInSync, effectiveMinInSync: need, writableShards: writable, perPeer };
   }
 
   /** This peer's applied copy of `key`, whatever its role (for tests and debugging); null when absent or the shard is not held here. */

@@ -305,3 +305,16 @@ export class ClusterMap {
     return map;
   }
 }
+
+/**
+ * The in-sync count writes need in this map: the configured minInSync, but never more than the
+ * members that have not left (issue 10, "grow from one"). A cluster of one peer takes writes on
+ * its one replica, and a cluster of two on two, until it has as many peers as minInSync; from
+ * then on the configured value holds. Dead members still count (they may come back, and
+ * a failure must not lower the guarantee); only a graceful leave lowers it.
+ */
+export function effectiveMinInSync(view: Pick<ClusterMapView, 'settings' | 'members'>): number {
+  const configured = view.settings?.minInSync ?? 2;
+  const present = Object.values(view.members).filter((m) => m.status !== 'left').length;
+  return Math.max(1, Math.min(configured, present));
+}

@@ -1,4 +1,4 @@
 /** Public surface of the cluster map state machine. */
 export * from './types.js';
 export * from './commands.js';
-export { ClusterMap } from './cluster-map.js';
+export { ClusterMap, effectiveMinInSync } from './cluster-map.js';

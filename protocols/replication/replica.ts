@@ -189,6 +189,8 @@ export class ReplicaCore {
   readonly shard: number;
   readonly id: ReplicaId;
   readonly config: Readonly<ReplicationConfig>;
+  /** Writes need this many in-sync replicas (≤ config.minInSync; see setMinInSync). */
+  private minInSyncValue: number;
 
   /** Highest epoch accepted (durable through Ready.hardState). */
   private epochValue: number;
@@ -238,6 +240,7 @@ export class ReplicaCore {
     this.shard = options.shard;
     this.id = options.id;
     this.config = resolveReplicationConfig(options.config);
+    this.minInSyncValue = this.config.minInSync;
     const r = options.recovered ?? { epoch: 0, appliedSeq: 0, appliedEpoch: 0, log: [] };
     // The log window starts right after a sequence whose epoch we know.
     let groups = [...r.log];
@@ -327,6 +330,30 @@ export class ReplicaCore {
     };
   }
 
+  /**
+   * The in-sync count below which writes are refused, at most `config.minInSync`. The shell
+   * lowers it while the cluster has fewer peers than that (a cluster growing from one peer takes
+   * writes; node/store-service.ts) and raises it back as peers join. Lowering it lets waiting
+   * groups commit at once.
+   */
+  setMinInSync(nowMs: number, n: number): void {
+    if (!Number.isSafeInteger(n) || n < 1 || n > this.config.minInSync) {
+      throw new InvalidRequestError('minInSync', `must be an integer from 1 to ${this.config.minInSync}, got ${n}`);
+    }
+    if (n === this.minInSyncValue) return;
+    const lowered = n < this.minInSyncValue;
+    this.minInSyncValue = n;
+    if (lowered && this.primary !== null) {
+      this.advanceCommit(nowMs);
+      this.sealGroups(nowMs);
+    }
+  }
+
+  /** The in-sync count writes need now (see setMinInSync). */
+  get minInSync(): number {
+    return this.minInSyncValue;
+  }
+
   /** The groups in this replica's in-memory log window (for tests and the simulation). */
   logGroups(): LogGroup[] {
     return this.log.length === 0 ? [] : this.log.slice(this.log.trimSeq + 1, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
@@ -389,7 +416,7 @@ export class ReplicaCore {
     const ps = this.primary!;
     if (this.commitSeq < ps.reconcileSeq) throw new NotPrimaryError(this.id, this.epochValue, 'reconciling');
     const inSync = this.inSyncCount();
-    if (inSync < this.config.minInSync) throw new NotEnoughReplicasError(inSync, this.config.minInSync);
+    if (inSync < this.minInSyncValue) throw new NotEnoughReplicasError(inSync, this.minInSyncValue);
     if (ps.queue.length >= this.config.maxPendingWrites) throw new OverloadedError(this.config.maxPendingWrites);
     if (request.durableAtSeq < this.overlay.floorSeq) throw new StaleVersionError(request.durableAtSeq, this.overlay.floorSeq);
     if (request.durableAtSeq > this.log.lastSeq) {
@@ -807,7 +834,7 @@ export class ReplicaCore {
     const ackSet = new Set<ReplicaId>(this.assignment!.inSync);
     for (const r of this.expanding) ackSet.add(r);
     ackSet.add(this.id);
-    if (ackSet.size < this.config.minInSync) return;
+    if (ackSet.size < this.minInSyncValue) return;
     let c = this.persistedSeq;
     for (const r of ackSet) {
       if (r === this.id) continue;
@@ -829,9 +856,9 @@ export class ReplicaCore {
     if (!this.isServing(nowMs) || this.commitSeq < ps.reconcileSeq) return;
     while (ps.queue.length > 0 && ps.inflight.length < this.config.maxGroupsInFlight) {
       const inSync = this.inSyncCount();
-      if (inSync < this.config.minInSync) {
+      if (inSync < this.minInSyncValue) {
         for (const w of ps.queue) {
-          this.answers.push({ requestId: w.requestId, ok: false, error: new NotEnoughReplicasError(inSync, this.config.minInSync) });
+          this.answers.push({ requestId: w.requestId, ok: false, error: new NotEnoughReplicasError(inSync, this.minInSyncValue) });
         }
         ps.queue = [];
         ps.queueVersions.clear();

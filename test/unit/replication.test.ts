@@ -308,6 +308,21 @@ describe('replication core', () => {
     assert.equal(net.core('r1').status(net.nowMs).commitSeq, 3, 'commit never goes back');
   });
 
+  it('a lone replica takes writes once the shell lowers minInSync to 1 (a cluster of one peer), and not before', () => {
+    const net = new Net(['r1']);
+    net.assign({ replicas: ['r1'], primary: 'r1', inSync: ['r1'], epoch: 1 });
+    net.lease('r1');
+    assertThrowsNamed(() => net.write('r1', { kind: 'put', key: 'a', value: bytes('1') }), 'NotEnoughReplicasError');
+    assertThrowsNamed(() => net.core('r1').setMinInSync(net.nowMs, 3), 'InvalidRequestError');
+    net.core('r1').setMinInSync(net.nowMs, 1);
+    const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    net.deliver();
+    assert.deepEqual(net.result(w), { applied: true, version: 1, seq: 1 });
+    // Raised back (a second peer joined): writes wait for a second in-sync replica again.
+    net.core('r1').setMinInSync(net.nowMs, 2);
+    assertThrowsNamed(() => net.write('r1', { kind: 'put', key: 'b', value: bytes('2') }), 'NotEnoughReplicasError');
+  });
+
   it('a slow backup: shrink request, writes wait for the new assignment, then commit without it', () => {
     const net = threeReplicas();
     const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
