@@ -17,6 +17,7 @@ import { DEFAULT_RAFT_CONFIG } from '../protocols/raft/config.js';
 import type { PeerStatus } from '../node/peer.js';
 import { READ_CONSISTENCIES } from '../node/store-api.js';
 import { READ_POLICIES, type ReadPolicy } from '../node/store-api.js';
+import { runDemo } from './demo.js';
 
 /** Usage errors exit 2; runtime failures exit 1. */
 class UsageError extends Error {
@@ -39,10 +40,13 @@ Usage: shoal <command> [options]
 Commands:
   start            run a peer (joins an existing cluster with --join)
   status           show the members a running peer sees
-  leave            make a running peer leave the cluster and exit
+  leave            make a running peer move its data to others, leave the cluster and exit
+  drain            make a running peer move every replica it holds to others (it stays)
+  capacity N       change a running peer's capacity (its share of replicas follows)
   put KEY VALUE    store a value under KEY (or --file FILE)
   get KEY          print the value stored under KEY
   del KEY          delete KEY
+  demo             start a local cluster of N peers in a temporary directory
   token            print the join token of a peer's data dir (the cluster key and its addresses)
   keygen FILE      write a new private-network (swarm) key to FILE
   help [COMMAND]   show help for a command
@@ -128,13 +132,48 @@ ${TOKEN_FLAG_HELP}
 
 const LEAVE_HELP = `Usage: shoal leave [options]
 
-Ask a running peer to leave the cluster gracefully: it hands over the coordinator role if it
-holds it, announces 'left', waits to be removed from the Raft configuration, and exits 0.
+Ask a running peer to leave the cluster gracefully. First it is drained: every shard replica
+it holds is moved to the other active peers while writes go on (progress on stderr). Then it
+hands over the coordinator role if it holds it, announces 'left', waits to be removed from
+the Raft configuration, and exits 0. With no other active peer there is nothing to move to;
+it leaves at once.
 
 Options:
   --http HOST:PORT   the peer's HTTP API (default ${DEFAULT_PEER_OPTIONS.http})
 ${TOKEN_FLAG_HELP}
+  --no-drain         leave without moving data first (the others re-replicate it afterwards)
+  --drain-wait-ms N  give up if the drain takes longer (default 600000); nothing is lost, the
+                     peer stays and keeps draining
   --wait-ms N        wait up to N ms until the peer has stopped answering (default 15000)
+  -h, --help         this help
+`;
+
+const DRAIN_HELP = `Usage: shoal drain [options]
+
+Move every shard replica a running peer holds to the other active peers, while writes go on;
+the peer stays a member (draining) and takes no new replicas. Shows progress and an ETA on
+stderr and exits 0 once the peer holds nothing. 'shoal drain --cancel' makes it active again
+(it then takes its share of replicas back).
+
+Options:
+  --http HOST:PORT   the peer's HTTP API (default ${DEFAULT_PEER_OPTIONS.http})
+${TOKEN_FLAG_HELP}
+  --cancel           stop draining
+  --no-wait          ask and return at once
+  --wait-ms N        give up waiting after N ms (default 600000; the drain goes on)
+  -h, --help         this help
+`;
+
+const CAPACITY_HELP = `Usage: shoal capacity N [options]
+
+Change the relative capacity a running peer reports (a number above 0, at most 1024). The
+coordinator applies it to the cluster map and the placement gives the peer a proportional
+share of replicas: replicas move toward or away from it by themselves. Lasts until the peer
+restarts (then --capacity applies).
+
+Options:
+  --http HOST:PORT   the peer's HTTP API (default ${DEFAULT_PEER_OPTIONS.http})
+${TOKEN_FLAG_HELP}
   -h, --help         this help
 `;
 
@@ -186,6 +225,19 @@ ${KV_COMMON_OPTIONS}
 
 Exit codes: 0 deleted; 1 the peer refused or could not be reached (after a timeout the
 delete may or may not have been applied); 2 usage error.
+`;
+
+const DEMO_HELP = `Usage: shoal demo [--peers N]
+
+Start a local cluster in one command: N 'shoal start' processes on 127.0.0.1 (free ports),
+with data dirs in one temporary directory. The first makes the cluster, the others join with
+its token. Prints each peer's HTTP address and commands to try once every shard is writable.
+Ctrl-C stops every peer gracefully and removes the directory.
+
+Options:
+  --peers N      peers to start, 1 to 9 (default 3)
+  --peer-arg A   an extra 'shoal start' argument for every peer (repeatable), e.g. --peer-arg=--sync
+  -h, --help     this help
 `;
 
 const TOKEN_HELP = `Usage: shoal token [--data-dir DIR]
@@ -453,12 +505,12 @@ async function useHttpToken(file: string | undefined): Promise<void> {
   clientHeaders = { authorization: `Bearer ${token}` };
 }
 
-async function fetchJson(hostPort: string, path: string, timeoutMs: number, method = 'GET'): Promise<unknown> {
+async function fetchJson(hostPort: string, path: string, timeoutMs: number, method = 'GET', payload: unknown = {}): Promise<unknown> {
   const url = `http://${hostPort}${path}`;
   let res: Response;
   try {
     // A JSON body on POSTs: POST /v1/leave wants application/json (a web page cannot send it cross-origin).
-    const post = method === 'POST' ? { body: '{}', headers: { 'content-type': 'application/json', ...clientHeaders } } : { headers: clientHeaders };
+    const post = method === 'POST' ? { body: JSON.stringify(payload), headers: { 'content-type': 'application/json', ...clientHeaders } } : { headers: clientHeaders };
     res = await fetch(url, { method, signal: AbortSignal.timeout(timeoutMs), ...post });
   } catch (err) {
     const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name;
@@ -497,6 +549,55 @@ async function cmdStatus(argv: string[]): Promise<number> {
   return 0;
 }
 
+interface DrainState {
+  status: string | null;
+  replicas: number;
+  primaries: number;
+  movesInFlight: number;
+  activePeersLeft: number;
+  done: boolean;
+}
+
+function formatMs(ms: number): string {
+  if (!Number.isFinite(ms)) return '?';
+  return ms < 60_000 ? `${Math.ceil(ms / 1000)} s` : `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
+}
+
+/**
+ * Ask the peer at hostPort to drain and follow it until it holds no replica: a progress line on
+ * stderr (rewritten in place on a terminal, every 2 s otherwise). Returns false when there is no
+ * other active peer to move to.
+ */
+async function drainAndWait(hostPort: string, waitMs: number): Promise<boolean> {
+  let st = (await fetchJson(hostPort, '/v1/drain', 5000, 'POST')) as DrainState;
+  if (st.activePeersLeft === 0 && st.replicas > 0) return false;
+  const start = Date.now();
+  const initial = Math.max(st.replicas, 1);
+  const tty = process.stderr.isTTY === true;
+  let lastPrint = 0;
+  for (let i = 0; i < waitMs / 250 + 1 && Date.now() - start < waitMs; i++) {
+    st = (await fetchJson(hostPort, '/v1/drain', 5000)) as DrainState;
+    const moved = Math.max(0, initial - st.replicas);
+    const elapsed = Date.now() - start;
+    const eta = moved > 0 ? (st.replicas * elapsed) / moved : Number.POSITIVE_INFINITY;
+    const width = 30;
+    const filled = Math.round((moved / initial) * width);
+    const line = `draining [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${moved}/${initial} replicas moved, ${st.movesInFlight} moves in flight, ${st.replicas === 0 ? 'done' : `ETA ${formatMs(eta)}`}`;
+    if (st.done) {
+      process.stderr.write(tty ? `\r${line}\n` : `${line}\n`);
+      return true;
+    }
+    if (tty) process.stderr.write(`\r${line}`);
+    else if (Date.now() - lastPrint >= 2000) {
+      process.stderr.write(`${line}\n`);
+      lastPrint = Date.now();
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  if (tty) process.stderr.write('\n');
+  throw new RuntimeFailure(`the drain did not finish within ${waitMs} ms (${st.replicas} replicas left); it goes on: see 'shoal drain --http ${hostPort}'`);
+}
+
 async function cmdLeave(argv: string[]): Promise<number> {
   const { values } = parse({
     args: argv,
@@ -504,6 +605,8 @@ async function cmdLeave(argv: string[]): Promise<number> {
     options: {
       http: { type: 'string' },
       'http-token-file': { type: 'string' },
+      'no-drain': { type: 'boolean' },
+      'drain-wait-ms': { type: 'string' },
       'wait-ms': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -515,8 +618,13 @@ async function cmdLeave(argv: string[]): Promise<number> {
   const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
   parseHostPort(hostPort, '--http');
   const waitMs = intFlag(values['wait-ms'], '--wait-ms') ?? 15_000;
+  const drainWaitMs = intFlag(values['drain-wait-ms'], '--drain-wait-ms') ?? 600_000;
   await useHttpToken(values['http-token-file']);
   const status = (await fetchJson(hostPort, '/v1/status', 5000)) as PeerStatus;
+  if (values['no-drain'] !== true && status.shards != null) {
+    const drained = await drainAndWait(hostPort, drainWaitMs);
+    if (!drained) process.stderr.write('no other active peer to move replicas to: leaving without moving data\n');
+  }
   await fetchJson(hostPort, '/v1/leave', 5000, 'POST');
   // Done when the peer no longer answers (it closes its HTTP server as the last step).
   const deadline = Date.now() + waitMs;
@@ -532,6 +640,81 @@ async function cmdLeave(argv: string[]): Promise<number> {
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new PeerStartError('HTTP', `peer ${status.peerId} at ${hostPort} was still running after ${waitMs} ms`);
+}
+
+async function cmdDrain(argv: string[]): Promise<number> {
+  const { values } = parse({
+    args: argv,
+    strict: true,
+    options: {
+      http: { type: 'string' },
+      'http-token-file': { type: 'string' },
+      cancel: { type: 'boolean' },
+      'no-wait': { type: 'boolean' },
+      'wait-ms': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help === true) {
+    process.stdout.write(DRAIN_HELP);
+    return 0;
+  }
+  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
+  parseHostPort(hostPort, '--http');
+  const waitMs = intFlag(values['wait-ms'], '--wait-ms') ?? 600_000;
+  await useHttpToken(values['http-token-file']);
+  if (values.cancel === true) {
+    await fetchJson(hostPort, '/v1/drain', 5000, 'POST', { cancel: true });
+    process.stdout.write('drain cancelled: the peer takes its share of replicas again\n');
+    return 0;
+  }
+  if (values['no-wait'] === true) {
+    const st = (await fetchJson(hostPort, '/v1/drain', 5000, 'POST')) as DrainState;
+    process.stdout.write(`draining: ${st.replicas} replicas to move\n`);
+    return 0;
+  }
+  if (!(await drainAndWait(hostPort, waitMs))) throw new RuntimeFailure('no other active peer to move replicas to; nothing moved');
+  process.stdout.write('drained: the peer holds no replica\n');
+  return 0;
+}
+
+async function cmdCapacity(argv: string[]): Promise<number> {
+  const { values, positionals } = parse({
+    args: argv,
+    strict: true,
+    allowPositionals: true,
+    options: { http: { type: 'string' }, 'http-token-file': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+  });
+  if (values.help === true) {
+    process.stdout.write(CAPACITY_HELP);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError('capacity: expected exactly one number N (usage: shoal capacity N)');
+  const n = Number(positionals[0]);
+  if ((positionals[0] as string).trim() === '' || !Number.isFinite(n) || n <= 0 || n > 1024) {
+    throw new UsageError(`capacity: expected a number above 0 and at most 1024, got ${JSON.stringify(positionals[0])}`);
+  }
+  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
+  parseHostPort(hostPort, '--http');
+  await useHttpToken(values['http-token-file']);
+  await fetchJson(hostPort, '/v1/capacity', 5000, 'POST', { capacity: n });
+  process.stdout.write(`capacity ${n} reported; replicas follow it\n`);
+  return 0;
+}
+
+async function cmdDemo(argv: string[]): Promise<number> {
+  const { values } = parse({
+    args: argv,
+    strict: true,
+    options: { peers: { type: 'string' }, 'peer-arg': { type: 'string', multiple: true }, help: { type: 'boolean', short: 'h' } },
+  });
+  if (values.help === true) {
+    process.stdout.write(DEMO_HELP);
+    return 0;
+  }
+  const peers = values.peers === undefined ? 3 : Number(values.peers);
+  if (!Number.isInteger(peers) || peers < 1 || peers > 9) throw new UsageError(`--peers: expected an integer from 1 to 9, got ${JSON.stringify(values.peers)}`);
+  return runDemo({ peers, script: process.argv[1] as string, peerArgs: values['peer-arg'] ?? [], out: (line) => process.stdout.write(line + '\n') });
 }
 
 async function cmdToken(argv: string[]): Promise<number> {
@@ -804,6 +987,9 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help:
   start: { run: cmdStart, help: START_HELP },
   status: { run: cmdStatus, help: STATUS_HELP },
   leave: { run: cmdLeave, help: LEAVE_HELP },
+  drain: { run: cmdDrain, help: DRAIN_HELP },
+  capacity: { run: cmdCapacity, help: CAPACITY_HELP },
+  demo: { run: cmdDemo, help: DEMO_HELP },
   token: { run: cmdToken, help: TOKEN_HELP },
   keygen: { run: cmdKeygen, help: KEYGEN_HELP },
   put: { run: cmdPut, help: PUT_HELP },

@@ -124,6 +124,18 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
           },
           kv: () => peer?.kv ?? null,
           limits: () => ({ maxKeyBytes: opts.maxKeyBytes, maxValueBytes: opts.maxValueBytes }),
+          drain: (on) => {
+            if (peer === null) return null;
+            peer.kv.setDraining(on);
+            return peer.kv.drainStatus();
+          },
+          drainStatus: () => peer?.kv.drainStatus() ?? null,
+          setCapacity: (capacity) => {
+            if (peer === null) return null;
+            peer.kv.setCapacity(capacity);
+            return true;
+          },
+          moves: () => peer?.kv.moves() ?? null,
           updateMember: async (peerId, change) => {
             if (peer === null) throw new HttpError(503, 'starting', 'the peer is starting', { 'retry-after': '1' });
             return proposeOverHttp(peer.coordinator, { type: 'update-member', peerId, capacity: change.capacity });

@@ -67,6 +67,37 @@ import { ReplicationOutbox, splitBatch } from './replication-outbox.js';
 import { StreamChannel } from './stream-channel.js';
 import type { StoreMetrics } from './http/server.js';
 
+/** Where a drain of this peer stands (GET /v1/drain). */
+export interface DrainStatus {
+  /** This peer asked to be drained. */
+  wanted: boolean;
+  /** Its status in the committed map (active, draining, ...), null before it is a member. */
+  status: string | null;
+  /** Shard replicas (and primaries) the map still gives it. */
+  replicas: number;
+  primaries: number;
+  /** Replicas being filled anywhere in the cluster. */
+  movesInFlight: number;
+  /** Active members other than this peer: with none, a drain cannot move anything. */
+  activePeersLeft: number;
+  /** Draining and holding no replica: it may leave without any data moving after it. */
+  done: boolean;
+}
+
+/** A replica being filled (GET /v1/moves). */
+export interface MoveInfo {
+  shard: number;
+  /** The peer receiving the replica. */
+  to: string;
+  /** The shard's primary, which sends it (null while the shard has none). */
+  from: string | null;
+  epoch: number;
+  /** Coordinator only: how long it has been catching up, its log position and the primary's. */
+  forMs: number | null;
+  seq: number | null;
+  primarySeq: number | null;
+}
+
 export interface StoreServiceOptions {
   host: Host;
   coordinator: Coordinator;
@@ -209,6 +240,12 @@ export class StoreService implements KvApi {
   private planning = false;
   private readonly capacityUpdates = new Set<string>();
   private readonly reportedCapacity = new Map<string, number>();
+  /** This peer's capacity as reported in renewals (--capacity, or `shoal capacity N` at run time). */
+  private capacityNow: number;
+  /** Whether this peer asks to be drained (true), to stop draining (false), or says nothing (null). */
+  private drainWanted: boolean | null = null;
+  /** Status updates (draining / active) the coordinator has proposed and not seen committed. */
+  private readonly drainUpdates = new Set<string>();
   // Read policies.
   private roundRobin = 0;
   private readonly latencyEwma = new Map<string, number>();
@@ -234,6 +271,7 @@ export class StoreService implements KvApi {
   ) {
     this.self = opts.host.peerId.toString();
     this.view = opts.coordinator.mapView();
+    this.capacityNow = opts.capacity;
     this.controller = new ShardController({ leaseMs: opts.leaseMs });
     this.rpc = new RpcEndpoint({
       host: opts.host,
@@ -713,7 +751,7 @@ export class StoreService implements KvApi {
     this.applyLease(Number.NEGATIVE_INFINITY);
     const leader = this.opts.coordinator.status().coordinator;
     if (leader === null) return;
-    const header = { release: true, mapVersion: this.view.version, capacity: this.opts.capacity, progress: [], requests: [] };
+    const header = { release: true, mapVersion: this.view.version, capacity: this.capacityNow, progress: [], requests: [] };
     try {
       if (leader === this.self) this.grantLease(this.self, header);
       else await this.leaseRpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs });
@@ -734,7 +772,7 @@ export class StoreService implements KvApi {
     this.lastRenewAt = now;
     const requests = this.pendingRequests.splice(0);
     const progress: ReplicaProgress[] = [...this.slots.values()].filter((s) => !s.removed).map((s) => s.core.progress());
-    const header = { mapVersion: this.view.version, capacity: this.opts.capacity, progress, requests };
+    const header = { mapVersion: this.view.version, capacity: this.capacityNow, progress, requests, ...(this.drainWanted !== null ? { drain: this.drainWanted } : {}) };
     const sentAt = this.now();
     try {
       let reply: Record<string, unknown>;
@@ -802,8 +840,81 @@ export class StoreService implements KvApi {
         })
         .finally(() => this.capacityUpdates.delete(from));
     }
+    // `shoal drain` on that peer: its status goes to draining (the controller then moves its
+    // replicas to the active members) or back to active.
+    if (typeof h.drain === 'boolean' && member !== undefined && !this.drainUpdates.has(from)) {
+      const status = h.drain ? (member.status === 'active' ? 'draining' : null) : member.status === 'draining' ? 'active' : null;
+      if (status !== null) {
+        this.drainUpdates.add(from);
+        this.opts.coordinator
+          .propose({ type: 'update-member', peerId: from, status })
+          .then(() => this.opts.log.info(status === 'draining' ? 'draining a peer: moving its replicas away' : 'drain cancelled', { peer: from }))
+          .catch((err: unknown) => this.opts.log.warn('drain status not applied', { peer: from, status, err }))
+          .finally(() => this.drainUpdates.delete(from));
+      }
+    }
     if (requests.length > 0) setImmediate(() => this.control());
     return { leaseMs: this.opts.leaseMs, mapVersion: this.view.version };
+  }
+
+  /** Ask the coordinator to drain this peer (move every replica it holds to others), or to stop. */
+  setDraining(on: boolean): void {
+    this.drainWanted = on;
+    void this.renewLease(true);
+  }
+
+  /** Change the capacity this peer reports; the coordinator applies it to the map (its share of replicas follows). */
+  setCapacity(capacity: number): void {
+    this.capacityNow = capacity;
+    void this.renewLease(true);
+  }
+
+  /** Where a drain of this peer stands. */
+  drainStatus(): DrainStatus {
+    const member = this.view.members[this.self];
+    let replicas = 0;
+    let primaries = 0;
+    for (const a of this.view.shards) {
+      if (a.replicas.includes(this.self)) replicas++;
+      if (a.primary === this.self) primaries++;
+    }
+    const others = Object.entries(this.view.members).filter(([id, m]) => id !== this.self && m.status === 'active').length;
+    const status = member?.status ?? null;
+    return {
+      wanted: this.drainWanted === true,
+      status,
+      replicas,
+      primaries,
+      movesInFlight: this.moves().length,
+      activePeersLeft: others,
+      done: status === 'draining' && replicas === 0,
+    };
+  }
+
+  /**
+   * Replicas being filled: every replica not (yet) in its shard's in-sync set, from the map; with
+   * the catch-up progress the coordinator sees when this peer is the coordinator.
+   */
+  moves(): MoveInfo[] {
+    const report = this.catchUps();
+    const watch = new Map((report?.active ?? []).map((w) => [`${w.shard}:${w.peer}`, w]));
+    const out: MoveInfo[] = [];
+    this.view.shards.forEach((a, shard) => {
+      for (const to of a.replicas) {
+        if (a.inSync.includes(to)) continue;
+        const w = watch.get(`${shard}:${to}`);
+        out.push({
+          shard,
+          to,
+          from: a.primary,
+          epoch: a.epoch,
+          forMs: w?.forMs ?? null,
+          seq: w === undefined || w.lastSeq < 0 ? null : w.lastSeq,
+          primarySeq: w?.primarySeq ?? null,
+        });
+      }
+    });
+    return out;
   }
 
   private checkLeader(now: number): void {

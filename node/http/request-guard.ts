@@ -3,8 +3,9 @@
  * naming this peer (an IP literal, `localhost`, or a name the operator allowed), so a web page
  * whose own name was made to resolve to 127.0.0.1 (DNS rebinding) is refused; and, on requests
  * that change state, no foreign Origin, so another site's page cannot make the operator's
- * browser write keys or stop the peer. `POST /v1/leave` also needs a JSON content type, which a
- * page cannot send cross-origin without a preflight this server never answers.
+ * browser write keys or stop the peer. The admin actions (`POST /v1/leave`, `/v1/drain`,
+ * `/v1/capacity`, `PUT /v1/cluster/members/{id}`) also need a JSON content type, which a page
+ * cannot send cross-origin without a preflight this server never answers.
  *
  * A pure function of the request's method, path and headers; the server maps a refusal to 4xx.
  */
@@ -28,6 +29,8 @@ export interface GuardRefusal {
 }
 
 const STATE_CHANGING = new Set(['POST', 'PUT', 'DELETE', 'PATCH']);
+/** Admin actions a web page must not be able to trigger with a simple (preflight-free) request. */
+const ADMIN_POSTS = new Set(['/v1/leave', '/v1/drain', '/v1/capacity']);
 
 /** The host part of a Host header value (`name:port`, `[v6]:port`, `name`), lower case; null when malformed. */
 export function hostOf(value: string): string | null {
@@ -103,10 +106,10 @@ export function checkRequest(
       return { status: 403, code: 'forbidden_origin', message: `requests from the web origin ${JSON.stringify(headers.origin)} may not change state` };
     }
   }
-  if (method === 'POST' && path === '/v1/leave') {
+  if ((method === 'POST' && ADMIN_POSTS.has(path)) || (method === 'PUT' && path.startsWith('/v1/cluster/members/'))) {
     const type = (headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
     if (type !== 'application/json') {
-      return { status: 415, code: 'unsupported_media_type', message: 'POST /v1/leave needs Content-Type: application/json (shoal leave sends it)' };
+      return { status: 415, code: 'unsupported_media_type', message: `${method} ${path} needs Content-Type: application/json (the shoal commands send it)` };
     }
   }
   return null;

@@ -8,6 +8,7 @@ import { checkRequest, type GuardOptions } from './request-guard.js';
 import type { PeerStatus } from '../peer.js';
 import type { ClusterMapView } from '../../protocols/cluster-map/types.js';
 import type { StoreLimits } from '../store-api.js';
+import type { DrainStatus, MoveInfo } from '../store-service.js';
 import { ClientGoneError, HttpError } from './http-error.js';
 import {
   handleKvDelete,
@@ -40,6 +41,13 @@ export interface HttpHandlers {
   kv(): HttpKv | null;
   /** Limits the peer enforces on keys and values. */
   limits(): StoreLimits;
+  /** Drain this peer (move its replicas to others) or stop draining; null while it starts. */
+  drain?(on: boolean): DrainStatus | null;
+  drainStatus?(): DrainStatus | null;
+  /** Change the capacity this peer reports (its share of replicas follows); null while it starts. */
+  setCapacity?(capacity: number): boolean | null;
+  /** Replicas being filled; null while the peer starts. */
+  moves?(): MoveInfo[] | null;
 }
 
 export interface HttpServer {
@@ -256,6 +264,35 @@ export async function startHttpServer(
         },
       },
     },
+    {
+      pattern: /^\/v1\/drain$/,
+      methods: {
+        GET: (_q, s) => sendJson(s, 200, notStarting(handlers.drainStatus?.() ?? null)),
+        POST: async (req, s) => {
+          const body = await readJsonBody(req);
+          const cancel = (body as { cancel?: unknown } | null)?.cancel;
+          if (typeof body !== 'object' || body === null || Array.isArray(body) || (cancel !== undefined && typeof cancel !== 'boolean')) {
+            throw new HttpError(400, 'bad_request', 'expected a JSON body {} to drain, or { "cancel": true } to stop draining');
+          }
+          sendJson(s, 202, notStarting(handlers.drain?.(cancel !== true) ?? null));
+        },
+      },
+    },
+    {
+      pattern: /^\/v1\/capacity$/,
+      methods: {
+        POST: async (req, s) => {
+          const body = await readJsonBody(req);
+          const capacity = (body as { capacity?: unknown } | null)?.capacity;
+          if (typeof body !== 'object' || body === null || Array.isArray(body) || typeof capacity !== 'number' || !Number.isFinite(capacity) || capacity <= 0 || capacity > 1024) {
+            throw new HttpError(400, 'bad_request', 'expected a JSON body { "capacity": <number above 0, at most 1024> }');
+          }
+          notStarting(handlers.setCapacity?.(capacity) ?? null);
+          sendJson(s, 202, { capacity });
+        },
+      },
+    },
+    { pattern: /^\/v1\/moves$/, methods: { GET: (_q, s) => sendJson(s, 200, { moves: notStarting(handlers.moves?.() ?? null) }) } },
     { pattern: /^\/v1\/cluster$/, methods: { GET: (_q, s) => sendJson(s, 200, notStarting(handlers.clusterMap())) } },
     {
       pattern: /^\/v1\/cluster\/members\/([^/]{1,256})$/,

@@ -315,6 +315,6 @@ export class ClusterMap {
  */
 export function effectiveMinInSync(view: Pick<ClusterMapView, 'settings' | 'members'>): number {
   const configured = view.settings?.minInSync ?? 2;
-  const present = Object.values(view.members).filter((m) => m.status !== 'left').length;
+  const present = Object.values(view.members).filter((m) => m.status !== 'left' && m.status !== 'draining').length;
   return Math.max(1, Math.min(configured, present));
 }

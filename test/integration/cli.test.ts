@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { writeFile, readFile, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
-import { makeTempDir, ProcessPeer, removeDir, runCli, stateOf, waitFor } from './harness.js';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { makeTempDir, ProcessPeer, removeDir, runCli, SHOAL_BIN, stateOf, waitFor } from './harness.js';
 
 /** Exactly one line on stderr, naming `what`. */
 function assertOneLineNaming(stderr: string, what: string | RegExp): void {
@@ -47,6 +49,7 @@ describe('CLI: help and bad input', function () {
       [['start', '--join', 'SHOAL-1-bm90IGEgdG9rZW4'], 'join token'],
       [['start', '--join', 'SHOAL-9-abc'], 'SHOAL-1'],
       [['start', '--http', '0.0.0.0:0'], '--http-token-file'],
+      [['demo', '--peers', '0'], '--peers'],
       [['start', '--insecure', '--swarm-key', '/nonexistent/key'], '--insecure'],
       [['start', '--listen', '/ip4/127.0.0.1/udp/4001'], '--listen'],
       [['start', '--listen', 'garbage'], '--listen'],
@@ -280,5 +283,36 @@ describe('CLI: a running peer', function () {
     await waitFor('the lone peer takes writes', async () => (await runCli(['put', 'k', 'v', '--http', p.httpAddress, '--http-token-file', tokenFile])).code === 0, { timeoutMs: 20_000 });
     const got = await runCli(['get', 'k', '--http', p.httpAddress, '--http-token-file', tokenFile]);
     assert.equal(got.stdout, 'v');
+  });
+});
+
+describe('CLI: shoal demo', function () {
+  this.timeout(120_000);
+
+  it('starts a writable 3-peer cluster, prints addresses and commands, and Ctrl-C stops it and removes its data', async () => {
+    const child = spawn(process.execPath, [SHOAL_BIN, 'demo', '--peers', '3'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    try {
+      await waitFor('the demo to say ready', () => /ready: 3 peers, \d+ shards writable/.test(out) || /demo failed/.test(out), { timeoutMs: 90_000 });
+      assert.doesNotMatch(out, /demo failed/);
+      const dir = /starting 3 peers in (\S+)/.exec(out)?.[1] as string;
+      const https = [...out.matchAll(/ http (\S+) /g)].map((m) => m[1] as string);
+      assert.equal(https.length, 3, out);
+      assert.match(out, /shoal put greeting hello --http /);
+      assert.ok(existsSync(dir));
+      const put = await runCli(['put', 'demo-key', 'demo-value', '--http', https[0] as string]);
+      assert.equal(put.code, 0, put.stderr);
+      const got = await runCli(['get', 'demo-key', '--http', https[2] as string]);
+      assert.equal(got.stdout, 'demo-value');
+      child.kill('SIGINT');
+      assert.equal(await exited, 0, out);
+      assert.ok(!existsSync(dir), 'the demo removed its data');
+      for (const h of https) await assert.rejects(fetch(`http://${h}/healthz`, { signal: AbortSignal.timeout(2000) }), `${h} stopped`);
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 });

@@ -3,6 +3,7 @@ import { SeededRandom } from '../../protocols/random.js';
 import {
   ClusterMap,
   DEFAULT_CLUSTER_SETTINGS,
+  effectiveMinInSync,
   decodeClusterCommand,
   encodeClusterCommand,
   type ApplyResult,
@@ -347,5 +348,28 @@ describe('cluster map: conditional shard updates (expectEpoch)', () => {
       () => decodeClusterCommand(bytes(JSON.stringify({ type: 'set-shard-assignment', full: false, updates: [{ shard: 0, assignment: assignment(['a']), expect: 1 }] }))),
       { name: 'InvalidMessageError' },
     );
+  });
+});
+
+describe('effective min-in-sync', () => {
+  const member = (status: 'active' | 'draining' | 'left' | 'dead') => ({ addrs: [], capacity: 1, status });
+  const view = (minInSync: number, statuses: Array<'active' | 'draining' | 'left' | 'dead'>) => ({
+    settings: { shardCount: 8, replicationFactor: 3, minInSync },
+    members: Object.fromEntries(statuses.map((st, i) => [`p${i}`, member(st)])),
+  });
+
+  it('is the configured value once the cluster has that many peers, and never more than the peers present', () => {
+    assert.equal(effectiveMinInSync(view(2, ['active'])), 1, 'a cluster of one takes writes');
+    assert.equal(effectiveMinInSync(view(2, ['active', 'active'])), 2);
+    assert.equal(effectiveMinInSync(view(2, ['active', 'active', 'active'])), 2);
+    assert.equal(effectiveMinInSync(view(3, ['active', 'active'])), 2);
+  });
+
+  it('counts dead members (a failure never lowers the guarantee), not those that left or are draining', () => {
+    assert.equal(effectiveMinInSync(view(2, ['active', 'dead'])), 2, 'one dead of two: writes still need 2');
+    assert.equal(effectiveMinInSync(view(2, ['active', 'left'])), 1);
+    assert.equal(effectiveMinInSync(view(2, ['active', 'draining'])), 1);
+    assert.equal(effectiveMinInSync(view(2, ['left', 'left'])), 1, 'never below 1');
+    assert.equal(effectiveMinInSync({ settings: null, members: {} }), 1);
   });
 });

@@ -37,6 +37,10 @@ describe('HTTP request guard', () => {
     assert.equal(status('POST', '/v1/leave', { host, 'content-type': 'text/plain' }), 415);
     assert.equal(status('POST', '/v1/leave', { host }), 415);
     assert.equal(status('POST', '/v1/leave', { host, 'content-type': 'application/json; charset=utf-8' }), null);
+    for (const [m, p] of [['POST', '/v1/drain'], ['POST', '/v1/capacity'], ['PUT', '/v1/cluster/members/abc']]) {
+      assert.equal(status(m as string, p as string, { host, 'content-type': 'text/plain' }), 415, `${m} ${p}`);
+      assert.equal(status(m as string, p as string, { host, 'content-type': 'application/json' }), null, `${m} ${p}`);
+    }
   });
 });
 
