@@ -484,6 +484,10 @@ export function formatStatusTable(status: PeerStatus): string {
   if (sh !== null && sh !== undefined) {
     const lowered = sh.effectiveMinInSync !== undefined && sh.effectiveMinInSync < sh.minInSync ? ` (${sh.effectiveMinInSync} while the cluster has fewer peers)` : '';
     coord.push(`shards   ${sh.shardCount} (replication factor ${sh.replicationFactor}, min in-sync ${sh.minInSync}${lowered}): ${sh.writableShards} writable`);
+    if (sh.movesInFlight !== undefined) {
+      const draining = (sh.draining ?? []).length > 0 ? `; draining ${(sh.draining ?? []).join(', ')}` : '';
+      coord.push(`moves    ${sh.movesInFlight} replicas being filled${draining}`);
+    }
   }
   return [`peer ${status.peerId}  (${counts.join(', ')}; * = this peer)`, ...coord, '', fmt(header), ...rows.map(fmt)].join('\n') + '\n';
 }

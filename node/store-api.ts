@@ -115,6 +115,10 @@ export interface ShardSummary {
   effectiveMinInSync: number;
   /** Shards with a primary and at least effectiveMinInSync in-sync replicas. */
   writableShards: number;
+  /** Replicas being filled (in a shard's replicas, not yet in its in-sync set). */
+  movesInFlight: number;
+  /** Members being drained (their replicas move to the others). */
+  draining: string[];
   perPeer: Record<string, { primaries: number; replicas: number }>;
 }
 

@@ -255,6 +255,7 @@ export class StoreService implements KvApi {
     leaseRenewals: 0,
     leaseFailures: 0,
     snapshotsSent: 0,
+    snapshotBytesSent: 0,
     snapshotsInstalled: 0,
     assignmentsProposed: 0,
     /** Replication messages dropped for exceeding the frame limit (should stay 0). */
@@ -640,7 +641,9 @@ export class StoreService implements KvApi {
             index.push([e.key, e.version, e.value === null ? -1 : e.value.length]);
             if (e.value !== null) parts.push(e.value);
           }
-          await this.bulkRpc.request(to, encodeFrame(FrameKind.snapChunk, { shard, entries: index }, Buffer.concat(parts)), { timeoutMs: 30_000 });
+          const payload = Buffer.concat(parts);
+          await this.bulkRpc.request(to, encodeFrame(FrameKind.snapChunk, { shard, entries: index }, payload), { timeoutMs: 30_000 });
+          this.counters.snapshotBytesSent += payload.byteLength;
           entries += batch.length;
         }
         await this.bulkRpc.request(to, encodeFrame(FrameKind.snapEnd, { shard }), { timeoutMs: 30_000 });
@@ -1332,7 +1335,11 @@ export class StoreService implements KvApi {
         if (id === a.primary) p.primaries++;
       }
     }
-    return { shardCount: s.shardCount, replicationFactor: s.replicationFactor, minInSync: s.minInSync, effectiveMinInSync: need, writableShards: writable, perPeer };
+    const movesInFlight = this.view.shards.reduce((n, a) => n + a.replicas.filter((id) => !a.inSync.includes(id)).length, 0);
+    const draining = Object.entries(this.view.members)
+      .filter(([, m]) => m.status === 'draining')
+      .map(([id]) => id);
+    return { shardCount: s.shardCount, replicationFactor: s.replicationFactor, minInSync: s.minInSync, effectiveMinInSync: need, writableShards: writable, movesInFlight, draining, perPeer };
   }
 
   /** This peer's applied copy of `key`, whatever its role (for tests and debugging); null when absent or the shard is not held here. */
@@ -1358,6 +1365,7 @@ export class StoreService implements KvApi {
     return {
       counters: { ...this.counters },
       catchUps: catchUps === null ? null : { active: catchUps.active.length, abandoned: catchUps.abandoned.length, abandonedTotal: catchUps.abandonedTotal },
+      movesInFlight: this.view.shards.reduce((n, a) => n + a.replicas.filter((id) => !a.inSync.includes(id)).length, 0),
       leaseValid: now < this.leaseUntil,
       primaries,
       replicas: this.slots.size,

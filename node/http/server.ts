@@ -88,6 +88,7 @@ export interface StoreMetrics {
     | 'leaseRenewals'
     | 'leaseFailures'
     | 'snapshotsSent'
+    | 'snapshotBytesSent'
     | 'snapshotsInstalled'
     | 'assignmentsProposed'
     | 'replicationRefused'
@@ -102,6 +103,8 @@ export interface StoreMetrics {
   replication: ChannelCounters;
   /** The shard controller's catch-ups (coordinator only; null elsewhere). */
   catchUps: { active: number; abandoned: number; abandonedTotal: number } | null;
+  /** Replicas being filled cluster-wide, from this peer's map. */
+  movesInFlight: number;
 }
 
 function storeLines(st: StoreMetrics): string[] {
@@ -113,6 +116,8 @@ function storeLines(st: StoreMetrics): string[] {
     ...family('shoal_store_lease_failures_total', 'counter', 'Lease renewals that failed.', [['', c.leaseFailures]]),
     ...family('shoal_store_lease_valid', 'gauge', '1 while this peer holds a valid primary lease.', [['', st.leaseValid ? 1 : 0]]),
     ...family('shoal_store_snapshots_sent_total', 'counter', 'Shard snapshots sent to catching-up replicas.', [['', c.snapshotsSent]]),
+    ...family('shoal_store_snapshot_bytes_sent_total', 'counter', 'Value bytes this peer sent in shard snapshots (data moved to new replicas).', [['', c.snapshotBytesSent]]),
+    ...family('shoal_store_moves_in_flight', 'gauge', 'Replicas being filled (not yet in sync), cluster-wide, from this peer\'s map.', [['', st.movesInFlight]]),
     ...family('shoal_store_snapshots_installed_total', 'counter', 'Shard snapshots installed here.', [['', c.snapshotsInstalled]]),
     ...family('shoal_store_assignments_proposed_total', 'counter', 'Shard assignment commands proposed (coordinator).', [['', c.assignmentsProposed]]),
     ...family('shoal_store_replicas', 'gauge', 'Shard replicas held here, by role.', [

@@ -167,6 +167,20 @@ interface InflightGroup {
   answers: Array<{ requestId: number; result: WriteAnswer }>;
 }
 
+/** A group that was in flight when this replica stopped being primary (see resolveHandedOver). */
+interface HandedOverGroup {
+  seq: number;
+  /** Its epoch in our log when we stepped down. */
+  epoch: number;
+  sinceMs: number;
+  answers: Array<{ requestId: number; result: WriteAnswer }>;
+}
+
+/** How long a handed-over write waits for its outcome before it is answered `indeterminate`, ms. */
+const HANDED_OVER_OUTCOME_MS = 3000;
+/** Most handed-over groups kept waiting; beyond, `indeterminate` at once. */
+const MAX_HANDED_OVER_GROUPS = 1024;
+
 interface PrimaryState {
   /** The epoch this state was last brought up to date for. */
   epoch: number;
@@ -191,6 +205,8 @@ export class ReplicaCore {
   readonly config: Readonly<ReplicationConfig>;
   /** Writes need this many in-sync replicas (≤ config.minInSync; see setMinInSync). */
   private minInSyncValue: number;
+  /** Writes in flight when this replica stopped being primary, waiting for their outcome. */
+  private handedOver: HandedOverGroup[] = [];
 
   /** Highest epoch accepted (durable through Ready.hardState). */
   private epochValue: number;
@@ -390,6 +406,7 @@ export class ReplicaCore {
     this.peersHeardAtMs = peersHeardAtMs;
     if (this.roleValue === 'primary') this.tickPrimary(nowMs);
     else if (this.roleValue === 'backup') this.tickBackup(nowMs);
+    this.resolveHandedOver(nowMs);
   }
 
   step(nowMs: number, m: ReplicationMessage): void {
@@ -407,6 +424,7 @@ export class ReplicaCore {
     }
     if (this.roleValue === 'primary') this.stepPrimary(nowMs, m);
     else if (this.roleValue === 'backup') this.stepBackup(nowMs, m);
+    this.resolveHandedOver(nowMs);
   }
 
   write(nowMs: number, request: WriteRequest): void {
@@ -589,7 +607,7 @@ export class ReplicaCore {
     if (a !== null && a.epoch === this.epochValue) {
       this.primaryHint = a.primary;
       if (!a.replicas.includes(this.id)) {
-        this.stepDown('not-primary');
+        this.stepDown(nowMs, 'not-primary');
         this.roleValue = 'removed';
         return;
       }
@@ -598,11 +616,11 @@ export class ReplicaCore {
         else this.becomePrimary(nowMs);
         return;
       }
-      this.stepDown('not-primary');
+      this.stepDown(nowMs, 'not-primary');
       this.roleValue = 'backup';
       return;
     }
-    this.stepDown('stale-epoch');
+    this.stepDown(nowMs, 'stale-epoch');
     this.roleValue = 'backup';
   }
 
@@ -661,17 +679,57 @@ export class ReplicaCore {
     }
   }
 
-  /** Leaves the primary role: queued writes never happened, sealed ones have an unknown outcome. */
-  private stepDown(reason: NotPrimaryReason): void {
+  /**
+   * Leaves the primary role: queued writes never happened. Sealed ones (in flight) are handed
+   * over: their outcome is read from the log the next primary leaves here (resolveHandedOver),
+   * so a planned hand-off (a drain, a rebalance) answers them instead of `indeterminate`.
+   */
+  private stepDown(nowMs: number, reason: NotPrimaryReason): void {
     const ps = this.primary;
     if (ps === null) return;
     for (const w of ps.queue) {
       this.answers.push({ requestId: w.requestId, ok: false, error: new NotPrimaryError(this.primaryHint, this.epochValue, reason) });
     }
     for (const g of ps.inflight) {
-      for (const a of g.answers) this.answers.push({ requestId: a.requestId, ok: false, error: new IndeterminateWriteError(g.seq) });
+      const epoch = this.log.epochAt(g.seq);
+      if (epoch === undefined || this.handedOver.length >= MAX_HANDED_OVER_GROUPS) {
+        for (const a of g.answers) this.answers.push({ requestId: a.requestId, ok: false, error: new IndeterminateWriteError(g.seq) });
+      } else {
+        this.handedOver.push({ seq: g.seq, epoch, sinceMs: nowMs, answers: g.answers });
+      }
     }
     this.primary = null;
+  }
+
+  /**
+   * Answers handed-over writes once this replica's log tells their outcome. A committed group of
+   * the same (seq, epoch) here is the same group (one content per (seq, epoch)): applied. Another
+   * epoch at that seq means ours was truncated, which happens only to groups never committed (a
+   * committed group is on every in-sync replica, hence on the next primary): it never happened,
+   * and the client may retry. Trimmed away, replaced by a snapshot, removed from the shard, or
+   * undecided after HANDED_OVER_OUTCOME_MS: unknown (`indeterminate`), as before.
+   */
+  private resolveHandedOver(nowMs: number): void {
+    if (this.handedOver.length === 0) return;
+    const waiting: HandedOverGroup[] = [];
+    for (const h of this.handedOver) {
+      const held = this.log.epochAt(h.seq);
+      let outcome: 'applied' | 'not-applied' | 'unknown' | null = null;
+      if (held !== undefined && held !== h.epoch) outcome = 'not-applied';
+      else if (held === h.epoch && this.commitSeq >= h.seq) outcome = 'applied';
+      else if (held === undefined && h.seq <= this.log.trimSeq) outcome = 'unknown';
+      else if (this.roleValue === 'removed' || nowMs - h.sinceMs >= HANDED_OVER_OUTCOME_MS) outcome = 'unknown';
+      if (outcome === null) {
+        waiting.push(h);
+        continue;
+      }
+      for (const a of h.answers) {
+        if (outcome === 'applied') this.answers.push(a.result);
+        else if (outcome === 'not-applied') this.answers.push({ requestId: a.requestId, ok: false, error: new NotPrimaryError(this.primaryHint, this.epochValue, 'not-primary') });
+        else this.answers.push({ requestId: a.requestId, ok: false, error: new IndeterminateWriteError(h.seq) });
+      }
+    }
+    this.handedOver = waiting;
   }
 
   private checkServing(nowMs: number): void {

@@ -7,7 +7,7 @@ import '../../node/polyfill.js';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadLargeValues, quantile, readBack, replicationTrouble, SmallWriter, WritableWatch } from '../integration/bulk-load.js';
+import { metricSum, loadLargeValues, quantile, readBack, replicationTrouble, SmallWriter, WritableWatch } from '../integration/bulk-load.js';
 import { ProcessPeer } from '../integration/harness.js';
 import { Cluster } from '../integration/process-cluster.js';
 import type { ShardInfo } from '../../node/store-api.js';
@@ -22,6 +22,8 @@ every value back, and grows the cluster, timing until every shard has all its re
   --value-kib N    value size, KiB (default 1024)
   --clients N      concurrent large-value clients (default 4)
   --grow N         peers to grow to after the load (default 5; 3 = no growth)
+  --drain          then drain the last peer (shoal drain) with the small writer running:
+                   time, replicas and bytes moved, small puts refused and their latency
   --small-seconds  seconds of the small writer alone (default 5)
   --peer-arg ARG   extra argument for every peer (repeatable), e.g. --peer-arg=--sync
   --logs DIR       write each peer's stderr (the tail kept in memory) to DIR/pN.log at the end
@@ -34,6 +36,7 @@ const { values } = parseArgs({
     'value-kib': { type: 'string', default: '1024' },
     clients: { type: 'string', default: '4' },
     grow: { type: 'string', default: '5' },
+    drain: { type: 'boolean', default: false },
     'small-seconds': { type: 'string', default: '5' },
     'peer-arg': { type: 'string', multiple: true, default: [] },
     logs: { type: 'string' },
@@ -148,6 +151,31 @@ async function main(): Promise<void> {
     bal = balance(await c.shards(seed), c.peers.map((p) => p.peerId));
   }
   const afterGrow = await streamResets(c);
+  let drainLine = 'no drain';
+  if (values.drain) {
+    const target = c.peers[c.peers.length - 1] as ProcessPeer;
+    const bytesBefore = (await Promise.all(c.peers.map((p) => metricSum(p.httpAddress, 'shoal_store_snapshot_bytes_sent_total')))).reduce((a, b) => a + b, 0);
+    small.failures.clear();
+    small.start();
+    const d0 = performance.now();
+    const post = await fetch(`http://${target.httpAddress}/v1/drain`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    const first = (await post.json()) as { replicas: number };
+    let st = { replicas: first.replicas, done: false };
+    const deadline = Date.now() + (mb * 2 + 120) * 1000;
+    while (!st.done && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      st = (await (await fetch(`http://${target.httpAddress}/v1/drain`)).json()) as { replicas: number; done: boolean };
+    }
+    const drainMs = performance.now() - d0;
+    const duringDrain = await small.stop();
+    const bytesAfter = (await Promise.all(c.peers.map((p) => metricSum(p.httpAddress, 'shoal_store_snapshot_bytes_sent_total')))).reduce((a, b) => a + b, 0);
+    const movedMB = (bytesAfter - bytesBefore) / 1048576;
+    drainLine =
+      `drain of ${c.label(target.peerId)} (it held ${first.replicas} replicas): ` +
+      `${st.done ? `done in ${(drainMs / 1000).toFixed(1)} s` : `NOT done after ${(drainMs / 1000).toFixed(1)} s (${st.replicas} left)`}; ` +
+      `${movedMB.toFixed(1)} MB sent in snapshots (${(movedMB / (drainMs / 1000)).toFixed(1)} MB/s); ` +
+      `small puts during it n=${duringDrain.length} p50 ${ms(quantile(duringDrain, 0.5))} p99 ${ms(quantile(duringDrain, 0.99))}; refused or failed ${JSON.stringify(Object.fromEntries(small.failures))}`;
+  }
   small.close();
 
   const lines = [
@@ -162,6 +190,7 @@ async function main(): Promise<void> {
     growTo > 3
       ? `grow 3 → ${growTo}: settled in ${Number.isFinite(growMs) ? `${(growMs / 1000).toFixed(1)} s` : 'NOT settled'}; replicas per peer max/mean ${(bal.max / bal.mean).toFixed(2)} (${bal.max} / ${bal.mean.toFixed(1)}); stream resets ${afterGrow.resets}, frames dropped ${afterGrow.dropped}`
       : 'no growth',
+    drainLine,
   ];
   process.stdout.write(lines.join('\n') + '\n');
 }

@@ -4,7 +4,8 @@
  * peer (the peer stays, holding nothing), `shoal drain --cancel` brings it back to its share,
  * `shoal capacity 4` gives it a larger share, and `shoal leave` drains another before it
  * leaves. Every shard keeps 3 in-sync replicas, no
- * write is refused, and every acknowledged write reads back.
+ * write is refused, and every acknowledged write reads back. (A write in flight when a primary
+ * hands its shard over may answer `indeterminate`; those are counted and printed.)
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -33,13 +34,21 @@ describe('store: drain and leave move data first', function () {
       acked.set(`d-${k}`, `v${k}`);
     }
     let writing = true;
+    let phase = 'drain';
     const failures: string[] = [];
+    const indeterminate: string[] = [];
     const writer = (async () => {
       for (let k = 0; writing && k < 100_000; k++) {
         const key = `w-${k % 400}`;
         const r = await request(agent, c.peers[0]!.httpAddress, 'PUT', kvPath(key), Buffer.from(`x${k}`), 8000).catch((err: Error) => ({ status: 0, body: Buffer.from(err.message) }));
         if (r.status === 200) acked.set(key, `x${k}`);
-        else failures.push(`${r.status} ${r.body.toString().slice(0, 120)}`);
+        else if (r.status === 503 && r.body.toString().includes('"indeterminate"')) {
+          // A primary handed its shard over with this write in flight: it may or may not have
+          // been applied (never lost if acknowledged, never answered twice). The key's value is
+          // then unknown until a later write is acknowledged.
+          indeterminate.push(phase);
+          acked.delete(key);
+        } else failures.push(`${phase}: ${r.status} ${r.body.toString().slice(0, 160)}`);
       }
     })();
     try {
@@ -68,6 +77,7 @@ describe('store: drain and leave move data first', function () {
         assert.equal(s.inSync.length, 3, `shard ${s.shard} in sync`);
       }
       // Cancel: it becomes active and takes replicas again.
+      phase = 'cancel';
       assert.equal((await runCli(['drain', '--cancel', '--http', target.httpAddress])).code, 0);
       await waitFor(
         'the peer to hold replicas again',
@@ -75,6 +85,7 @@ describe('store: drain and leave move data first', function () {
         { timeoutMs: 60_000, intervalMs: 500 },
       );
       await c.waitSettled('after the cancel', 90_000);
+      phase = 'capacity';
       // Capacity at run time: 4 on one peer of 4 gives it more than an equal share (64 x 3 / 4 = 48).
       assert.equal((await runCli(['capacity', '4', '--http', target.httpAddress])).code, 0);
       await waitFor(
@@ -87,6 +98,7 @@ describe('store: drain and leave move data first', function () {
         { timeoutMs: 90_000, intervalMs: 500 },
       );
       await c.waitSettled('after the capacity change', 90_000);
+      phase = 'leave';
       // Leave drains first, then the peer exits.
       const leaving = c.peers[2]!;
       const leave = await runCli(['leave', '--http', leaving.httpAddress, '--drain-wait-ms', '120000'], { timeoutMs: 150_000 });
@@ -101,6 +113,7 @@ describe('store: drain and leave move data first', function () {
       await writer;
     }
     assert.deepEqual(failures, [], 'no write refused or failed');
+    console.log(`      ${acked.size} keys acknowledged; ${indeterminate.length} writes with an unknown outcome at a primary hand-off (${indeterminate.join(', ') || 'none'})`);
     for (const p of c.peers) {
       let ok = 0;
       for (const [key, value] of acked) {

@@ -448,6 +448,11 @@ class ReplicationSim {
   /** seq → fingerprint of the group applied at seq (state machine safety). */
   private readonly committed = new Map<number, string>();
   private readonly committedGroups = new Map<number, LogGroup>();
+  /**
+   * Writes a replica answered "never happened" after sealing them (a handed-over write whose
+   * group another primary replaced): `key\0value`. None may ever be applied.
+   */
+  private readonly neverHappened = new Set<string>();
   /** replica → key → highest version seen in its durable data. */
   private readonly seenVersions = new Map<string, Map<string, number>>();
   private readonly checkedPrimaries = new Set<string>();
@@ -801,6 +806,16 @@ class ReplicationSim {
     if (!a.ok) {
       if (a.error.name === 'IndeterminateWriteError') this.stats.writesIndeterminate++;
       else this.stats.writesRefused++;
+      const op = p.op;
+      if (a.error.name === 'NotPrimaryError' && op.kind !== 'delete') {
+        const text = valueText(op.value);
+        for (const g of this.committedGroups.values()) {
+          if (g.ops.some((o) => o.kind === 'put' && o.key === op.key && valueText(o.value) === text)) {
+            this.fail(`a write answered as never applied (${op.key} = ${text}) is in committed group ${g.seq}`);
+          }
+        }
+        this.neverHappened.add(`${op.key}\0${text}`);
+      }
       c.primaryGuess = this.random.pick(REPLICAS);
       return;
     }
@@ -992,6 +1007,11 @@ class ReplicationSim {
     if (known === undefined) {
       this.committed.set(g.seq, fp);
       this.committedGroups.set(g.seq, g);
+      for (const op of g.ops) {
+        if (op.kind === 'put' && this.neverHappened.has(`${op.key}\0${valueText(op.value)}`)) {
+          this.fail(`a write answered as never applied (${op.key} = ${valueText(op.value)}) is in committed group ${g.seq}`);
+        }
+      }
     } else if (known !== fp) {
       this.fail(`${shell.id} applied a different group at seq ${g.seq} than another replica`);
     }
