@@ -143,9 +143,11 @@ const REPLICATION_BYTES_PER_TURN = 1024 * 1024;
 const REPLICATION_QUEUED_PER_PEER = 16_384;
 /**
  * After the map names a new primary for a shard, a request still waiting on the old one gets
- * this long to answer (a demoted primary answers at once; a frozen or cut-off one never does).
+ * this long to answer: a demoted primary answers its in-flight writes once the new primary's log
+ * tells their outcome (within 3 s, protocols/replication/replica.ts HANDED_OVER_OUTCOME_MS); a
+ * frozen or cut-off one never does, and the write is then `indeterminate`.
  */
-const SUPERSEDED_GRACE_MS = 250;
+const SUPERSEDED_GRACE_MS = 3250;
 /** Longest a replication message of a newer epoch waits for the local map to catch up, ms. */
 const PARK_MS = 300;
 /** Most such messages held per shard. */

@@ -134,6 +134,13 @@ interface PlanContext {
  */
 const MAX_BALANCING_VACANCIES = 2;
 
+/**
+ * A shard's primary is moved for balance only after its log has not grown for this long: a
+ * hand-over pauses the shard's writes for about a lease, which a busy shard should not pay for
+ * a cosmetic balance (under a saturating load it also piled pauses on a struggling cluster).
+ */
+const BALANCE_QUIET_MS = 2000;
+
 function memberOf(map: ClusterMapView, id: string): MemberInfo | undefined {
   return Object.hasOwn(map.members, id) ? map.members[id] : undefined;
 }
@@ -164,6 +171,8 @@ export class ShardController {
   private readonly renewedAtMs = new Map<string, number>();
   /** Last reported progress per peer and shard. */
   private readonly progress = new Map<string, Map<number, ReplicaProgress>>();
+  /** Per shard: the highest lastSeq any replica reported, and when it last grew. */
+  private readonly activity = new Map<number, { seq: number; atMs: number }>();
   /** Pending in-sync change requests per shard, oldest first. */
   private readonly requests = new Map<number, InSyncChangeRequest[]>();
   private readonly vacancies = new Map<number, Vacancy>();
@@ -197,6 +206,7 @@ export class ShardController {
     this.renewedAtMs.clear();
     this.released.clear();
     this.progress.clear();
+    this.activity.clear();
     this.requests.clear();
     this.vacancies.clear();
     this.balancingTo.clear();
@@ -238,6 +248,9 @@ export class ShardController {
       if (!validShard(p.shard) || !count(p.epoch) || !count(p.lastEpoch) || !count(p.lastSeq) || !count(p.commitSeq)) continue;
       if (mine === undefined) this.progress.set(peer, (mine = new Map()));
       mine.set(p.shard, { shard: p.shard, epoch: p.epoch, lastSeq: p.lastSeq, lastEpoch: p.lastEpoch, commitSeq: p.commitSeq });
+      const act = this.activity.get(p.shard);
+      if (act === undefined) this.activity.set(p.shard, { seq: p.lastSeq, atMs: nowMs });
+      else if (p.lastSeq > act.seq) this.activity.set(p.shard, { seq: p.lastSeq, atMs: nowMs });
     }
     for (const r of requests.slice(0, MAX_REQUESTS_PER_SHARD * CLUSTER_MAP_LIMITS.maxShardCount)) {
       if (r.from !== peer || !validShard(r.shard) || !Number.isSafeInteger(r.epoch)) continue;
@@ -656,8 +669,8 @@ export class ShardController {
    * Rule 6: preferred primaries (Kafka's preferred leader election). Failovers and joins leave
    * primaries where they landed, and a peer that joined after the first assignment would lead
    * nothing. In a settled shard (replicas exactly the target, all in sync) whose primary is not
-   * the target's first replica, and no replica anywhere is catching up, vacate it for that
-   * replica, a few shards at a time; the
+   * the target's first replica, no replica anywhere is catching up, and the shard's log has not
+   * grown for BALANCE_QUIET_MS, vacate it for that replica, a few shards at a time; the
    * promotion (rule 2) then waits out the old primary's lease and picks the preferred replica.
    */
   private balancePrimary(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
@@ -667,8 +680,9 @@ export class ShardController {
     if (preferred === a.primary) return null;
     const settled = a.replicas.length === target.length && target.every((id) => a.replicas.includes(id)) && a.inSync.length === a.replicas.length;
     if (!settled || !this.leaseValid(ctx.nowMs, preferred) || memberOf(ctx.map, preferred)?.status !== 'active') return null;
-    // Moves first: balance only once no replica anywhere is catching up.
+    // Moves first: balance only once no replica anywhere is catching up; and only a quiet shard.
     if (ctx.vacant >= MAX_BALANCING_VACANCIES || ctx.catchUps.size > 0) return null;
+    if (ctx.nowMs - (this.activity.get(shard)?.atMs ?? Number.NEGATIVE_INFINITY) < BALANCE_QUIET_MS) return null;
     ctx.vacant++;
     this.balancingTo.set(shard, preferred);
     return {

@@ -543,6 +543,33 @@ describe('shard controller', () => {
       assert.equal(moved, goal.filter((t) => t[0] !== 'a').length, 'each shard moved once, to its preferred replica');
     });
 
+    it('does not move a busy shard\'s primary: only after its log has not grown for 2 s', () => {
+      const members = ['a', 'b', 'c'];
+      const goal = target(members);
+      const k = goal.findIndex((t) => t[0] !== 'a');
+      const shards = goal.map((replicas) => ({ replicas, primary: 'a', inSync: [...replicas], epoch: 1 }));
+      const w = new World({ members, shards });
+      let seq = 1;
+      const busy = (): void => {
+        for (const id of members) w.renew(id, [], [progressOf(k, 1, seq)]);
+        seq++;
+      };
+      for (let t = 0; t < 3000; t += 100) {
+        w.advance(100);
+        busy();
+        const u = update(w.plan(), k);
+        assert.ok(u === undefined || u.primary !== null, `t=${w.now}: shard ${k} is written to, its primary stays`);
+      }
+      // Quiet from now on: after 2 s the shard is handed to its preferred replica.
+      let vacated = false;
+      for (let t = 0; t < 3000 && !vacated; t += 100) {
+        w.advance(100);
+        for (const id of members) w.renew(id, [], [progressOf(k, 1, seq)]);
+        vacated = update(w.plan(), k)?.primary === null;
+      }
+      assert.ok(vacated, 'a quiet shard is balanced');
+    });
+
     it('does not balance while a replica is catching up', () => {
       const members = ['a', 'b', 'c'];
       const goal = target(members);
