@@ -367,7 +367,8 @@ export class Coordinator {
   /**
    * An inbound frame: decode it, check it against the sender's Noise identity and the Raft
    * configuration (DESIGN §4a), validate a snapshot before the core (and so the disk) sees it.
-   * Throwing resets the stream (counted by the channel) and changes nothing.
+   * A message refused for its sender's role is dropped and counted; a malformed one throws, which
+   * resets the stream (counted by the channel). Neither changes anything.
    */
   private onFrame(from: string, frame: Uint8Array): void {
     if (this.stopped) return;
@@ -376,8 +377,11 @@ export class Coordinator {
     if (m.to !== this.self) throw new InvalidMessageError(`raft message for ${m.to} reached ${this.self}`);
     const refused = this.admitRaft(m);
     if (refused !== null) {
+      // Well-formed but not from a sender in that role: dropped and counted, the stream kept (a
+      // new peer may hear the leader a moment before gossip shows it alive; the leader resends).
       this.counters.rejected++;
-      throw new InvalidMessageError(`raft ${m.type} from ${from} refused: ${refused}`);
+      this.opts.log.debug('raft message refused', { type: m.type, from, reason: refused });
+      return;
     }
     if (m.type === 'snapshot') {
       // Validate before persist: a snapshot that does not restore would be written to disk and
