@@ -64,6 +64,7 @@ import {
   type Frame,
 } from './store-wire.js';
 import { ReplicationOutbox, splitBatch } from './replication-outbox.js';
+import { groupBytes } from '../protocols/replication/log.js';
 import { StreamChannel } from './stream-channel.js';
 import type { StoreMetrics } from './http/server.js';
 
@@ -258,6 +259,7 @@ export class StoreService implements KvApi {
     leaseFailures: 0,
     snapshotsSent: 0,
     snapshotBytesSent: 0,
+    catchUpBytesReceived: 0,
     snapshotsInstalled: 0,
     assignmentsProposed: 0,
     /** Replication messages dropped for exceeding the frame limit (should stay 0). */
@@ -615,6 +617,13 @@ export class StoreService implements KvApi {
       if (verdict !== null) {
         this.refuseReplication(m, verdict);
         continue;
+      }
+      if (m.type === 'append' && m.groups.length > 0) {
+        // Data reaching a replica that is not in sync yet: a replica being filled (a move).
+        const a = this.view.shards[m.shard];
+        if (a !== undefined && !a.inSync.includes(this.self)) {
+          for (const g of m.groups) this.counters.catchUpBytesReceived += groupBytes(g);
+        }
       }
       slot.core.step(now, m);
       touched.add(slot);

@@ -89,6 +89,7 @@ export interface StoreMetrics {
     | 'leaseFailures'
     | 'snapshotsSent'
     | 'snapshotBytesSent'
+    | 'catchUpBytesReceived'
     | 'snapshotsInstalled'
     | 'assignmentsProposed'
     | 'replicationRefused'
@@ -117,6 +118,7 @@ function storeLines(st: StoreMetrics): string[] {
     ...family('shoal_store_lease_valid', 'gauge', '1 while this peer holds a valid primary lease.', [['', st.leaseValid ? 1 : 0]]),
     ...family('shoal_store_snapshots_sent_total', 'counter', 'Shard snapshots sent to catching-up replicas.', [['', c.snapshotsSent]]),
     ...family('shoal_store_snapshot_bytes_sent_total', 'counter', 'Value bytes this peer sent in shard snapshots (data moved to new replicas).', [['', c.snapshotBytesSent]]),
+    ...family('shoal_store_catchup_bytes_received_total', 'counter', 'Op-log bytes this peer received for replicas not yet in sync (data moved to it through catch-up).', [['', c.catchUpBytesReceived]]),
     ...family('shoal_store_moves_in_flight', 'gauge', 'Replicas being filled (not yet in sync), cluster-wide, from this peer\'s map.', [['', st.movesInFlight]]),
     ...family('shoal_store_snapshots_installed_total', 'counter', 'Shard snapshots installed here.', [['', c.snapshotsInstalled]]),
     ...family('shoal_store_assignments_proposed_total', 'counter', 'Shard assignment commands proposed (coordinator).', [['', c.assignmentsProposed]]),

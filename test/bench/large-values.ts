@@ -134,9 +134,14 @@ async function main(): Promise<void> {
   const bad = await readBack(addrs(), load.acked, 30_000);
   const readMs = performance.now() - t0;
 
+  /** Bytes moved to new replicas so far, cluster-wide: snapshot values sent plus catch-up received. */
+  const moved = async (): Promise<number> =>
+    (await Promise.all(c.peers.map(async (p) => (await metricSum(p.httpAddress, 'shoal_store_snapshot_bytes_sent_total')) + (await metricSum(p.httpAddress, 'shoal_store_catchup_bytes_received_total'))))).reduce((a, b) => a + b, 0);
   let growMs = NaN;
+  let growMB = NaN;
   let bal = { max: NaN, mean: NaN };
   if (growTo > 3) {
+    const before = await moved();
     const g0 = performance.now();
     const seed = c.peers[0] as ProcessPeer;
     for (let i = c.peers.length; i < growTo; i++) {
@@ -145,6 +150,7 @@ async function main(): Promise<void> {
     try {
       await c.waitSettled('grown', (mb * 2 + 120) * 1000);
       growMs = performance.now() - g0;
+      growMB = ((await moved()) - before) / 1048576;
     } catch (err) {
       log(`the grown cluster did not settle: ${(err as Error).message.slice(0, 4000)}`);
     }
@@ -154,7 +160,7 @@ async function main(): Promise<void> {
   let drainLine = 'no drain';
   if (values.drain) {
     const target = c.peers[c.peers.length - 1] as ProcessPeer;
-    const bytesBefore = (await Promise.all(c.peers.map((p) => metricSum(p.httpAddress, 'shoal_store_snapshot_bytes_sent_total')))).reduce((a, b) => a + b, 0);
+    const bytesBefore = await moved();
     small.failures.clear();
     small.start();
     const d0 = performance.now();
@@ -168,12 +174,12 @@ async function main(): Promise<void> {
     }
     const drainMs = performance.now() - d0;
     const duringDrain = await small.stop();
-    const bytesAfter = (await Promise.all(c.peers.map((p) => metricSum(p.httpAddress, 'shoal_store_snapshot_bytes_sent_total')))).reduce((a, b) => a + b, 0);
+    const bytesAfter = await moved();
     const movedMB = (bytesAfter - bytesBefore) / 1048576;
     drainLine =
       `drain of ${c.label(target.peerId)} (it held ${first.replicas} replicas): ` +
       `${st.done ? `done in ${(drainMs / 1000).toFixed(1)} s` : `NOT done after ${(drainMs / 1000).toFixed(1)} s (${st.replicas} left)`}; ` +
-      `${movedMB.toFixed(1)} MB sent in snapshots (${(movedMB / (drainMs / 1000)).toFixed(1)} MB/s); ` +
+      `${movedMB.toFixed(1)} MB moved (snapshots + catch-up) (${(movedMB / (drainMs / 1000)).toFixed(1)} MB/s); ` +
       `small puts during it n=${duringDrain.length} p50 ${ms(quantile(duringDrain, 0.5))} p99 ${ms(quantile(duringDrain, 0.99))}; refused or failed ${JSON.stringify(Object.fromEntries(small.failures))}`;
   }
   small.close();
@@ -188,7 +194,7 @@ async function main(): Promise<void> {
     `stream resets after the load: ${afterLoad.resets}; replication frames dropped: ${afterLoad.dropped}`,
     `read back: ${load.acked.size - bad.length} of ${load.acked.size} equal in ${(readMs / 1000).toFixed(1)} s${bad.length > 0 ? `; first bad: ${bad.slice(0, 5).join('; ')}` : ''}`,
     growTo > 3
-      ? `grow 3 → ${growTo}: settled in ${Number.isFinite(growMs) ? `${(growMs / 1000).toFixed(1)} s` : 'NOT settled'}; replicas per peer max/mean ${(bal.max / bal.mean).toFixed(2)} (${bal.max} / ${bal.mean.toFixed(1)}); stream resets ${afterGrow.resets}, frames dropped ${afterGrow.dropped}`
+      ? `grow 3 → ${growTo}: settled in ${Number.isFinite(growMs) ? `${(growMs / 1000).toFixed(1)} s, ${growMB.toFixed(1)} MB moved (${(growMB / (growMs / 1000)).toFixed(1)} MB/s)` : 'NOT settled'}; replicas per peer max/mean ${(bal.max / bal.mean).toFixed(2)} (${bal.max} / ${bal.mean.toFixed(1)}); stream resets ${afterGrow.resets}, frames dropped ${afterGrow.dropped}`
       : 'no growth',
     drainLine,
   ];
