@@ -18,6 +18,8 @@ import type { PeerStatus } from '../node/peer.js';
 import { READ_CONSISTENCIES } from '../node/store-api.js';
 import { READ_POLICIES, type ReadPolicy } from '../node/store-api.js';
 import { runDemo } from './demo.js';
+import { isValidHttpToken } from '../node/http/request-guard.js';
+import type { DrainStatus } from '../node/store-service.js';
 
 /** Usage errors exit 2; runtime failures exit 1. */
 class UsageError extends Error {
@@ -492,6 +494,14 @@ export function formatStatusTable(status: PeerStatus): string {
   return [`peer ${status.peerId}  (${counts.join(', ')}; * = this peer)`, ...coord, '', fmt(header), ...rows.map(fmt)].join('\n') + '\n';
 }
 
+/** `--http` (checked, default 127.0.0.1:7070) of a command that talks to a running peer; reads `--http-token-file` too. */
+async function peerAddress(values: { http?: string; 'http-token-file'?: string }): Promise<string> {
+  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
+  parseHostPort(hostPort, '--http');
+  await useHttpToken(values['http-token-file']);
+  return hostPort;
+}
+
 /** Headers every HTTP request of this CLI run carries (the bearer token of --http-token-file). */
 let clientHeaders: Record<string, string> = {};
 
@@ -505,7 +515,7 @@ async function useHttpToken(file: string | undefined): Promise<void> {
     throw new RuntimeFailure(`--http-token-file ${file}: cannot read it: ${(err as Error).message}`);
   }
   const token = text.trim();
-  if (!/^[\x21-\x7e]{16,4096}$/.test(token)) throw new UsageError(`--http-token-file ${file}: expected one token of 16 to 4096 visible ASCII characters`);
+  if (!isValidHttpToken(token)) throw new UsageError(`--http-token-file ${file}: expected one token of 16 to 4096 visible ASCII characters`);
   clientHeaders = { authorization: `Bearer ${token}` };
 }
 
@@ -544,22 +554,11 @@ async function cmdStatus(argv: string[]): Promise<number> {
     process.stdout.write(STATUS_HELP);
     return 0;
   }
-  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
-  parseHostPort(hostPort, '--http');
   const timeoutMs = intFlag(values['timeout-ms'], '--timeout-ms') ?? 5000;
-  await useHttpToken(values['http-token-file']);
+  const hostPort = await peerAddress(values);
   const status = (await fetchJson(hostPort, '/v1/status', timeoutMs)) as PeerStatus;
   process.stdout.write(values.json === true ? JSON.stringify(status, null, 2) + '\n' : formatStatusTable(status));
   return 0;
-}
-
-interface DrainState {
-  status: string | null;
-  replicas: number;
-  primaries: number;
-  movesInFlight: number;
-  activePeersLeft: number;
-  done: boolean;
 }
 
 function formatMs(ms: number): string {
@@ -573,14 +572,14 @@ function formatMs(ms: number): string {
  * other active peer to move to.
  */
 async function drainAndWait(hostPort: string, waitMs: number): Promise<boolean> {
-  let st = (await fetchJson(hostPort, '/v1/drain', 5000, 'POST')) as DrainState;
+  let st = (await fetchJson(hostPort, '/v1/drain', 5000, 'POST')) as DrainStatus;
   if (st.activePeersLeft === 0 && st.replicas > 0) return false;
   const start = Date.now();
   const initial = Math.max(st.replicas, 1);
   const tty = process.stderr.isTTY === true;
   let lastPrint = 0;
   for (let i = 0; i < waitMs / 250 + 1 && Date.now() - start < waitMs; i++) {
-    st = (await fetchJson(hostPort, '/v1/drain', 5000)) as DrainState;
+    st = (await fetchJson(hostPort, '/v1/drain', 5000)) as DrainStatus;
     const moved = Math.max(0, initial - st.replicas);
     const elapsed = Date.now() - start;
     const eta = moved > 0 ? (st.replicas * elapsed) / moved : Number.POSITIVE_INFINITY;
@@ -619,11 +618,9 @@ async function cmdLeave(argv: string[]): Promise<number> {
     process.stdout.write(LEAVE_HELP);
     return 0;
   }
-  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
-  parseHostPort(hostPort, '--http');
   const waitMs = intFlag(values['wait-ms'], '--wait-ms') ?? 15_000;
   const drainWaitMs = intFlag(values['drain-wait-ms'], '--drain-wait-ms') ?? 600_000;
-  await useHttpToken(values['http-token-file']);
+  const hostPort = await peerAddress(values);
   const status = (await fetchJson(hostPort, '/v1/status', 5000)) as PeerStatus;
   if (values['no-drain'] !== true && status.shards != null) {
     const drained = await drainAndWait(hostPort, drainWaitMs);
@@ -663,17 +660,15 @@ async function cmdDrain(argv: string[]): Promise<number> {
     process.stdout.write(DRAIN_HELP);
     return 0;
   }
-  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
-  parseHostPort(hostPort, '--http');
   const waitMs = intFlag(values['wait-ms'], '--wait-ms') ?? 600_000;
-  await useHttpToken(values['http-token-file']);
+  const hostPort = await peerAddress(values);
   if (values.cancel === true) {
     await fetchJson(hostPort, '/v1/drain', 5000, 'POST', { cancel: true });
     process.stdout.write('drain cancelled: the peer takes its share of replicas again\n');
     return 0;
   }
   if (values['no-wait'] === true) {
-    const st = (await fetchJson(hostPort, '/v1/drain', 5000, 'POST')) as DrainState;
+    const st = (await fetchJson(hostPort, '/v1/drain', 5000, 'POST')) as DrainStatus;
     process.stdout.write(`draining: ${st.replicas} replicas to move\n`);
     return 0;
   }
@@ -698,9 +693,7 @@ async function cmdCapacity(argv: string[]): Promise<number> {
   if ((positionals[0] as string).trim() === '' || !Number.isFinite(n) || n <= 0 || n > 1024) {
     throw new UsageError(`capacity: expected a number above 0 and at most 1024, got ${JSON.stringify(positionals[0])}`);
   }
-  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
-  parseHostPort(hostPort, '--http');
-  await useHttpToken(values['http-token-file']);
+  const hostPort = await peerAddress(values);
   await fetchJson(hostPort, '/v1/capacity', 5000, 'POST', { capacity: n });
   process.stdout.write(`capacity ${n} reported; replicas follow it\n`);
   return 0;
@@ -784,11 +777,8 @@ const KV_COMMON_FLAGS = {
 
 /** `--http`, `--timeout-ms` and `--http-token-file` of a KV command, checked. */
 async function kvTarget(values: { http?: string; 'timeout-ms'?: string; 'http-token-file'?: string }): Promise<{ hostPort: string; timeoutMs: number }> {
-  const hostPort = values.http ?? DEFAULT_PEER_OPTIONS.http;
-  parseHostPort(hostPort, '--http');
   const timeoutMs = intFlag(values['timeout-ms'], '--timeout-ms') ?? DEFAULT_KV_TIMEOUT_MS;
-  await useHttpToken(values['http-token-file']);
-  return { hostPort, timeoutMs };
+  return { hostPort: await peerAddress(values), timeoutMs };
 }
 
 /** The single KEY positional of a KV command (plus `extra` more positionals allowed). */

@@ -22,9 +22,8 @@ import { join } from 'node:path';
 import { ConfigError } from '../protocols/errors.js';
 import { PeerStartError } from './errors.js';
 import { decodeJoinToken, encodeJoinToken, looksLikeJoinToken } from './join-token.js';
-import { validateSwarmKey } from './swarm-key.js';
+import { SWARM_KEY_HEADER as HEADER, validateSwarmKey } from './swarm-key.js';
 
-const HEADER = '/key/swarm/psk/1.0.0/\n/base16/\n';
 export const CLUSTER_KEY_FILE = 'cluster.key';
 export const JOIN_TOKEN_FILE = 'join-token';
 

@@ -18,6 +18,7 @@ import type { ClusterCommand } from '../protocols/cluster-map/types.js';
 import type { RaftCounters } from './http/server.js';
 import { PeerStartError } from './errors.js';
 import { publishJoinToken, resolveClusterKey } from './cluster-key.js';
+import { isValidHttpToken } from './http/request-guard.js';
 import { StoreService } from './store-service.js';
 
 /** /healthz reports a peer that has known no coordinator this long (elections take 1-2 s). */
@@ -225,7 +226,7 @@ async function readHttpToken(path: string): Promise<string> {
     throw new PeerStartError('HTTP_TOKEN', `cannot read the HTTP token file ${path}: ${(err as Error).message}`);
   }
   const token = text.trim();
-  if (!/^[\x21-\x7e]{16,4096}$/.test(token)) {
+  if (!isValidHttpToken(token)) {
     throw new PeerStartError('HTTP_TOKEN', `${path} must hold one token of 16 to 4096 visible ASCII characters (e.g. from 'openssl rand -hex 32')`);
   }
   return token;

@@ -15,7 +15,7 @@ import { InvalidMessageError } from '../protocols/errors.js';
 import { shardOf } from '../protocols/placement/index.js';
 import { decodeReplicationMessage, encodeReplicationMessage, REPLICATION_PROTOCOL_ID } from '../protocols/replication/codec.js';
 import { MAX_KEY_BYTES, MAX_VALUE_BYTES, type ReplicationConfig } from '../protocols/replication/config.js';
-import { ReplicaCore } from '../protocols/replication/replica.js';
+import { HANDED_OVER_OUTCOME_MS, ReplicaCore } from '../protocols/replication/replica.js';
 import { keyProblem } from '../protocols/replication/versions.js';
 import type {
   InSyncChangeRequest,
@@ -145,10 +145,10 @@ const REPLICATION_QUEUED_PER_PEER = 16_384;
 /**
  * After the map names a new primary for a shard, a request still waiting on the old one gets
  * this long to answer: a demoted primary answers its in-flight writes once the new primary's log
- * tells their outcome (within 3 s, protocols/replication/replica.ts HANDED_OVER_OUTCOME_MS); a
- * frozen or cut-off one never does, and the write is then `indeterminate`.
+ * tells their outcome (within HANDED_OVER_OUTCOME_MS); a frozen or cut-off one never does, and
+ * the write is then `indeterminate`.
  */
-const SUPERSEDED_GRACE_MS = 3250;
+const SUPERSEDED_GRACE_MS = HANDED_OVER_OUTCOME_MS + 250;
 /** Longest a replication message of a newer epoch waits for the local map to catch up, ms. */
 const PARK_MS = 300;
 /** Most such messages held per shard. */
@@ -899,10 +899,15 @@ export class StoreService implements KvApi {
       status,
       replicas,
       primaries,
-      movesInFlight: this.moves().length,
+      movesInFlight: this.movesInFlight(),
       activePeersLeft: others,
       done: status === 'draining' && replicas === 0,
     };
+  }
+
+  /** How many replicas are being filled, cluster-wide (see moves). */
+  private movesInFlight(): number {
+    return this.view.shards.reduce((n, a) => n + a.replicas.filter((id) => !a.inSync.includes(id)).length, 0);
   }
 
   /**
@@ -1346,11 +1351,10 @@ export class StoreService implements KvApi {
         if (id === a.primary) p.primaries++;
       }
     }
-    const movesInFlight = this.view.shards.reduce((n, a) => n + a.replicas.filter((id) => !a.inSync.includes(id)).length, 0);
     const draining = Object.entries(this.view.members)
       .filter(([, m]) => m.status === 'draining')
       .map(([id]) => id);
-    return { shardCount: s.shardCount, replicationFactor: s.replicationFactor, minInSync: s.minInSync, effectiveMinInSync: need, writableShards: writable, movesInFlight, draining, perPeer };
+    return { shardCount: s.shardCount, replicationFactor: s.replicationFactor, minInSync: s.minInSync, effectiveMinInSync: need, writableShards: writable, movesInFlight: this.movesInFlight(), draining, perPeer };
   }
 
   /** This peer's applied copy of `key`, whatever its role (for tests and debugging); null when absent or the shard is not held here. */
@@ -1376,7 +1380,7 @@ export class StoreService implements KvApi {
     return {
       counters: { ...this.counters },
       catchUps: catchUps === null ? null : { active: catchUps.active.length, abandoned: catchUps.abandoned.length, abandonedTotal: catchUps.abandonedTotal },
-      movesInFlight: this.view.shards.reduce((n, a) => n + a.replicas.filter((id) => !a.inSync.includes(id)).length, 0),
+      movesInFlight: this.movesInFlight(),
       leaseValid: now < this.leaseUntil,
       primaries,
       replicas: this.slots.size,

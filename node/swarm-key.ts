@@ -1,9 +1,10 @@
 import { generateKey } from '@libp2p/pnet';
 import { PeerStartError } from './errors.js';
 
-const HEADER = '/key/swarm/psk/1.0.0/\n/base16/\n';
+/** The first lines of a swarm key file; 64 hex digits follow. */
+export const SWARM_KEY_HEADER = '/key/swarm/psk/1.0.0/\n/base16/\n';
 /** Length of a swarm key file as `generateKey` writes it: header plus 64 hex digits. */
-export const SWARM_KEY_BYTES = HEADER.length + 64;
+export const SWARM_KEY_BYTES = SWARM_KEY_HEADER.length + 64;
 
 /** A fresh private-network key in the go-ipfs/libp2p swarm.key format. */
 export function newSwarmKey(): Uint8Array {
@@ -19,5 +20,5 @@ export function validateSwarmKey(bytes: Uint8Array, path: string): Uint8Array {
   if (m === null) {
     throw new PeerStartError('SWARM_KEY', `${path} is not a swarm key (expected the format 'shoal keygen' writes)`);
   }
-  return new TextEncoder().encode(HEADER + (m[1] as string).toLowerCase());
+  return new TextEncoder().encode(SWARM_KEY_HEADER + (m[1] as string).toLowerCase());
 }

@@ -24,11 +24,7 @@ function crcTable(): Uint32Array {
 
 /** CRC-32 of `data` (the zlib / PNG / Ethernet polynomial), as an unsigned 32-bit integer. */
 export function crc32(data: Uint8Array): number {
-  if (native !== undefined) return native(data) >>> 0;
-  const t = crcTable();
-  let c = 0xffffffff;
-  for (let i = 0; i < data.length; i++) c = (t[(c ^ (data[i] as number)) & 0xff] as number) ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
+  return native !== undefined ? native(data) >>> 0 : crc32Portable(data);
 }
 
 /** The table implementation, exposed so tests can check both agree. */

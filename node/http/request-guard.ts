@@ -54,6 +54,11 @@ function hostAllowed(host: string, opts: GuardOptions): boolean {
   return isIP(host) !== 0 || host === 'localhost' || opts.allowedHosts.includes(host);
 }
 
+/** A bearer token as `--http-token-file` holds it (trimmed): 16 to 4096 visible ASCII characters. */
+export function isValidHttpToken(token: string): boolean {
+  return /^[\x21-\x7e]{16,4096}$/.test(token);
+}
+
 /** Constant-time comparison of an Authorization header with the expected bearer token. */
 function bearerMatches(header: string | undefined, token: string): boolean {
   if (header === undefined) return false;

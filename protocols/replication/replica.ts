@@ -177,7 +177,7 @@ interface HandedOverGroup {
 }
 
 /** How long a handed-over write waits for its outcome before it is answered `indeterminate`, ms. */
-const HANDED_OVER_OUTCOME_MS = 3000;
+export const HANDED_OVER_OUTCOME_MS = 3000;
 /** Most handed-over groups kept waiting; beyond, `indeterminate` at once. */
 const MAX_HANDED_OVER_GROUPS = 1024;
 

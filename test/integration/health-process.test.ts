@@ -18,6 +18,32 @@ async function health(address: string): Promise<{ status: number; problems: stri
   return { status: res.status, problems: body.problems ?? [] };
 }
 
+/**
+ * Polls a restarted peer until its /healthz says 200 and every key (`v:<key>`) reads back
+ * through it; whenever it says 200, every key must read back (it never claims health early).
+ */
+async function servesEveryKeyWhenHealthy(address: string, keys: string[], agent: http.Agent): Promise<void> {
+  let healthySeen = false;
+  await waitFor(
+    'the restarted peer to serve every key',
+    async () => {
+      const h = await health(address);
+      let ok = 0;
+      for (const key of keys) {
+        const r = await request(agent, address, 'GET', kvPath(key), undefined, 3000).catch(() => null);
+        if (r !== null && r.status === 200 && r.body.toString() === `v:${key}`) ok++;
+      }
+      if (h.status === 200) {
+        healthySeen = true;
+        assert.equal(ok, keys.length, `/healthz said 200 while ${keys.length - ok} keys did not read back`);
+      }
+      return ok === keys.length && h.status === 200;
+    },
+    { timeoutMs: 60_000, intervalMs: 500 },
+  );
+  assert.ok(healthySeen);
+}
+
 describe('health and torn logs', function () {
   this.timeout(120_000);
   const cleanup: Array<() => Promise<void>> = [];
@@ -64,26 +90,7 @@ describe('health and torn logs', function () {
     truncateSync(join(db, logs[0]!.f), Math.floor(logs[0]!.size / 2));
     const again = await ProcessPeer.start(victim.dataDir, { join: [c.peers.find((p) => p !== victim)!.joinToken] });
     c.peers[i] = again;
-    // Whenever it says 200, it serves: poll both until every key reads back through it.
-    let healthySeen = false;
-    await waitFor(
-      'the restarted peer to serve every key',
-      async () => {
-        const h = await health(again.httpAddress);
-        let ok = 0;
-        for (const key of keys) {
-          const r = await request(agent, again.httpAddress, 'GET', kvPath(key), undefined, 3000).catch(() => null);
-          if (r !== null && r.status === 200 && r.body.toString() === `v:${key}`) ok++;
-        }
-        if (h.status === 200) {
-          healthySeen = true;
-          assert.equal(ok, keys.length, `/healthz said 200 while ${keys.length - ok} keys did not read back`);
-        }
-        return ok === keys.length && h.status === 200;
-      },
-      { timeoutMs: 60_000, intervalMs: 500 },
-    );
-    assert.ok(healthySeen);
+    await servesEveryKeyWhenHealthy(again.httpAddress, keys, agent);
     await c.waitSettled('after the torn restart', 60_000);
   });
 
@@ -126,25 +133,7 @@ describe('health and torn logs', function () {
     assert.ok(damagedGroups > 0, 'shard log groups to damage');
     const again = await ProcessPeer.start(victim.dataDir, { join: [c.peers.find((p) => p !== victim)!.joinToken] });
     c.peers[i] = again;
-    let healthySeen = false;
-    await waitFor(
-      'the restarted peer to serve every key',
-      async () => {
-        const h = await health(again.httpAddress);
-        let ok = 0;
-        for (const key of keys) {
-          const r = await request(agent, again.httpAddress, 'GET', kvPath(key), undefined, 3000).catch(() => null);
-          if (r !== null && r.status === 200 && r.body.toString() === `v:${key}`) ok++;
-        }
-        if (h.status === 200) {
-          healthySeen = true;
-          assert.equal(ok, keys.length, `/healthz said 200 while ${keys.length - ok} keys did not read back`);
-        }
-        return ok === keys.length && h.status === 200;
-      },
-      { timeoutMs: 60_000, intervalMs: 500 },
-    );
-    assert.ok(healthySeen);
+    await servesEveryKeyWhenHealthy(again.httpAddress, keys, agent);
     assert.match(again.stderr, /raft log: a damaged entry was found at open/);
     const repaired = again.stderr.split('\n').filter((l) => l.includes('shard log: damaged records found at open were removed')).length;
     assert.equal(repaired, damagedGroups, `every damaged shard log was cut (${repaired} of ${damagedGroups})`);
