@@ -107,6 +107,10 @@ Store options:
   --request-timeout-ms N    how long an operation waits for a serving primary (default ${DEFAULT_PEER_OPTIONS.requestTimeoutMs})
   --max-key-bytes N         largest key in UTF-8 bytes, up to 1024 (default ${DEFAULT_PEER_OPTIONS.maxKeyBytes})
   --max-value-bytes N       largest value in bytes, up to 1048576 (default ${DEFAULT_PEER_OPTIONS.maxValueBytes})
+  --rebalance-rate MB/S     bandwidth all snapshot transfers from this peer share when data
+                            moves (a join, drain, leave or capacity change); default unlimited
+  --log-retain-groups N     op-log groups a shard keeps for backups that fall behind; further
+                            behind, a replica gets a snapshot (default ${DEFAULT_PEER_OPTIONS.logRetainGroups})
 
 New-cluster options (read only by the peer that starts a cluster, i.e. without --join):
   --shards N                number of shards, a power of two from 8 to 1024 (default 64)
@@ -310,6 +314,8 @@ async function cmdStart(argv: string[]): Promise<number> {
       'request-timeout-ms': { type: 'string' },
       'max-key-bytes': { type: 'string' },
       'max-value-bytes': { type: 'string' },
+      'rebalance-rate': { type: 'string' },
+      'log-retain-groups': { type: 'string' },
       shards: { type: 'string' },
       'replication-factor': { type: 'string' },
       'min-in-sync': { type: 'string' },
@@ -394,6 +400,16 @@ async function cmdStart(argv: string[]): Promise<number> {
   if (maxKeyBytes !== undefined) options.maxKeyBytes = maxKeyBytes;
   const maxValueBytes = wholeFlag('--max-value-bytes', values['max-value-bytes'], 0, 1024 * 1024);
   if (maxValueBytes !== undefined) options.maxValueBytes = maxValueBytes;
+  const rate = values['rebalance-rate'];
+  if (rate !== undefined && rate !== 'unlimited') {
+    const mb = Number(rate);
+    if (rate.trim() === '' || !Number.isFinite(mb) || mb < 0.01 || mb > 100_000) {
+      throw new UsageError(`--rebalance-rate: expected megabytes per second from 0.01 to 100000, or "unlimited", got ${JSON.stringify(rate)}`);
+    }
+    options.rebalanceRate = Math.round(mb * 1024 * 1024);
+  }
+  const retain = wholeFlag('--log-retain-groups', values['log-retain-groups'], 0, 1_000_000);
+  if (retain !== undefined) options.logRetainGroups = retain;
   const cluster: NonNullable<PeerOptions['cluster']> = {};
   const shardCount = wholeFlag('--shards', values.shards, 8, 1024);
   if (shardCount !== undefined) {

@@ -71,6 +71,10 @@ export interface PeerOptions {
   maxKeyBytes: number;
   /** Largest value, bytes (0..1 MiB). Default 1 MiB. */
   maxValueBytes: number;
+  /** Bytes per second this peer's snapshot transfers (data moved to new replicas) share; null: unlimited. Default null: on loopback and LANs the move should finish fast, and replication traffic is never throttled. */
+  rebalanceRate: number | null;
+  /** Op-log groups a shard keeps after applying them, for backups that fall behind; further behind, a replica gets a snapshot. Default 256. */
+  logRetainGroups: number;
   /** Settings of a new cluster, used only by the peer that bootstraps it: shard count (power of two 8..1024, default 64), replication factor (default 3), minInSync (default 2). */
   cluster: Partial<ClusterSettings>;
 }
@@ -97,6 +101,8 @@ export const DEFAULT_PEER_OPTIONS: PeerOptions = {
   requestTimeoutMs: 5000,
   maxKeyBytes: MAX_KEY_BYTES,
   maxValueBytes: MAX_VALUE_BYTES,
+  rebalanceRate: null,
+  logRetainGroups: 256,
   cluster: {},
 };
 
@@ -200,6 +206,12 @@ export function validatePeerOptions(partial: Partial<PeerOptions>): PeerOptions 
   }
   if (!Number.isInteger(o.maxValueBytes) || o.maxValueBytes < 0 || o.maxValueBytes > MAX_VALUE_BYTES) {
     throw new ConfigError('maxValueBytes', `must be an integer from 0 to ${MAX_VALUE_BYTES}`);
+  }
+  if (o.rebalanceRate !== null && !(typeof o.rebalanceRate === 'number' && Number.isFinite(o.rebalanceRate) && o.rebalanceRate >= 1024)) {
+    throw new ConfigError('rebalanceRate', 'must be null (unlimited) or at least 1024 bytes per second');
+  }
+  if (!Number.isInteger(o.logRetainGroups) || o.logRetainGroups < 0 || o.logRetainGroups > 1_000_000) {
+    throw new ConfigError('logRetainGroups', 'must be an integer from 0 to 1000000');
   }
   if (typeof o.cluster !== 'object' || o.cluster === null) throw new ConfigError('cluster', 'must be an object');
   for (const key of Object.keys(o.cluster)) {

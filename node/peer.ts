@@ -192,6 +192,8 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
       leaseMs: opts.leaseMs,
       requestTimeoutMs: opts.requestTimeoutMs,
       limits: { maxKeyBytes: opts.maxKeyBytes, maxValueBytes: opts.maxValueBytes },
+      rebalanceRateBps: opts.rebalanceRate,
+      replication: { logRetainGroups: opts.logRetainGroups },
     });
     await kv.start();
     cleanup.push(() => kv.stop());

@@ -28,7 +28,10 @@ import type {
 } from '../protocols/replication/types.js';
 import { ShardController, type CatchUpReport } from '../protocols/shard-control/index.js';
 import type { KvStore } from '../storage/kv-store.js';
-import { ShardStore, type ShardEntry, type ShardSnapshotWriter } from '../storage/shard-store.js';
+import { InvalidShardInputError, ShardStore, type ShardEntry, type ShardSnapshotReader, type ShardSnapshotWriter } from '../storage/shard-store.js';
+import { crc32 } from '../storage/checksum.js';
+import { decideResume, TokenBucket, TransferTracker, type TransferProgress } from '../protocols/rebalance/index.js';
+import { randomBytes } from 'node:crypto';
 import type { Coordinator } from './coordinator.js';
 import type { Host } from './host.js';
 import type { Logger } from './log.js';
@@ -95,6 +98,14 @@ export interface MoveInfo {
   epoch: number;
   /** Coordinator only: how long it has been catching up, its log position and the primary's. */
   forMs: number | null;
+  /** Snapshot bytes received so far and an estimate of the total (storage's size of the data), null while no snapshot is streaming (a log catch-up, or not known here). */
+  bytesDone: number | null;
+  bytesTotal: number | null;
+  /** Bytes per second of the snapshot stream, and the time left at that rate, ms. */
+  rateBps: number | null;
+  etaMs: number | null;
+  /** Times the stream broke and went on from the last acknowledged chunk. */
+  resumes: number | null;
   seq: number | null;
   primarySeq: number | null;
 }
@@ -116,7 +127,14 @@ export interface StoreServiceOptions {
   /** How long a client operation waits for a serving primary before answering `unavailable`, ms. */
   requestTimeoutMs: number;
   replication?: Partial<ReplicationConfig>;
+  /** Bytes per second all snapshot transfers of this peer share (--rebalance-rate); null or absent: unlimited. */
+  rebalanceRateBps?: number | null;
 }
+
+/** How long a broken snapshot stream is held (its storage snapshot open) for a resume, ms. */
+const SNAPSHOT_RESUME_HOLD_MS = 60_000;
+/** Most snapshot transfers a renewal reports. */
+const MAX_REPORTED_TRANSFERS = 256;
 
 /** How often each peer renews its lease, ms (DESIGN §3: ~100 ms). */
 const LEASE_RENEW_MS = 100;
@@ -178,8 +196,22 @@ interface ForwardWatch {
 
 interface IncomingSnapshot {
   from: string;
+  id: string;
   meta: SnapshotMeta;
   writer: ShardSnapshotWriter;
+}
+
+/** A snapshot this peer sends (see sendSnapshot). */
+interface OutgoingSnapshot {
+  reader: ShardSnapshotReader;
+  batches: AsyncIterator<ShardEntry[]>;
+  tracker: TransferTracker;
+  seqEpoch: number;
+  /** The chunk sent and not acknowledged yet (sent again on a resume unless the receiver has it). */
+  pending: { index: number; entries: Array<[string, number, number]>; payload: Uint8Array; bytes: number } | null;
+  /** A stream is running; false while held for a resume after a break. */
+  active: boolean;
+  brokeAtMs: number;
 }
 
 interface Waiter {
@@ -215,7 +247,12 @@ export class StoreService implements KvApi {
   private readonly forwards = new Set<ForwardWatch>();
   private nextRequestId = 1;
   private readonly incoming = new Map<number, IncomingSnapshot>();
-  private readonly sendingSnapshots = new Set<string>();
+  /** Snapshots being sent, by `shard:to`, and broken ones held for a resume. */
+  private readonly outgoing = new Map<string, OutgoingSnapshot>();
+  /** Coordinator: snapshot transfers the primaries report in their renewals, by `shard:to`. */
+  private readonly reportedTransfers = new Map<string, { from: string; atMs: number; bytesDone: number; bytesTotal: number | null; rateBps: number; resumes: number }>();
+  /** Shared by every snapshot this peer sends (--rebalance-rate). */
+  private readonly rebalanceBucket: TokenBucket;
   /** Small forwarded operations (STORE_PROTOCOL_ID). */
   private readonly rpc: RpcEndpoint;
   /** Large forwarded writes and snapshots (STORE_BULK_PROTOCOL_ID). */
@@ -259,6 +296,11 @@ export class StoreService implements KvApi {
     leaseFailures: 0,
     snapshotsSent: 0,
     snapshotBytesSent: 0,
+    /** Streams that went on from the last acknowledged chunk after a break, and the bytes not sent again. */
+    snapshotsResumed: 0,
+    snapshotBytesResumed: 0,
+    /** Seconds spent sending completed snapshots (shoal_store_move_seconds_total). */
+    moveSecondsTotal: 0,
     catchUpBytesReceived: 0,
     snapshotsInstalled: 0,
     assignmentsProposed: 0,
@@ -277,6 +319,7 @@ export class StoreService implements KvApi {
     this.self = opts.host.peerId.toString();
     this.view = opts.coordinator.mapView();
     this.capacityNow = opts.capacity;
+    this.rebalanceBucket = new TokenBucket(this.now(), opts.rebalanceRateBps ?? null);
     this.controller = new ShardController({ leaseMs: opts.leaseMs });
     this.rpc = new RpcEndpoint({
       host: opts.host,
@@ -633,46 +676,118 @@ export class StoreService implements KvApi {
   }
 
   // -------------------------------------------------------------------------------------------
-  // Snapshots: primary → replica over the store RPC, in bounded chunks.
+  // Snapshots: primary → replica over the bulk RPC, in numbered, checksummed chunks, one in
+  // flight (the acknowledgement is the flow control), resumable (protocols/rebalance/transfer.ts).
 
   private async sendSnapshot(shard: number, to: string, epoch: number): Promise<void> {
     const key = `${shard}:${to}`;
-    if (this.sendingSnapshots.has(key)) return;
-    this.sendingSnapshots.add(key);
-    try {
+    let out = this.outgoing.get(key);
+    if (out?.active === true) return;
+    const now = this.now();
+    if (out !== undefined && now - out.brokeAtMs > SNAPSHOT_RESUME_HOLD_MS) {
+      this.outgoing.delete(key);
+      await out.reader.close().catch(() => {});
+      out = undefined;
+    }
+    let fresh = false;
+    if (out === undefined) {
       const reader = await this.shardStore.snapshotData(shard);
-      try {
-        const meta = { shard, epoch, from: this.self, seq: reader.seq, seqEpoch: reader.epoch };
-        await this.bulkRpc.request(to, encodeFrame(FrameKind.snapBegin, meta), { timeoutMs: 10_000 });
-        let entries = 0;
-        for await (const batch of reader.batches) {
+      const total = await this.shardStore.approximateDataBytes(shard).catch(() => null);
+      const id = randomBytes(12).toString('hex');
+      out = {
+        reader,
+        batches: reader.batches[Symbol.asyncIterator](),
+        tracker: new TransferTracker(shard, this.self, to, id, reader.seq, this.now(), total),
+        seqEpoch: reader.epoch,
+        pending: null,
+        active: true,
+        brokeAtMs: 0,
+      };
+      this.outgoing.set(key, out);
+      fresh = true;
+    }
+    out.active = true;
+    const o = out;
+    try {
+      const t = o.tracker;
+      const begin = { shard, epoch, from: this.self, seq: t.seq, seqEpoch: o.seqEpoch, id: t.id };
+      const reply = decodeFrame(await this.bulkRpc.request(to, encodeFrame(FrameKind.snapBegin, begin), { timeoutMs: 10_000 })).header;
+      const have = typeof reply.have === 'number' ? reply.have : 0;
+      if (!fresh) {
+        const d = decideResume(t.ackedChunks, o.pending !== null, have);
+        if (d.kind === 'restart') {
+          this.opts.log.info('snapshot starts over', { shard, to, reason: d.reason });
+          this.outgoing.delete(key);
+          await o.reader.close().catch(() => {});
+          return await this.sendSnapshot(shard, to, epoch);
+        }
+        const skipped = d.kind === 'skip-pending' ? o.pending!.bytes : 0;
+        if (d.kind === 'skip-pending') {
+          t.acknowledged(this.now(), o.pending!.index, o.pending!.bytes);
+          o.pending = null;
+        }
+        t.resumed(this.now(), skipped);
+        this.counters.snapshotsResumed++;
+        this.counters.snapshotBytesResumed += t.bytesDone;
+        this.opts.log.info('snapshot resumed', { shard, to, chunk: t.ackedChunks, bytes: t.bytesDone });
+      }
+      for (;;) {
+        if (this.stopped) throw new Error('stopping');
+        if (o.pending === null) {
+          const r = await o.batches.next();
+          if (r.done === true) break;
           const index: Array<[string, number, number]> = [];
           const parts: Uint8Array[] = [];
-          for (const e of batch) {
+          let bytes = 0;
+          for (const e of r.value) {
             index.push([e.key, e.version, e.value === null ? -1 : e.value.length]);
             if (e.value !== null) parts.push(e.value);
+            bytes += e.key.length + (e.value?.length ?? 0);
           }
           const payload = Buffer.concat(parts);
-          await this.bulkRpc.request(to, encodeFrame(FrameKind.snapChunk, { shard, entries: index }, payload), { timeoutMs: 30_000 });
-          this.counters.snapshotBytesSent += payload.byteLength;
-          entries += batch.length;
+          o.pending = { index: t.ackedChunks, entries: index, payload, bytes };
         }
-        await this.bulkRpc.request(to, encodeFrame(FrameKind.snapEnd, { shard }), { timeoutMs: 30_000 });
-        this.counters.snapshotsSent++;
-        this.opts.log.info('snapshot sent', { shard, to, seq: reader.seq, entries });
-      } finally {
-        await reader.close();
+        const p = o.pending;
+        const wait = this.rebalanceBucket.reserve(this.now(), p.payload.byteLength);
+        if (wait > 0) await sleep(wait);
+        const header = { shard, id: t.id, chunk: p.index, crc: crc32(p.payload), entries: p.entries };
+        await this.bulkRpc.request(to, encodeFrame(FrameKind.snapChunk, header, p.payload), { timeoutMs: 30_000 });
+        t.acknowledged(this.now(), p.index, p.bytes);
+        this.counters.snapshotBytesSent += p.payload.byteLength;
+        o.pending = null;
       }
+      await this.bulkRpc.request(to, encodeFrame(FrameKind.snapEnd, { shard, id: t.id }), { timeoutMs: 30_000 });
+      this.counters.snapshotsSent++;
+      this.counters.moveSecondsTotal += (this.now() - t.startedAtMs) / 1000;
+      this.outgoing.delete(key);
+      await o.reader.close().catch(() => {});
+      this.opts.log.info('snapshot sent', { shard, to, seq: t.seq, chunks: t.ackedChunks, bytes: t.bytesDone });
     } catch (err) {
-      this.opts.log.warn('snapshot not sent', { shard, to, err });
-    } finally {
-      this.sendingSnapshots.delete(key);
+      // Kept for SNAPSHOT_RESUME_HOLD_MS: the core asks again (snapshotRetryMs) and the stream
+      // goes on from the last acknowledged chunk if the receiver still holds it.
+      o.active = false;
+      o.brokeAtMs = this.now();
+      this.opts.log.warn('snapshot interrupted', { shard, to, chunk: o.tracker.ackedChunks, err });
+      const timer = setTimeout(() => {
+        if (this.outgoing.get(key) === o && !o.active && this.now() - o.brokeAtMs >= SNAPSHOT_RESUME_HOLD_MS) {
+          this.outgoing.delete(key);
+          void o.reader.close().catch(() => {});
+        }
+      }, SNAPSHOT_RESUME_HOLD_MS + 100);
+      timer.unref();
     }
+  }
+
+  /** Snapshot transfers this peer is sending (or holding for a resume), for `/v1/moves`. */
+  transfers(): TransferProgress[] {
+    const now = this.now();
+    return [...this.outgoing.values()].map((o) => ({ ...o.tracker.progress(now), active: o.active }));
   }
 
   private async onSnapBegin(from: string, h: Record<string, unknown>): Promise<Uint8Array> {
     const shard = int(h, 'shard', 0, 1023);
     const meta: SnapshotMeta = { shard, epoch: int(h, 'epoch', 1), from: str(h, 'from', 128), seq: int(h, 'seq'), seqEpoch: int(h, 'seqEpoch') };
+    const id = str(h, 'id', 64);
     if (meta.from !== from) throw new InvalidMessageError('from: not the sender');
     // Only the shard's primary at the map's epoch sends a snapshot, and only to a replica.
     const a = this.view.shards[shard];
@@ -683,19 +798,29 @@ export class StoreService implements KvApi {
     const slot = this.slots.get(shard) ?? (await this.openShard(shard));
     if (slot === null || slot === undefined) throw new StoreError('unavailable', `shard ${shard} is not held here`);
     const old = this.incoming.get(shard);
+    if (old !== undefined && old.id === id && old.from === from && old.meta.seq === meta.seq && old.meta.seqEpoch === meta.seqEpoch) {
+      // The same snapshot again (its stream broke): go on; the epoch may have moved meanwhile.
+      old.meta = meta;
+      return encodeFrame(FrameKind.reply, { ok: true, have: old.writer.chunks });
+    }
     if (old !== undefined) {
       this.incoming.delete(shard);
       await old.writer.abort().catch(() => {});
     }
-    const writer = await this.shardStore.beginSnapshot(shard);
-    this.incoming.set(shard, { from, meta, writer });
-    return encodeFrame(FrameKind.reply, { ok: true });
+    // A snapshot staged before a restart resumes if it is this one; any other is dropped.
+    const writer = await this.shardStore.beginSnapshot(shard, { id, from, seq: meta.seq, seqEpoch: meta.seqEpoch });
+    if (writer.chunks > 0) this.opts.log.info('snapshot resumes after a restart', { shard, from, chunks: writer.chunks });
+    this.incoming.set(shard, { from, id, meta, writer });
+    return encodeFrame(FrameKind.reply, { ok: true, have: writer.chunks });
   }
 
   private async onSnapChunk(from: string, h: Record<string, unknown>, payload: Uint8Array): Promise<Uint8Array> {
     const shard = int(h, 'shard', 0, 1023);
     const inc = this.incoming.get(shard);
-    if (inc === undefined || inc.from !== from) throw new InvalidMessageError('no snapshot of this shard is being received from you');
+    if (inc === undefined || inc.from !== from || inc.id !== str(h, 'id', 64)) throw new InvalidMessageError('no such snapshot of this shard is being received from you');
+    const chunk = int(h, 'chunk');
+    const crc = int(h, 'crc', 0, 0xffff_ffff);
+    if (crc32(payload) !== crc) throw new InvalidMessageError(`chunk ${chunk}: checksum mismatch`);
     const index = arr(h, 'entries', 1_000_000);
     const entries: ShardEntry[] = [];
     let offset = 0;
@@ -710,15 +835,21 @@ export class StoreService implements KvApi {
       offset += Math.max(0, length);
       entries.push({ key, version, value });
     }
-    await inc.writer.write(entries); // validates keys, versions and sizes
-    return encodeFrame(FrameKind.reply, { ok: true });
+    if (offset !== payload.length) throw new InvalidMessageError(`chunk ${chunk}: ${payload.length - offset} payload bytes no entry names`);
+    try {
+      await inc.writer.writeChunk(chunk, entries); // validates keys, versions, sizes and the chunk's place
+    } catch (err) {
+      if (err instanceof InvalidShardInputError) throw new InvalidMessageError(err.message);
+      throw err;
+    }
+    return encodeFrame(FrameKind.reply, { ok: true, have: inc.writer.chunks });
   }
 
   private async onSnapEnd(from: string, h: Record<string, unknown>): Promise<Uint8Array> {
     const shard = int(h, 'shard', 0, 1023);
     const inc = this.incoming.get(shard);
     const slot = this.slots.get(shard);
-    if (inc === undefined || inc.from !== from) throw new InvalidMessageError('no snapshot of this shard is being received from you');
+    if (inc === undefined || inc.from !== from || inc.id !== str(h, 'id', 64)) throw new InvalidMessageError('no such snapshot of this shard is being received from you');
     this.incoming.delete(shard);
     if (slot === undefined) {
       await inc.writer.abort();
@@ -786,7 +917,16 @@ export class StoreService implements KvApi {
     this.lastRenewAt = now;
     const requests = this.pendingRequests.splice(0);
     const progress: ReplicaProgress[] = [...this.slots.values()].filter((s) => !s.removed).map((s) => s.core.progress());
-    const header = { mapVersion: this.view.version, capacity: this.capacityNow, progress, requests, ...(this.drainWanted !== null ? { drain: this.drainWanted } : {}) };
+    // Snapshot transfers this peer sends: the coordinator shows their bytes, rate and ETA in /v1/moves.
+    const transfers = this.outgoing.size === 0 ? undefined : this.transfers().slice(0, MAX_REPORTED_TRANSFERS).map((t) => [t.shard, t.to, t.bytesDone, t.bytesTotal ?? -1, t.rateBps, t.resumes]);
+    const header = {
+      mapVersion: this.view.version,
+      capacity: this.capacityNow,
+      progress,
+      requests,
+      ...(this.drainWanted !== null ? { drain: this.drainWanted } : {}),
+      ...(transfers !== undefined ? { transfers } : {}),
+    };
     const sentAt = this.now();
     try {
       let reply: Record<string, unknown>;
@@ -837,6 +977,7 @@ export class StoreService implements KvApi {
       return { leaseMs: this.opts.leaseMs, mapVersion: this.view.version };
     }
     this.controller.renew(now, from, progress, requests);
+    this.noteTransfers(now, from, h.transfers);
     // --capacity takes effect when a peer joins (the map starts members at 1) or restarts with a
     // new value; an operator's PUT /v1/cluster/members/{id} overrides it until then.
     const capacity = h.capacity;
@@ -869,6 +1010,20 @@ export class StoreService implements KvApi {
     }
     if (requests.length > 0) setImmediate(() => this.control());
     return { leaseMs: this.opts.leaseMs, mapVersion: this.view.version };
+  }
+
+  /** Coordinator: the snapshot transfers a primary reported in its renewal (bounded, checked, shown in /v1/moves). */
+  private noteTransfers(now: number, from: string, raw: unknown): void {
+    for (const [k, t] of this.reportedTransfers) if (t.from === from || now - t.atMs > 5000) this.reportedTransfers.delete(k);
+    if (raw === undefined) return;
+    const list = arr({ transfers: raw }, 'transfers', MAX_REPORTED_TRANSFERS);
+    for (const [k, row] of list.entries()) {
+      if (!Array.isArray(row) || row.length !== 6 || !row.every((v, i) => (i === 1 ? typeof v === 'string' && v.length <= 128 : typeof v === 'number' && Number.isFinite(v)))) {
+        throw new InvalidMessageError(`transfers[${k}]: must be [shard, to, bytesDone, bytesTotal, rateBps, resumes]`);
+      }
+      const [shard, to, bytesDone, bytesTotal, rateBps, resumes] = row as [number, string, number, number, number, number];
+      this.reportedTransfers.set(`${shard}:${to}`, { from, atMs: now, bytesDone, bytesTotal: bytesTotal < 0 ? null : bytesTotal, rateBps, resumes });
+    }
   }
 
   /** Ask the coordinator to drain this peer (move every replica it holds to others), or to stop. */
@@ -922,7 +1077,21 @@ export class StoreService implements KvApi {
       for (const to of a.replicas) {
         if (a.inSync.includes(to)) continue;
         const w = watch.get(`${shard}:${to}`);
+        // Bytes of a snapshot in flight: from the primary's renewal (coordinator), or our own transfer.
+        const own = this.outgoing.get(`${shard}:${to}`);
+        const rep = own !== undefined ? own.tracker.progress(this.now()) : this.reportedTransfers.get(`${shard}:${to}`);
+        const bytes =
+          rep === undefined
+            ? { bytesDone: null, bytesTotal: null, rateBps: null, etaMs: null, resumes: null }
+            : {
+                bytesDone: rep.bytesDone,
+                bytesTotal: rep.bytesTotal,
+                rateBps: rep.rateBps,
+                etaMs: rep.bytesTotal === null || rep.rateBps <= 0 ? null : Math.round((Math.max(0, rep.bytesTotal - rep.bytesDone) / rep.rateBps) * 1000),
+                resumes: rep.resumes,
+              };
         out.push({
+          ...bytes,
           shard,
           to,
           from: a.primary,

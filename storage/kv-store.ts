@@ -101,6 +101,13 @@ export interface KvStore {
   iterate(range?: KeyRange): AsyncIterable<[string, Uint8Array]>;
 
   /**
+   * About how many bytes `[gte, lt)` takes on disk (LevelDB's estimate from its table files:
+   * recent writes still in memory are not counted), or null when the store cannot tell (memory).
+   * For progress reports only.
+   */
+  approximateBytes(gte: string, lt: string): Promise<number | null>;
+
+  /**
    * Deletes every entry of `range` (all entries of this view when left out). Not atomic on disk:
    * a crash midway may leave part of the range; use {@link batch} when that matters.
    */

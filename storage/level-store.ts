@@ -157,6 +157,17 @@ export class LevelStore implements KvStore {
     return this.#iterateEntries(toLevelRange(range));
   }
 
+  async approximateBytes(gte: string, lt: string): Promise<number | null> {
+    const own = this.#own as unknown as { prefix?: unknown; db?: { approximateSize?: (a: string, b: string) => Promise<number> } };
+    const root = own.db;
+    if (typeof own.prefix !== 'string' || typeof root?.approximateSize !== 'function') return null;
+    try {
+      return await root.approximateSize(own.prefix + gte, own.prefix + lt);
+    } catch {
+      return null;
+    }
+  }
+
   async clear(range: KeyRange = {}): Promise<void> {
     const options = toLevelRange(range);
     await this.#run(() => this.#own.clear(options));

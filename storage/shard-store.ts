@@ -131,6 +131,14 @@ export interface ShardSnapshotWriter {
   /** Stages entries (validated, split into bounded batches). Nothing is visible before `commit`. */
   write(entries: readonly ShardEntry[]): Promise<void>;
   /**
+   * Stages chunk `chunk` of a snapshot begun with an id, counting it in the same batch as its
+   * last entries: a chunk below the count is already staged (nothing happens), one above it is
+   * refused (InvalidShardInputError `chunk`).
+   */
+  writeChunk(chunk: number, entries: readonly ShardEntry[]): Promise<void>;
+  /** Chunks staged (0 for a snapshot begun without an id). */
+  readonly chunks: number;
+  /**
    * Atomically makes the staged entries the shard's data, empties its op log and stores
    * `appliedSeq = seq, appliedEpoch = epoch` (durably when `sync`); then clears the old data.
    */
@@ -209,6 +217,7 @@ const DATA_END = 'e';
 const HARD = 'h';
 const LOG = 'l';
 const LOG_END = 'm';
+const STAGING = 's';
 const FORMAT = 1;
 const KIND_PUT = 1;
 const KIND_DELETE = 2;
@@ -227,6 +236,7 @@ export const shardKeys = Object.freeze({
   /** Exclusive upper bound of generation `gen`'s data keys. */
   dataGenEnd: (shard: number, gen: number): string => (gen + 1 < GEN_SPACE ? hex(shard, 4) + DATA + hex(gen + 1, 8) : hex(shard, 4) + DATA_END),
   data: (shard: number, gen: number, key: string): string => hex(shard, 4) + DATA + hex(gen, 8) + key,
+  staging: (shard: number): string => hex(shard, 4) + STAGING,
 });
 
 const encoder = new TextEncoder();
@@ -346,6 +356,58 @@ function decodeApplied(sealed: Uint8Array): AppliedRecord {
   r.end();
   if ((rec.seq === 0) !== (rec.epoch === 0)) throw new Malformed('epoch must be 0 exactly when seq is 0');
   return rec;
+}
+
+/** The snapshot a shard is receiving, and how many of its chunks are durably staged. */
+export interface StagedSnapshot {
+  /** The sender's name for this snapshot (one consistent copy): a resume must name the same. */
+  id: string;
+  /** The sending peer. */
+  from: string;
+  /** The snapshot's applied seq and the epoch of that group (its header). */
+  seq: number;
+  seqEpoch: number;
+  /** Chunks 0..chunks-1 are staged (durable once the batch that counted them completed). */
+  chunks: number;
+  /** Key and value bytes staged so far. */
+  bytes: number;
+}
+
+interface StagingRecord extends StagedSnapshot {
+  gen: number;
+}
+
+function encodeStaging(r: StagingRecord): Uint8Array {
+  const text = encoder.encode(JSON.stringify({ id: r.id, from: r.from }));
+  const w = new Writer(1 + 8 + 8 + 4 + 4 + 8 + text.byteLength);
+  w.u8(FORMAT);
+  w.u64(r.seq);
+  w.u64(r.seqEpoch);
+  w.u32(r.gen);
+  w.u32(r.chunks);
+  w.u64(r.bytes);
+  w.bytes(text);
+  return w.done();
+}
+
+function decodeStaging(sealed: Uint8Array): StagingRecord {
+  const r = new Reader(unseal(sealed));
+  if (r.u8() !== FORMAT) throw new Malformed('unknown format');
+  const seq = r.u64();
+  const seqEpoch = r.u64();
+  const gen = r.u32();
+  const chunks = r.u32();
+  const bytes = r.u64();
+  let o: { id?: unknown; from?: unknown };
+  try {
+    o = JSON.parse(decoder.decode(r.rest())) as typeof o;
+  } catch {
+    throw new Malformed('not UTF-8 JSON');
+  }
+  if (typeof o?.id !== 'string' || typeof o.from !== 'string' || o.id.length === 0 || o.id.length > 128 || o.from.length === 0 || o.from.length > MAX_REPLICA_ID_LENGTH) {
+    throw new Malformed('id and from must be short strings');
+  }
+  return { id: o.id, from: o.from, seq, seqEpoch, gen, chunks, bytes };
 }
 
 function encodeData(value: Uint8Array | null, version: number): Uint8Array {
@@ -525,12 +587,14 @@ interface ShardState {
   lastSeq: number;
   /** The snapshot being staged, if any. */
   staging: SnapshotWriter | null;
+  /** A snapshot found half-received at open (its generation kept), until resumed or dropped. */
+  resumable: StagingRecord | null;
   /** Tail of the per-shard write queue. */
   queue: Promise<unknown>;
 }
 
 function freshState(): ShardState {
-  return { appliedSeq: 0, appliedEpoch: 0, gen: 0, firstSeq: 1, lastSeq: 0, staging: null, queue: Promise.resolve() };
+  return { appliedSeq: 0, appliedEpoch: 0, gen: 0, firstSeq: 1, lastSeq: 0, staging: null, resumable: null, queue: Promise.resolve() };
 }
 
 export class ShardStore {
@@ -866,14 +930,47 @@ export class ShardStore {
    *
    * @throws InvalidShardInputError (`shard`) when a snapshot of the shard is already being received.
    */
-  async beginSnapshot(shard: number): Promise<ShardSnapshotWriter> {
+  async beginSnapshot(shard: number, resume?: Omit<StagedSnapshot, 'chunks' | 'bytes'>): Promise<ShardSnapshotWriter> {
     checkShard(shard);
     const s = this.#state(shard);
     if (s.staging !== null) throw new InvalidShardInputError('shard', `a snapshot of shard ${shard} is already being received`);
-    const writer = new SnapshotWriter(this, shard, (s.gen + 1) % GEN_SPACE);
+    const r = s.resumable;
+    if (resume !== undefined && r !== null && r.id === resume.id && r.from === resume.from && r.seq === resume.seq && r.seqEpoch === resume.seqEpoch) {
+      // The same snapshot again, from the same sender: go on after the chunks already staged.
+      s.resumable = null;
+      const writer = new SnapshotWriter(this, shard, r.gen, r);
+      s.staging = writer;
+      return writer;
+    }
+    const gen = (s.gen + 1) % GEN_SPACE;
+    const writer = new SnapshotWriter(this, shard, gen, resume === undefined ? null : { ...resume, gen, chunks: 0, bytes: 0 });
     s.staging = writer;
-    await this.#clearGen(shard, writer.gen);
+    if (r !== null) {
+      s.resumable = null;
+      await this.#clearGen(shard, r.gen);
+    }
+    await this.#clearGen(shard, gen);
+    if (writer.record !== null) await this.#kv.put(shardKeys.staging(shard), encodeStaging(writer.record), { sync: false });
+    else await this.#kv.del(shardKeys.staging(shard));
     return writer;
+  }
+
+  /** About how many bytes the shard's data takes on disk (null: unknown). For progress reports. */
+  async approximateDataBytes(shard: number): Promise<number | null> {
+    checkShard(shard);
+    const gen = this.#shards.get(shard)?.gen ?? 0;
+    return this.#kv.approximateBytes(shardKeys.dataGen(shard, gen), shardKeys.dataGenEnd(shard, gen));
+  }
+
+  /**
+   * The snapshot of `shard` being received or left half-received (by a stream that broke, or
+   * before a restart), with the chunks staged: what a sender may resume after. Null when none.
+   */
+  stagedSnapshot(shard: number): StagedSnapshot | null {
+    checkShard(shard);
+    const s = this.#shards.get(shard);
+    const r = s?.staging?.record ?? s?.resumable ?? null;
+    return r === null ? null : { id: r.id, from: r.from, seq: r.seq, seqEpoch: r.seqEpoch, chunks: r.chunks, bytes: r.bytes };
   }
 
   /**
@@ -907,7 +1004,8 @@ export class ShardStore {
     const staging = this.#shards.get(shard)?.staging;
     if (staging != null) await staging.abort();
     await this.#exclusive(shard, async (s) => {
-      const ops: BatchOp[] = [];
+      const ops: BatchOp[] = [{ type: 'del', key: shardKeys.staging(shard) }];
+      s.resumable = null;
       for (let seq = s.firstSeq; seq <= s.lastSeq; seq++) ops.push({ type: 'del', key: shardKeys.log(shard, seq) });
       const gen = (s.gen + 1) % GEN_SPACE;
       ops.push({ type: 'put', key: shardKeys.applied(shard), value: encodeApplied({ seq: 0, epoch: 0, gen }) });
@@ -926,26 +1024,40 @@ export class ShardStore {
   // -------------------------------------------------------------------------------------------
 
   /** @internal */
-  async writeStaged(shard: number, writer: SnapshotWriter, entries: readonly ShardEntry[]): Promise<void> {
+  async writeStaged(shard: number, writer: SnapshotWriter, entries: readonly ShardEntry[], chunk?: number): Promise<void> {
     if (!Array.isArray(entries)) throw new InvalidShardInputError('entries', 'must be an array');
     entries.forEach((e, k) => checkEntry(e, `entries[${k}]`));
+    const rec = writer.record;
+    if (chunk !== undefined) {
+      if (rec === null) throw new InvalidShardInputError('chunk', 'this snapshot was begun without an id: it has no chunks');
+      checkCount(chunk, 'chunk', 0);
+      if (chunk < rec.chunks) return; // staged before (its acknowledgement was lost): puts are idempotent
+      if (chunk > rec.chunks) throw new InvalidShardInputError('chunk', `chunk ${chunk} does not follow the ${rec.chunks} staged`);
+    }
     const { snapshotBatchEntries, snapshotBatchBytes } = this.options;
     let ops: BatchOp[] = [];
     let bytes = 0;
+    let total = 0;
     for (const e of entries) {
       if (this.#shards.get(shard)?.staging !== writer) throw new InvalidShardInputError('snapshot', 'the snapshot was aborted or committed');
       ops.push({ type: 'put', key: shardKeys.data(shard, writer.gen, e.key), value: encodeData(e.value, e.version) });
       bytes += entryBytes(e.key, e.value);
+      total += entryBytes(e.key, e.value);
       if (ops.length >= snapshotBatchEntries || bytes >= snapshotBatchBytes) {
         await this.#kv.batch(ops, { sync: false });
         ops = [];
         bytes = 0;
       }
     }
-    if (ops.length > 0) {
-      if (this.#shards.get(shard)?.staging !== writer) throw new InvalidShardInputError('snapshot', 'the snapshot was aborted or committed');
-      await this.#kv.batch(ops, { sync: false });
+    if (this.#shards.get(shard)?.staging !== writer) throw new InvalidShardInputError('snapshot', 'the snapshot was aborted or committed');
+    let next: StagingRecord | null = null;
+    if (chunk !== undefined && rec !== null) {
+      // The chunk counts as staged in the same batch as its last entries.
+      next = { ...rec, chunks: chunk + 1, bytes: rec.bytes + total };
+      ops.push({ type: 'put', key: shardKeys.staging(shard), value: encodeStaging(next) });
     }
+    if (ops.length > 0) await this.#kv.batch(ops, { sync: false });
+    if (next !== null) writer.record = next;
   }
 
   /** @internal */
@@ -957,6 +1069,7 @@ export class ShardStore {
       const ops: BatchOp[] = [];
       for (let seq = s.firstSeq; seq <= s.lastSeq; seq++) ops.push({ type: 'del', key: shardKeys.log(shard, seq) });
       ops.push({ type: 'put', key: shardKeys.applied(shard), value: encodeApplied({ seq: meta.seq, epoch: meta.epoch, gen: writer.gen }) });
+      ops.push({ type: 'del', key: shardKeys.staging(shard) });
       await this.#kv.batch(ops, { sync: opts.sync });
       const oldGen = s.gen;
       Object.assign(s, { gen: writer.gen, appliedSeq: meta.seq, appliedEpoch: meta.epoch, firstSeq: meta.seq + 1, lastSeq: meta.seq, staging: null });
@@ -970,6 +1083,7 @@ export class ShardStore {
     if (s === undefined || s.staging !== writer) return;
     s.staging = null;
     await this.#clearGen(shard, writer.gen);
+    await this.#kv.del(shardKeys.staging(shard));
   }
 
   #state(shard: number): ShardState {
@@ -1020,12 +1134,26 @@ export class ShardStore {
         s.firstSeq = this.#logSeqOf(firstLog);
         s.lastSeq = this.#logSeqOf((await this.#first({ gt: shardKeys.log(shard, 0), lt: prefix + LOG_END, reverse: true }))!);
       }
+      // A snapshot being received when the peer stopped: kept for a resume (a damaged record is
+      // only a lost head start: the snapshot is received again).
+      const stagingBytes = await this.#kv.get(shardKeys.staging(shard));
+      if (stagingBytes !== undefined) {
+        try {
+          const r = decodeStaging(stagingBytes);
+          if (r.gen !== s.gen && r.chunks > 0) s.resumable = r;
+        } catch (error) {
+          if (!(error instanceof Malformed)) throw error;
+        }
+        if (s.resumable === null) await this.#kv.del(shardKeys.staging(shard));
+      }
       // Data of other generations: an interrupted snapshot install or shard deletion.
-      const current = shardKeys.dataGen(shard, s.gen);
-      const firstData = await this.#first({ gte: prefix + DATA, lt: prefix + DATA_END });
-      const lastData = await this.#first({ gte: prefix + DATA, lt: prefix + DATA_END, reverse: true });
-      if (firstData !== undefined && !firstData.startsWith(current)) await this.#kv.clear({ gte: prefix + DATA, lt: current });
-      if (lastData !== undefined && !lastData.startsWith(current)) await this.#kv.clear({ gte: shardKeys.dataGenEnd(shard, s.gen), lt: prefix + DATA_END });
+      const keep = s.resumable === null ? [s.gen] : [s.gen, s.resumable.gen].sort((a, b) => a - b);
+      let from = prefix + DATA;
+      for (const gen of keep) {
+        await this.#kv.clear({ gte: from, lt: shardKeys.dataGen(shard, gen) });
+        from = shardKeys.dataGenEnd(shard, gen);
+      }
+      await this.#kv.clear({ gte: from, lt: prefix + DATA_END });
       this.#shards.set(shard, s);
       if (shard === MAX_SHARD) return;
       cursor = shardKeys.prefix(shard + 1);
@@ -1061,10 +1189,20 @@ class SnapshotWriter implements ShardSnapshotWriter {
     private readonly store: ShardStore,
     readonly shard: number,
     readonly gen: number,
+    /** @internal What is staged (null for a snapshot begun without an id). */
+    public record: StagingRecord | null,
   ) {}
+
+  get chunks(): number {
+    return this.record?.chunks ?? 0;
+  }
 
   write(entries: readonly ShardEntry[]): Promise<void> {
     return this.store.writeStaged(this.shard, this, entries);
+  }
+
+  writeChunk(chunk: number, entries: readonly ShardEntry[]): Promise<void> {
+    return this.store.writeStaged(this.shard, this, entries, chunk);
   }
 
   commit(meta: { seq: number; epoch: number }, opts: { sync: boolean }): Promise<void> {

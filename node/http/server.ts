@@ -89,6 +89,9 @@ export interface StoreMetrics {
     | 'leaseFailures'
     | 'snapshotsSent'
     | 'snapshotBytesSent'
+    | 'snapshotsResumed'
+    | 'snapshotBytesResumed'
+    | 'moveSecondsTotal'
     | 'catchUpBytesReceived'
     | 'snapshotsInstalled'
     | 'assignmentsProposed'
@@ -119,6 +122,9 @@ function storeLines(st: StoreMetrics): string[] {
     ...family('shoal_store_snapshots_sent_total', 'counter', 'Shard snapshots sent to catching-up replicas.', [['', c.snapshotsSent]]),
     ...family('shoal_store_snapshot_bytes_sent_total', 'counter', 'Value bytes this peer sent in shard snapshots (data moved to new replicas).', [['', c.snapshotBytesSent]]),
     ...family('shoal_store_catchup_bytes_received_total', 'counter', 'Op-log bytes this peer received for replicas not yet in sync (data moved to it through catch-up).', [['', c.catchUpBytesReceived]]),
+    ...family('shoal_store_snapshots_resumed_total', 'counter', 'Snapshot streams that went on from the last acknowledged chunk after a break or a restart of the receiver.', [['', c.snapshotsResumed]]),
+    ...family('shoal_store_snapshot_bytes_resumed_total', 'counter', 'Snapshot bytes already at the receiver when a stream went on (not sent again).', [['', c.snapshotBytesResumed]]),
+    ...family('shoal_store_move_seconds_total', 'counter', 'Seconds spent sending completed snapshots (with shoal_store_snapshots_sent_total: the mean move duration).', [['', c.moveSecondsTotal]]),
     ...family('shoal_store_moves_in_flight', 'gauge', 'Replicas being filled (not yet in sync), cluster-wide, from this peer\'s map.', [['', st.movesInFlight]]),
     ...family('shoal_store_snapshots_installed_total', 'counter', 'Shard snapshots installed here.', [['', c.snapshotsInstalled]]),
     ...family('shoal_store_assignments_proposed_total', 'counter', 'Shard assignment commands proposed (coordinator).', [['', c.assignmentsProposed]]),

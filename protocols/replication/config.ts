@@ -109,6 +109,13 @@ export interface ReplicationConfig {
   /** Byte bound of the same window. Default 32 MiB. */
   logRetainBytes: number;
   /**
+   * While a replica is being sent a snapshot, the groups after the applied seq the snapshot was
+   * asked at are kept beyond the window above (else a shard written faster than the snapshot
+   * moves would need snapshot after snapshot and never catch up), up to this many bytes.
+   * Default 64 MiB.
+   */
+  snapshotPinBytes: number;
+  /**
    * Applied groups whose versions the core still remembers, so that a version the shell read just
    * before an apply completed is still corrected. Default 32: far more than one read can straddle;
    * an older read gets StaleVersionError.
@@ -135,6 +142,7 @@ export const DEFAULT_REPLICATION_CONFIG: Readonly<ReplicationConfig> = Object.fr
   maxBufferedAppends: 16,
   logRetainGroups: 256,
   logRetainBytes: 32 * 1024 * 1024,
+  snapshotPinBytes: 64 * 1024 * 1024,
   versionHistoryGroups: 32,
 });
 
@@ -171,6 +179,7 @@ export function validateReplicationConfig(config: ReplicationConfig): void {
   requireInteger('maxBufferedAppends', config.maxBufferedAppends, 0, 1024);
   requireInteger('logRetainGroups', config.logRetainGroups, 0, 1_000_000);
   requireInteger('logRetainBytes', config.logRetainBytes, 0, 4 * 1024 * 1024 * 1024);
+  requireInteger('snapshotPinBytes', config.snapshotPinBytes, 0, 4 * 1024 * 1024 * 1024);
   requireInteger('versionHistoryGroups', config.versionHistoryGroups, 0, 1_000_000);
 }
 

@@ -142,6 +142,17 @@ export class ReplicaLog {
    * Where to trim: keep the last `keepGroups` groups up to `limitSeq` (committed and applied) for
    * lagging replicas, fewer if they hold more than `maxBytes`; never past `limitSeq`.
    */
+  /** The lowest seq ≥ fromSeq (and ≤ limitSeq) after which the log holds at most maxBytes. */
+  keepAtMostBytes(fromSeq: number, maxBytes: number, limitSeq: number): number {
+    let seq = Math.max(fromSeq, this.trimSeqValue);
+    let kept = this.bytesAfter(seq);
+    while (kept > maxBytes && seq < limitSeq) {
+      seq++;
+      kept -= this.sizes[seq - this.trimSeqValue - 1]!;
+    }
+    return seq;
+  }
+
   trimPointFor(limitSeq: number, keepGroups: number, maxBytes: number): number {
     let target = limitSeq - keepGroups;
     // Bytes bound: trim further (but never past limitSeq) while the kept window is too large.

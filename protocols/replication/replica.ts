@@ -141,6 +141,12 @@ interface FollowerProgress {
   lastSentAtMs: number;
   lastAckAtMs: number;
   snapshotSentAtMs: number;
+  /**
+   * Applied seq when it was first asked to get a snapshot, until it acknowledges that far: the
+   * log keeps the groups after it (within snapshotPinBytes) so the snapshot can be followed by
+   * the log, however long the stream takes. Null when no snapshot is pending.
+   */
+  snapshotFloor: number | null;
   /** When groups (not an empty heartbeat) were last sent to it. */
   lastDataSentAtMs: number;
   /** The first group of the last probe that carried groups (a repeat waits retransmitTimeoutMs). */
@@ -672,6 +678,7 @@ export class ReplicaCore {
         lastSentAtMs: Number.NEGATIVE_INFINITY,
         lastAckAtMs: Number.NEGATIVE_INFINITY,
         snapshotSentAtMs: Number.NEGATIVE_INFINITY,
+        snapshotFloor: null,
         lastDataSentAtMs: Number.NEGATIVE_INFINITY,
         probeDataSeq: 0,
         inflightSinceMs: Number.NEGATIVE_INFINITY,
@@ -992,6 +999,7 @@ export class ReplicaCore {
       if (nowMs - f.snapshotSentAtMs >= this.config.snapshotRetryMs) {
         this.snapshots.push({ shard: this.shard, to: f.id, epoch: this.epochValue });
         f.snapshotSentAtMs = nowMs;
+        if (f.snapshotFloor === null) f.snapshotFloor = this.appliedSeq;
       }
       f.lastSentAtMs = nowMs;
       return;
@@ -1049,6 +1057,7 @@ export class ReplicaCore {
       f.matchSeq = m.matchSeq;
       f.inflightSinceMs = nowMs;
     }
+    if (f.snapshotFloor !== null && f.matchSeq >= f.snapshotFloor) f.snapshotFloor = null;
     if (f.probing) {
       f.probing = false;
       f.inflightSinceMs = nowMs;
@@ -1192,7 +1201,13 @@ export class ReplicaCore {
   /** Drops committed, applied groups beyond the retention window. */
   private trimLog(): void {
     const limit = Math.min(this.commitSeq, this.appliedSeq, this.persistedSeq);
-    const target = this.log.trimPointFor(limit, this.config.logRetainGroups, this.config.logRetainBytes);
+    let target = this.log.trimPointFor(limit, this.config.logRetainGroups, this.config.logRetainBytes);
+    let floor = Number.POSITIVE_INFINITY;
+    for (const f of this.primary?.followers.values() ?? []) if (f.snapshotFloor !== null) floor = Math.min(floor, f.snapshotFloor);
+    if (floor < target) {
+      // A snapshot is on its way: keep what follows it, within snapshotPinBytes.
+      target = this.log.keepAtMostBytes(floor, this.config.snapshotPinBytes, target);
+    }
     if (target <= this.log.trimSeq) return;
     this.log.trimThrough(target);
     this.trimThroughSeq = target;

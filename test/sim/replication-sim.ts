@@ -494,6 +494,8 @@ class ReplicationSim {
       maxGroupsPerAppend: r.pick([1, 4, 16]),
       maxBufferedAppends: r.pick([0, 2, 16]),
       logRetainGroups: r.pick([2, 8, 64]),
+      // The log kept for a snapshot in flight: none, a little, or plenty.
+      snapshotPinBytes: r.pick([0, 512, 1024 * 1024]),
       versionHistoryGroups: r.pick([0, 4, 32]),
     };
     // Flow control: a window from a fraction of one small group to unbounded, and a retransmit

@@ -356,6 +356,48 @@ function shardStorageContract(name: string, make: () => Promise<Harness>): void 
       assert.equal(rows, 1, 'staged data cleared at open');
     });
 
+    it('a snapshot received in numbered chunks resumes after a reopen from the last chunk staged', async () => {
+      await store.persistReady(SHARD, { appendLog: [group(1, 1)], apply: [group(1, 1, [put('x', 'X', 1)])] }, NO_SYNC);
+      const id = { id: 'snap-a', from: 'peer-p', seq: 40, seqEpoch: 3 };
+      const w = await store.beginSnapshot(SHARD, id);
+      assert.equal(w.chunks, 0);
+      await w.writeChunk(0, [{ key: 'a', value: enc('A'), version: 2 }]);
+      await w.writeChunk(1, [{ key: 'b', value: null, version: 4 }]);
+      await w.writeChunk(1, [{ key: 'b', value: null, version: 4 }]); // a resend: staged already
+      await rejectsWith(w.writeChunk(3, [{ key: 'd', value: enc('D'), version: 1 }]), 'InvalidShardInputError', { field: 'chunk' });
+      assert.deepEqual(store.stagedSnapshot(SHARD), { ...id, chunks: 2, bytes: store.stagedSnapshot(SHARD)!.bytes });
+      await reopen(); // the receiver restarts mid-snapshot
+      assert.equal(store.stagedSnapshot(SHARD)?.chunks, 2, 'kept for a resume');
+      assert.deepEqual((await store.readValue(SHARD, 'x')).value, enc('X'), 'the old data still serves');
+      // Another snapshot id drops it; the same id goes on after chunk 1.
+      const w2 = await store.beginSnapshot(SHARD, id);
+      assert.equal(w2.chunks, 2);
+      await w2.writeChunk(2, [{ key: 'c', value: enc('C'), version: 9 }]);
+      await w2.commit({ seq: 40, epoch: 3 }, NO_SYNC);
+      assert.equal(store.stagedSnapshot(SHARD), null);
+      const got = await collect(store, SHARD);
+      assert.equal(got.seq, 40);
+      assert.deepEqual(got.entries.map((e) => [e.key, e.version]), [['a', 2], ['b', 4], ['c', 9]]);
+      await reopen();
+      assert.equal(store.stagedSnapshot(SHARD), null);
+      assert.equal((await collect(store, SHARD)).entries.length, 3);
+    });
+
+    it('a half-received snapshot is dropped when another one begins', async () => {
+      await store.persistReady(SHARD, { appendLog: [group(1, 1)], apply: [group(1, 1, [put('x', 'X', 1)])] }, NO_SYNC);
+      const w = await store.beginSnapshot(SHARD, { id: 'old', from: 'p', seq: 10, seqEpoch: 1 });
+      await w.writeChunk(0, [{ key: 'stale', value: enc('S'), version: 1 }]);
+      await reopen();
+      const w2 = await store.beginSnapshot(SHARD, { id: 'new', from: 'q', seq: 12, seqEpoch: 2 });
+      assert.equal(w2.chunks, 0);
+      await w2.writeChunk(0, [{ key: 'fresh', value: enc('F'), version: 1 }]);
+      await w2.commit({ seq: 12, epoch: 2 }, NO_SYNC);
+      assert.deepEqual((await collect(store, SHARD)).entries.map((e) => e.key), ['fresh']);
+      let rows = 0;
+      for await (const _ of kv.sublevel('shards').iterate({ gte: shardKeys.prefix(SHARD) + 'd', lt: shardKeys.prefix(SHARD) + 'e' })) rows++;
+      assert.equal(rows, 1, 'the dropped snapshot left nothing behind');
+    });
+
     it('snapshotData is one consistent view, in bounded batches', async () => {
       const kvShards = kv.sublevel('shards');
       const small = await ShardStore.open(kvShards, { snapshotBatchEntries: 2 });
