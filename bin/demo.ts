@@ -3,7 +3,8 @@
  * processes on 127.0.0.1 with data dirs under one temporary directory — the first makes the
  * cluster, the others join with its token — waits until every shard is writable, prints the
  * HTTP addresses and sample commands, and on Ctrl-C (SIGINT) or SIGTERM stops every peer
- * gracefully and removes the directory. Every wait is bounded.
+ * gracefully (with SIGINT: the whole cluster goes, so no data is moved first) and removes the
+ * directory. Every wait is bounded.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -90,7 +91,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const stop = (code: number): Promise<number> => {
     stopping ??= (async () => {
       o.out(`stopping ${peers.length} peers...`);
-      for (const p of peers) p.child.kill('SIGTERM');
+      for (const p of peers) p.child.kill('SIGINT');
       const guard = setTimeout(() => peers.forEach((p) => p.child.kill('SIGKILL')), STOP_TIMEOUT_MS);
       await Promise.all(peers.map((p) => p.exited));
       clearTimeout(guard);

@@ -7,7 +7,7 @@ import { join as joinPath } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { DEFAULT_PEER_OPTIONS, parseHostPort, validateJoinAddr, validateListenAddr, type PeerOptions } from '../node/config.js';
 import { ConfigError, PeerStartError } from '../node/errors.js';
-import { createPeer } from '../node/peer.js';
+import { createPeer, type Peer } from '../node/peer.js';
 import { newSwarmKey } from '../node/swarm-key.js';
 import { decodeJoinToken, looksLikeJoinToken } from '../node/join-token.js';
 import { JOIN_TOKEN_FILE } from '../node/cluster-key.js';
@@ -58,7 +58,8 @@ Run 'shoal <command> --help' for a command's options.
 
 const START_HELP = `Usage: shoal start [options]
 
-Run a peer in the foreground. SIGINT or SIGTERM makes it leave gracefully.
+Run a peer in the foreground. SIGTERM moves its replicas to the other peers, then it leaves
+(see --stop-drain-ms); SIGINT (Ctrl-C) makes it leave at once. A second signal exits.
 
 Secure by default: the first peer of a cluster generates the cluster key (DATA_DIR/cluster.key)
 and prints a join token; other peers join with --join TOKEN. Peers without the key cannot
@@ -109,6 +110,8 @@ Store options:
   --max-value-bytes N       largest value in bytes, up to 1048576 (default ${DEFAULT_PEER_OPTIONS.maxValueBytes})
   --rebalance-rate MB/S     bandwidth all snapshot transfers from this peer share when data
                             moves (a join, drain, leave or capacity change); default unlimited
+  --stop-drain-ms N         on SIGTERM, move this peer's replicas to the others for up to N ms
+                            before leaving (default 300000; 0: leave at once, as SIGINT does)
   --log-retain-groups N     op-log groups a shard keeps for backups that fall behind; further
                             behind, a replica gets a snapshot (default ${DEFAULT_PEER_OPTIONS.logRetainGroups})
 
@@ -316,6 +319,7 @@ async function cmdStart(argv: string[]): Promise<number> {
       'max-value-bytes': { type: 'string' },
       'rebalance-rate': { type: 'string' },
       'log-retain-groups': { type: 'string' },
+      'stop-drain-ms': { type: 'string' },
       shards: { type: 'string' },
       'replication-factor': { type: 'string' },
       'min-in-sync': { type: 'string' },
@@ -408,6 +412,7 @@ async function cmdStart(argv: string[]): Promise<number> {
     }
     options.rebalanceRate = Math.round(mb * 1024 * 1024);
   }
+  const stopDrainMs = wholeFlag('--stop-drain-ms', values['stop-drain-ms'], 0, 86_400_000) ?? 300_000;
   const retain = wholeFlag('--log-retain-groups', values['log-retain-groups'], 0, 1_000_000);
   if (retain !== undefined) options.logRetainGroups = retain;
   const cluster: NonNullable<PeerOptions['cluster']> = {};
@@ -450,24 +455,53 @@ async function cmdStart(argv: string[]): Promise<number> {
         process.exit(EXIT_RUNTIME);
       }
       signalled = true;
-      const guard = setTimeout(() => {
-        process.stderr.write('shoal: clean stop took over 10 s, exiting\n');
-        process.exit(EXIT_RUNTIME);
-      }, 10_000);
-      guard.unref();
-      peer.stop().then(
-        () => resolve(0),
-        (err: unknown) => {
-          process.stderr.write(`shoal: error while stopping: ${(err as Error).message}\n`);
-          resolve(EXIT_RUNTIME);
-        },
-      );
+      const stop = (): void => {
+        const guard = setTimeout(() => {
+          process.stderr.write('shoal: clean stop took over 10 s, exiting\n');
+          process.exit(EXIT_RUNTIME);
+        }, 10_000);
+        guard.unref();
+        peer.stop().then(
+          () => resolve(0),
+          (err: unknown) => {
+            process.stderr.write(`shoal: error while stopping: ${(err as Error).message}\n`);
+            resolve(EXIT_RUNTIME);
+          },
+        );
+      };
+      // SIGTERM (a service manager stopping the peer for good): move its replicas to the other
+      // peers first, as `shoal leave` does; SIGINT (Ctrl-C) leaves at once.
+      if (sig === 'SIGTERM' && stopDrainMs > 0) drainBeforeStop(peer, stopDrainMs).then(stop, stop);
+      else stop();
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     // `shoal leave` (POST /v1/leave) stops the peer from the inside.
     void peer.stopped.then(() => resolve(0));
   });
+}
+
+/** Moves every replica the peer holds to the other active peers (bounded by `maxMs`), printing progress. */
+async function drainBeforeStop(peer: Peer, maxMs: number): Promise<void> {
+  const first = peer.drainStatus();
+  if (first.status === null || first.replicas === 0 || first.activePeersLeft === 0) return;
+  process.stderr.write(`shoal: SIGTERM: moving ${first.replicas} replicas to the other peers before leaving (up to ${formatMs(maxMs)}; a second signal stops at once)\n`);
+  peer.setDraining(true);
+  const started = Date.now();
+  let lastPrint = started;
+  for (let i = 0; i <= maxMs / 250 && Date.now() - started < maxMs; i++) {
+    const st = peer.drainStatus();
+    if (st.done || st.activePeersLeft === 0) {
+      process.stderr.write(`shoal: drained in ${formatMs(Date.now() - started)}${st.done ? '' : ' (no active peer left to take the rest)'}\n`);
+      return;
+    }
+    if (Date.now() - lastPrint >= 2000) {
+      process.stderr.write(`shoal: draining: ${st.replicas} replicas left, ${st.movesInFlight} moves in flight\n`);
+      lastPrint = Date.now();
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  process.stderr.write(`shoal: the drain did not finish within ${formatMs(maxMs)}; leaving anyway (the others re-create its replicas)\n`);
 }
 
 function formatAge(ms: number | null): string {

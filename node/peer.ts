@@ -19,7 +19,7 @@ import type { RaftCounters } from './http/server.js';
 import { PeerStartError } from './errors.js';
 import { publishJoinToken, resolveClusterKey } from './cluster-key.js';
 import { isValidHttpToken } from './http/request-guard.js';
-import { StoreService } from './store-service.js';
+import { StoreService, type DrainStatus } from './store-service.js';
 
 /** /healthz reports a peer that has known no coordinator this long (elections take 1-2 s). */
 const HEALTH_NO_COORDINATOR_MS = 5000;
@@ -49,6 +49,13 @@ export interface Peer extends KvApi {
    */
   readonly joinToken: string | null;
   status(): PeerStatus;
+  /**
+   * Ask the coordinator to move every replica this peer holds to the other active peers (true),
+   * or to give it its share again (false). Writes keep working throughout.
+   */
+  setDraining(on: boolean): void;
+  /** Where a drain stands: replicas still held, moves in flight, whether it is done. */
+  drainStatus(): DrainStatus;
   /**
    * Leave gracefully: hand over the coordinator role if this peer holds it, announce `left`,
    * wait (up to 3 s) to be removed from the Raft configuration, then stop libp2p and HTTP and
@@ -254,6 +261,14 @@ class PeerImpl implements Peer {
 
   get peerId(): string {
     return this.host.peerId.toString();
+  }
+
+  setDraining(on: boolean): void {
+    this.kv.setDraining(on);
+  }
+
+  drainStatus(): DrainStatus {
+    return this.kv.drainStatus();
   }
 
   /** Why this peer is not healthy (/healthz): its coordinator's and its store's problems; empty when healthy. */

@@ -654,6 +654,13 @@ export class ReplicaCore {
   private continuePrimary(nowMs: number): void {
     const ps = this.primary!;
     if (ps.epoch !== this.epochValue) {
+      if (this.epochValue > ps.epoch + 1) {
+        // Assignments were skipped: a replica not in sync may have been removed (its data
+        // deleted) and added back in between. What it acknowledged before proves nothing now:
+        // it starts over (a probe), and is proposed for the in-sync set only after it answers.
+        const inSync = this.assignment!.inSync;
+        for (const id of [...ps.followers.keys()]) if (!inSync.includes(id)) ps.followers.delete(id);
+      }
       ps.epoch = this.epochValue;
       // Everything in our log now predates the new epoch; replicas hold nothing of ours beyond it.
       ps.epochStartSeq = this.log.lastSeq;

@@ -27,6 +27,16 @@ export interface ShardControllerOptions {
    */
   maxCatchUpsPerPeer?: number;
   /**
+   * Most replicas one primary is sending at once (moves whose shard it leads). Default 4: its
+   * disk and uplink are shared by its sends (and by --rebalance-rate).
+   */
+  maxSendsPerPeer?: number;
+  /**
+   * Most moves (replicas being filled) in the whole cluster at once. Default 32: enough to keep
+   * every peer of a mid-sized cluster busy, few enough that writes keep their share.
+   */
+  maxMovesInFlight?: number;
+  /**
    * A dead member keeps its replicas (and its place in the target placement) this long before
    * they are re-created elsewhere, ms. Default 30 000 (DESIGN §7): a restart should not move every
    * shard. The in-sync sets shrink at once anyway (the primary's ack timeout).
@@ -53,6 +63,8 @@ export type ResolvedShardControllerOptions = Required<ShardControllerOptions>;
 export const DEFAULT_SHARD_CONTROLLER_OPTIONS: Readonly<Omit<ResolvedShardControllerOptions, 'leaseMs'>> = Object.freeze({
   initialAssignmentDelayMs: 3000,
   maxCatchUpsPerPeer: 2,
+  maxSendsPerPeer: 4,
+  maxMovesInFlight: 32,
   reReplicateAfterMs: 30_000,
   catchUpStallMs: 60_000,
   catchUpRetryAfterMs: 60_000,
@@ -64,6 +76,8 @@ const KEYS: ReadonlyArray<keyof ShardControllerOptions> = [
   'leaseMs',
   'initialAssignmentDelayMs',
   'maxCatchUpsPerPeer',
+  'maxSendsPerPeer',
+  'maxMovesInFlight',
   'reReplicateAfterMs',
   'catchUpStallMs',
   'catchUpRetryAfterMs',
@@ -90,7 +104,10 @@ export function validateShardControllerOptions(opts: ShardControllerOptions): Re
   if (typeof initialAssignmentDelayMs !== 'number' || !Number.isFinite(initialAssignmentDelayMs) || initialAssignmentDelayMs < 0) {
     throw new ConfigError('initialAssignmentDelayMs', 'must be a number ≥ 0');
   }
-  if (!Number.isSafeInteger(maxCatchUpsPerPeer) || maxCatchUpsPerPeer < 1) throw new ConfigError('maxCatchUpsPerPeer', 'must be an integer ≥ 1');
+  for (const key of ['maxCatchUpsPerPeer', 'maxSendsPerPeer', 'maxMovesInFlight'] as const) {
+    const v = key === 'maxCatchUpsPerPeer' ? maxCatchUpsPerPeer : resolved[key];
+    if (!Number.isSafeInteger(v) || v < 1) throw new ConfigError(key, 'must be an integer ≥ 1');
+  }
   if (typeof resolved.reReplicateAfterMs !== 'number' || !Number.isFinite(resolved.reReplicateAfterMs) || resolved.reReplicateAfterMs < 0) {
     throw new ConfigError('reReplicateAfterMs', 'must be a number ≥ 0');
   }

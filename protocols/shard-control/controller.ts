@@ -71,6 +71,7 @@ import type {
   ShardAssignmentUpdate,
 } from '../cluster-map/types.js';
 import { assignReplicas, type PlacementMember } from '../placement/index.js';
+import { planMoves, type MoveCandidate, type MoveInFlight } from '../rebalance/planner.js';
 import type { InSyncChangeRequest, ReplicaProgress } from '../replication/types.js';
 import { validateShardControllerOptions, type ResolvedShardControllerOptions, type ShardControllerOptions } from './config.js';
 
@@ -125,6 +126,8 @@ interface PlanContext {
   catchUps: Map<string, number>;
   /** Shards without a primary now, plus those this plan vacates to balance primaries. */
   vacant: number;
+  /** The replica each shard may start filling in this plan (protocols/rebalance/planner.ts). */
+  moves: Map<number, string>;
 }
 
 /**
@@ -191,6 +194,8 @@ export class ShardController {
   /** Abandoned catch-ups, not retried before `untilMs`, by `shard:peer`. */
   private readonly catchUpBackoff = new Map<string, { shard: number; peer: string; untilMs: number; reason: string }>();
   private abandonedTotal = 0;
+  /** Plans made: rotates which shard the move planner favours among equals. */
+  private planCount = 0;
 
   /** @throws ConfigError for bad options (see ShardControllerOptions). */
   constructor(options: ShardControllerOptions) {
@@ -298,7 +303,9 @@ export class ShardController {
       target: this.targetFor(nowMs, map, settings),
       catchUps: new Map(),
       vacant: map.shards.filter((a) => a.primary === null).length,
+      moves: new Map(),
     };
+    ctx.moves = this.chooseMoves(ctx);
     for (const a of map.shards) {
       if (a.primary === null) continue;
       for (const id of a.replicas) {
@@ -628,15 +635,45 @@ export class ShardController {
     };
   }
 
+  /** Target replicas a shard lacks that could be added now (active, not backing off). */
+  private missingTargets(ctx: PlanContext, shard: number, a: ShardAssignment): string[] {
+    const target = ctx.target?.[shard];
+    if (target === undefined || a.primary === null) return [];
+    const backingOff = (id: string): boolean => (this.catchUpBackoff.get(`${shard}:${id}`)?.untilMs ?? Number.NEGATIVE_INFINITY) > ctx.nowMs;
+    return target.filter((id) => !a.replicas.includes(id) && memberOf(ctx.map, id)?.status === 'active' && !backingOff(id));
+  }
+
+  /** Which shards start a move in this plan, and to whom: the rebalance planner's choice. */
+  private chooseMoves(ctx: PlanContext): Map<number, string> {
+    const candidates: MoveCandidate[] = [];
+    const inFlight: MoveInFlight[] = [];
+    ctx.map.shards.forEach((a, shard) => {
+      if (a.primary === null) return;
+      for (const id of a.replicas) if (!a.inSync.includes(id) && !isGone(ctx.map, id)) inFlight.push({ shard, to: id, from: a.primary });
+      const liveInSync = a.inSync.filter((id) => memberOf(ctx.map, id)?.status === 'active').length;
+      for (const to of this.missingTargets(ctx, shard, a)) candidates.push({ shard, to, from: a.primary, liveInSync });
+    });
+    if (candidates.length === 0) return new Map();
+    const plan = planMoves(
+      candidates,
+      inFlight,
+      {
+        maxPerDestination: this.opts.maxCatchUpsPerPeer,
+        maxPerSource: this.opts.maxSendsPerPeer,
+        maxInFlight: this.opts.maxMovesInFlight,
+        replicationFactor: ctx.settings.replicationFactor,
+      },
+      this.planCount++,
+    );
+    return new Map(plan.chosen.map((m) => [m.shard, m.to]));
+  }
+
   /** Rule 4: add missing target replicas as catching-up, making room if the shard is full. */
   private addTargetReplicas(ctx: PlanContext, shard: number, a: ShardAssignment): Change | null {
     const target = ctx.target?.[shard];
     if (target === undefined || a.primary === null) return null;
-    const limit = this.opts.maxCatchUpsPerPeer;
-    const backingOff = (id: string): boolean => (this.catchUpBackoff.get(`${shard}:${id}`)?.untilMs ?? Number.NEGATIVE_INFINITY) > ctx.nowMs;
-    const missing = target.filter(
-      (id) => !a.replicas.includes(id) && memberOf(ctx.map, id)?.status === 'active' && (ctx.catchUps.get(id) ?? 0) < limit && !backingOff(id),
-    );
+    const chosen = ctx.moves.get(shard);
+    const missing = this.missingTargets(ctx, shard, a).filter((id) => id === chosen);
     if (missing.length === 0) return null;
     const room = ctx.settings.replicationFactor + 1 - a.replicas.length;
     if (room > 0) {

@@ -145,7 +145,7 @@ describe('CLI: a running peer', function () {
     await removeDir(dir);
   });
 
-  it('prints its peer id and join address; status shows the members; SIGTERM leaves and exits 0', async () => {
+  it('prints its peer id and join address; status shows the members; SIGTERM drains, leaves and exits 0', async () => {
     const a = await ProcessPeer.start(join(dir, 'a'));
     peers.push(a);
     assert.match(a.peerId, /^12D3/);
@@ -166,9 +166,13 @@ describe('CLI: a running peer', function () {
     assert.equal(parsed.peerId, a.peerId);
     assert.equal(parsed.members.length, 2);
 
+    // SIGTERM: the peer moves its replicas away first (here a holds every shard already), then leaves.
+    await waitFor('b holds replicas', async () => ((await (await fetch(`http://${b.httpAddress}/v1/drain`)).json()) as { replicas: number }).replicas > 0, { timeoutMs: 20_000 });
     b.signal('SIGTERM');
-    const exit = await b.waitExit();
-    assert.equal(exit.code, 0);
+    const exit = await b.waitExit(30_000);
+    assert.equal(exit.code, 0, b.stderr);
+    assert.match(b.stderr, /SIGTERM: moving \d+ replicas to the other peers before leaving/);
+    assert.match(b.stderr, /drained in /);
     await waitFor('b left at a', async () => stateOf(await a.status(), b.peerId) === 'left', { timeoutMs: 5_000 });
   });
 

@@ -89,7 +89,7 @@ const MAX_KEY_HISTORY = 8;
 
 export class ReplicaShell {
   core: ReplicaCore | null = null;
-  readonly durable: DurableReplica = emptyDurable();
+  durable: DurableReplica = emptyDurable();
   /**
    * Simulated storage latency: a Ready is persisted, sent and advanced this long after it was
    * taken; the core gets other inputs meanwhile. 0: synchronous.
@@ -296,6 +296,12 @@ export interface FaultProfile {
   restartProbability: number;
   /** Per step: a replica stops ticking and answering for a while (GC / SIGSTOP pause). */
   pauseProbability: number;
+  /**
+   * Per step: move a backup to a new machine: the coordinator removes it from the shard, its
+   * disk is replaced by an empty one, and it is added back as a catching-up replica (filled by
+   * log catch-up or a snapshot, then in sync): a replica move, with every other fault going on.
+   */
+  replaceProbability: number;
 }
 
 export const MAX_FAULTS: Readonly<FaultProfile> = Object.freeze({
@@ -309,6 +315,7 @@ export const MAX_FAULTS: Readonly<FaultProfile> = Object.freeze({
   crashProbability: 0.003,
   restartProbability: 0.03,
   pauseProbability: 0.004,
+  replaceProbability: 0.002,
 });
 
 export interface ReplicationSimOptions {
@@ -332,6 +339,8 @@ export interface ReplicationSimStats {
   shrinks: number;
   expands: number;
   crashes: number;
+  /** Backups moved to an empty disk and filled again (replaceProbability). */
+  moves: number;
   snapshotsInstalled: number;
   truncations: number;
   /** Writes refused because the version read lagged too far (StaleVersionError). */
@@ -455,6 +464,8 @@ class ReplicationSim {
   private readonly neverHappened = new Set<string>();
   /** replica → key → highest version seen in its durable data. */
   private readonly seenVersions = new Map<string, Map<string, number>>();
+  /** A replica moved to an empty disk: the epoch it was added back at (see moveReplica). */
+  private readonly bornAtEpoch = new Map<string, number>();
   private readonly checkedPrimaries = new Set<string>();
 
   private readonly stats: ReplicationSimStats;
@@ -481,6 +492,7 @@ class ReplicationSim {
       crashProbability: r.next() * f.crashProbability,
       restartProbability: f.restartProbability * (0.25 + 0.75 * r.next()),
       pauseProbability: r.next() * f.pauseProbability,
+      replaceProbability: r.next() * f.replaceProbability,
     };
     this.config = {
       minInSync: 2,
@@ -640,6 +652,7 @@ class ReplicationSim {
     if (this.cut.has(this.linkKey(e.from, e.to))) return;
     const p = e.payload;
     if (e.to === COORD) {
+      if (p.kind === 'renew' && p.progress.epoch < (this.bornAtEpoch.get(e.from) ?? 0)) return; // an empty disk's first reports, or the old machine's
       if (p.kind === 'renew') this.coordinatorRenew(e.from, p.sentAtLocalMs, p.progress);
       else if (p.kind === 'request') this.coordinatorRequest(p.request);
       return;
@@ -654,11 +667,14 @@ class ReplicationSim {
         if (heard === undefined) this.heardAtMs.set(e.to, (heard = new Map()));
         heard.set(e.from, now);
         let m = p.message;
+        const born = Math.max(this.bornAtEpoch.get(e.to) ?? 0, this.bornAtEpoch.get(e.from) ?? 0);
+        if (m.epoch < born) break; // to or from the machine a moved replica had before
         if (this.random.chance(0.1)) m = decodeReplicationMessage(encodeReplicationMessage(m));
         core.step(now, m);
         break;
       }
       case 'snapshot':
+        if (p.meta.epoch < Math.max(this.bornAtEpoch.get(e.to) ?? 0, this.bornAtEpoch.get(e.from) ?? 0)) break;
         if (shell.installSnapshot(now, p.meta, p.data)) {
           this.stats.snapshotsInstalled++;
           this.checkVersionsAll(shell);
@@ -872,6 +888,7 @@ class ReplicationSim {
       this.cut.add(this.linkKey(COORD, victim));
       this.traceLine(`fault: cut ${victim} from the coordinator`);
     }
+    if (r.chance(f.replaceProbability)) this.moveReplica();
     if (r.chance(f.healProbability) && this.cut.size > 0) {
       this.cut.clear();
       this.traceLine('fault: heal');
@@ -890,6 +907,34 @@ class ReplicationSim {
         this.traceLine(`fault: pause ${shell.id}`);
       }
     }
+  }
+
+  /**
+   * A backup moves to a new machine (see replaceProbability). The new machine reuses the id, so
+   * what was addressed to or sent by the old one (epochs before it was added back) is dropped on
+   * delivery: in the real cluster that is another peer id, refused by the map check.
+   */
+  private moveReplica(): void {
+    const a = this.assignment;
+    const backups = a.replicas.filter((id) => id !== a.primary);
+    if (a.primary === null || backups.length === 0) return;
+    const x = this.random.pick(backups);
+    const removed: ShardAssignment = { replicas: a.replicas.filter((id) => id !== x), primary: a.primary, inSync: a.inSync.filter((id) => id !== x), epoch: a.epoch + 1 };
+    this.assignment = removed;
+    this.broadcastAssignment();
+    const shell = this.shells.get(x)!;
+    shell.crash();
+    shell.durable = emptyDurable();
+    this.leaseUntil.delete(x);
+    this.seenVersions.set(x, new Map());
+    this.reports.delete(x);
+    this.assignment = { ...removed, replicas: [...removed.replicas, x], epoch: removed.epoch + 1 };
+    this.bornAtEpoch.set(x, this.assignment.epoch);
+    this.broadcastAssignment();
+    shell.setAssignment(this.localMs(x), this.assignment);
+    this.stats.moves++;
+    this.traceLine(`fault: move ${x} to an empty disk -> epoch ${this.assignment.epoch} replicas [${this.assignment.replicas}] inSync [${this.assignment.inSync}]`);
+    this.restart(shell);
   }
 
   private restart(shell: ReplicaShell): void {
@@ -1134,6 +1179,7 @@ export function emptyStats(): ReplicationSimStats {
     shrinks: 0,
     expands: 0,
     crashes: 0,
+    moves: 0,
     snapshotsInstalled: 0,
     truncations: 0,
     staleVersionRefusals: 0,
@@ -1153,6 +1199,7 @@ export function addStats(total: ReplicationSimStats, s: ReplicationSimStats): vo
   total.shrinks += s.shrinks;
   total.expands += s.expands;
   total.crashes += s.crashes;
+  total.moves += s.moves;
   total.snapshotsInstalled += s.snapshotsInstalled;
   total.truncations += s.truncations;
   total.staleVersionRefusals += s.staleVersionRefusals;

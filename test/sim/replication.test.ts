@@ -39,6 +39,7 @@ describe('replication simulation swarm', function () {
     assert.ok(total.shrinks > 0, 'in-sync shrinks');
     assert.ok(total.expands > 0, 'in-sync expands');
     assert.ok(total.crashes > 0, 'crashes');
+    assert.ok(total.moves > 0, 'replica moves to an empty disk');
     assert.ok(total.snapshotsInstalled > 0, 'snapshot installs');
     assert.ok(total.truncations > 0, 'reconciliation truncations');
     assert.ok(total.writesIndeterminate > 0, 'indeterminate writes');

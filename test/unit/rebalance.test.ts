@@ -4,7 +4,7 @@
  * planner's order and limits.
  */
 import assert from 'node:assert/strict';
-import { decideResume, TokenBucket, TransferTracker } from '../../protocols/rebalance/index.js';
+import { decideResume, planMoves, TokenBucket, TransferTracker, type MoveCandidate, type MoveLimits } from '../../protocols/rebalance/index.js';
 
 const MiB = 1024 * 1024;
 
@@ -77,5 +77,62 @@ describe('rebalance: transfer progress', () => {
     t.acknowledged(10, 0, 5000);
     assert.equal(t.progress(10).bytesTotal, 5000);
     assert.equal(t.progress(10).etaMs, 0);
+  });
+});
+
+describe('rebalance: move planner', () => {
+  const limits: MoveLimits = { maxPerDestination: 2, maxPerSource: 4, maxInFlight: 32, replicationFactor: 3 };
+  const cand = (shard: number, to: string, from: string, liveInSync = 3): MoveCandidate => ({ shard, to, from, liveInSync });
+
+  it('starts repairs before balance moves, fewest live copies first', () => {
+    const plan = planMoves(
+      [cand(0, 'd', 'a'), cand(1, 'd', 'b', 2), cand(2, 'd', 'c', 1), cand(3, 'e', 'a'), cand(4, 'e', 'b', 2)],
+      [],
+      { ...limits, maxInFlight: 3 },
+    );
+    assert.deepEqual(
+      plan.chosen.map((m) => [m.shard, m.kind]),
+      [[2, 'repair'], [1, 'repair'], [4, 'repair']],
+    );
+    assert.deepEqual(plan.deferred.map((d) => d.move.shard).sort(), [0, 3]);
+    assert.ok(plan.deferred.every((d) => /3 moves in flight/.test(d.reason)));
+  });
+
+  it('keeps every limit, counting the moves already in flight', () => {
+    const candidates: MoveCandidate[] = [];
+    for (let shard = 0; shard < 64; shard++) candidates.push(cand(shard, ['d', 'e', 'f'][shard % 3]!, ['a', 'b'][shard % 2]!, shard % 4 === 0 ? 2 : 3));
+    const inFlight = [
+      { shard: 100, to: 'd', from: 'a' },
+      { shard: 101, to: 'f', from: null },
+    ];
+    const l: MoveLimits = { maxPerDestination: 3, maxPerSource: 2, maxInFlight: 6, replicationFactor: 3 };
+    const plan = planMoves(candidates, inFlight, l);
+    const into = new Map<string, number>([['d', 1], ['f', 1]]);
+    const outOf = new Map<string, number>([['a', 1]]);
+    for (const m of plan.chosen) {
+      into.set(m.to, (into.get(m.to) ?? 0) + 1);
+      outOf.set(m.from, (outOf.get(m.from) ?? 0) + 1);
+    }
+    for (const [id, n] of into) assert.ok(n <= l.maxPerDestination, `${id} gets ${n}`);
+    for (const [id, n] of outOf) assert.ok(n <= l.maxPerSource, `${id} sends ${n}`);
+    assert.ok(plan.chosen.length + inFlight.length <= l.maxInFlight);
+    // Sources are the binding limit here: a sends 1 more, b sends 2.
+    assert.equal(plan.chosen.length, 3);
+    assert.equal(plan.chosen.length + plan.deferred.length, candidates.length);
+  });
+
+  it('starts one move per shard, and rotates among equals so no shard always waits', () => {
+    const plan = planMoves([cand(5, 'd', 'a', 1), cand(5, 'e', 'a', 1)], [], limits);
+    assert.equal(plan.chosen.length, 1);
+    assert.match(plan.deferred[0]!.reason, /one move per shard/);
+    const firsts = new Set<number>();
+    const c = [cand(0, 'd', 'a'), cand(1, 'e', 'b'), cand(2, 'f', 'c')];
+    for (let rot = 0; rot < 3; rot++) firsts.add(planMoves(c, [], { ...limits, maxInFlight: 1 }, rot).chosen[0]!.shard);
+    assert.equal(firsts.size, 3);
+  });
+
+  it('is a pure function: the same input gives the same plan', () => {
+    const c = Array.from({ length: 40 }, (_, k) => cand(k, `p${k % 5}`, `q${k % 3}`, 1 + (k % 3)));
+    assert.deepEqual(planMoves(c, [], limits, 7), planMoves([...c].reverse(), [], limits, 7));
   });
 });
