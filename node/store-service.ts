@@ -365,7 +365,7 @@ export class StoreService implements KvApi {
   }
 
   static async open(opts: StoreServiceOptions): Promise<StoreService> {
-    const shardStore = await ShardStore.open(opts.store.sublevel('shards'), { snapshotBatchBytes: 1024 * 1024 });
+    const shardStore = await ShardStore.open(opts.store.sublevel('shards'), { snapshotBatchBytes: 4 * 1024 * 1024 });
     return new StoreService(opts, shardStore);
   }
 
@@ -1014,7 +1014,11 @@ export class StoreService implements KvApi {
 
   /** Coordinator: the snapshot transfers a primary reported in its renewal (bounded, checked, shown in /v1/moves). */
   private noteTransfers(now: number, from: string, raw: unknown): void {
-    for (const [k, t] of this.reportedTransfers) if (t.from === from || now - t.atMs > 5000) this.reportedTransfers.delete(k);
+    const before = new Map<string, number>();
+    for (const [k, t] of this.reportedTransfers) {
+      if (t.from === from) before.set(k, t.bytesDone);
+      if (t.from === from || now - t.atMs > 5000) this.reportedTransfers.delete(k);
+    }
     if (raw === undefined) return;
     const list = arr({ transfers: raw }, 'transfers', MAX_REPORTED_TRANSFERS);
     for (const [k, row] of list.entries()) {
@@ -1023,6 +1027,7 @@ export class StoreService implements KvApi {
       }
       const [shard, to, bytesDone, bytesTotal, rateBps, resumes] = row as [number, string, number, number, number, number];
       this.reportedTransfers.set(`${shard}:${to}`, { from, atMs: now, bytesDone, bytesTotal: bytesTotal < 0 ? null : bytesTotal, rateBps, resumes });
+      if (bytesDone > (before.get(`${shard}:${to}`) ?? 0)) this.controller.transferProgress(now, shard, to);
     }
   }
 

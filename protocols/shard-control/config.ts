@@ -22,8 +22,10 @@ export interface ShardControllerOptions {
   initialAssignmentDelayMs?: number;
   /**
    * Most replicas a peer is catching up on at once (in `replicas`, not yet in-sync, on a shard
-   * with a primary); rebalancing adds no more to it until some finish. Default 2 (DESIGN §7,
-   * Riak's transfer limit): a joining peer is not flooded with snapshots.
+   * with a primary); rebalancing adds no more to it until some finish. Default 4 (DESIGN §7,
+   * Riak's transfer limit): a joining peer is not flooded with snapshots, yet each snapshot
+   * stream (one chunk in flight) waits for round trips, so a few run side by side (measured:
+   * growing 3 → 5 with 100 MB settled in 24 s with 4, 36 s with 2).
    */
   maxCatchUpsPerPeer?: number;
   /**
@@ -62,7 +64,7 @@ export type ResolvedShardControllerOptions = Required<ShardControllerOptions>;
 
 export const DEFAULT_SHARD_CONTROLLER_OPTIONS: Readonly<Omit<ResolvedShardControllerOptions, 'leaseMs'>> = Object.freeze({
   initialAssignmentDelayMs: 3000,
-  maxCatchUpsPerPeer: 2,
+  maxCatchUpsPerPeer: 4,
   maxSendsPerPeer: 4,
   maxMovesInFlight: 32,
   reReplicateAfterMs: 30_000,

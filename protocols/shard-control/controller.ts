@@ -45,7 +45,8 @@
  * 3. Drop replicas (not the primary) whose member is dead, has left, or is gone — never the last
  *    in-sync one.
  * 3b. Abandon stalled catch-ups: a catching-up replica whose reported lastSeq has not advanced
- *    for `catchUpStallMs` while the primary's is ahead (or that never reported) is removed, which
+ *    (nor its snapshot stream, see transferProgress) for `catchUpStallMs` while the primary's is
+ *    ahead (or that never reported) is removed, which
  *    frees its peer's catch-up slot; rule 4 does not add that replica of that shard again for
  *    `catchUpRetryAfterMs`. Each is counted and listed by `catchUpReport`.
  * 4. Rebalance: add replicas of the target placement (assignReplicas over the active members)
@@ -267,6 +268,16 @@ export class ShardController {
       if (list.length > MAX_REQUESTS_PER_SHARD) list.splice(0, list.length - MAX_REQUESTS_PER_SHARD);
       this.requests.set(r.shard, list);
     }
+  }
+
+  /**
+   * The primary of `shard` reported at `nowMs` that its snapshot stream to `peer` moved more
+   * bytes: the catch-up is progressing even though the replica's log has not grown yet (rule 3b
+   * must not abandon a long snapshot).
+   */
+  transferProgress(nowMs: number, shard: number, peer: string): void {
+    const w = this.catchUpWatch.get(`${shard}:${peer}`);
+    if (w !== undefined) w.progressAtMs = Math.max(w.progressAtMs, nowMs);
   }
 
   /**

@@ -642,7 +642,7 @@ describe('shard controller', () => {
 
   describe('rebalancing', () => {
     it('adds a new member as catching-up, removes the extra only once the target is in sync', () => {
-      const w = assignedWorld(['a', 'b', 'c']);
+      const w = assignedWorld(['a', 'b', 'c'], {}, { maxCatchUpsPerPeer: 2 });
       w.addMember('d');
       const goal = target(['a', 'b', 'c', 'd']);
       const want = goal.flatMap((t, shard) => (t.includes('d') ? [shard] : []));
@@ -681,7 +681,7 @@ describe('shard controller', () => {
     });
 
     it('abandons a catch-up that stalls, frees its slot for another shard, and retries it only after catchUpRetryAfterMs', () => {
-      const w = assignedWorld(['a', 'b', 'c'], {}, { catchUpStallMs: 1000, catchUpRetryAfterMs: 5000 });
+      const w = assignedWorld(['a', 'b', 'c'], {}, { catchUpStallMs: 1000, catchUpRetryAfterMs: 5000, maxCatchUpsPerPeer: 2 });
       w.addMember('d');
       const want = target(['a', 'b', 'c', 'd']).flatMap((t, shard) => (t.includes('d') ? [shard] : []));
       assert.ok(want.length >= 3);
@@ -722,6 +722,29 @@ describe('shard controller', () => {
       // After the back-off, `stuck` may be tried again (when d has a free slot).
       w.advance(5000);
       assert.deepEqual(w.ctl.catchUpReport(w.now).abandoned, []);
+    });
+
+    it('keeps a catch-up whose snapshot stream moves bytes, though its log does not grow', () => {
+      const w = assignedWorld(['a', 'b', 'c'], {}, { catchUpStallMs: 1000, catchUpRetryAfterMs: 5000, maxCatchUpsPerPeer: 1 });
+      w.addMember('d');
+      for (const id of ['a', 'b', 'c', 'd']) w.renew(id);
+      const [shard] = w.step()!.cmd.updates.map((u) => u.shard) as [number];
+      const report = (id: string): ReplicaProgress[] =>
+        w.shards.flatMap((a, s) => (a.replicas.includes(id) ? [{ shard: s, epoch: a.epoch, lastSeq: id === 'd' ? 0 : 50, lastEpoch: a.epoch, commitSeq: id === 'd' ? 0 : 50 }] : []));
+      for (let t = 0; t < 30; t++) {
+        w.advance(100);
+        for (const id of ['a', 'b', 'c', 'd']) w.renew(id, [], report(id));
+        w.ctl.transferProgress(w.now, shard, 'd'); // the primary's renewal: more snapshot bytes sent
+        w.step();
+        assert.ok(w.shards[shard]!.replicas.includes('d'), `kept at ${w.now} ms`);
+      }
+      // The stream stops moving: abandoned after the stall bound.
+      for (let t = 0; t < 15 && w.shards[shard]!.replicas.includes('d'); t++) {
+        w.advance(100);
+        for (const id of ['a', 'b', 'c', 'd']) w.renew(id, [], report(id));
+        w.step();
+      }
+      assert.ok(!w.shards[shard]!.replicas.includes('d'), 'abandoned once the stream stalls');
     });
 
     it('converges to the target when every peer renews and primaries ask to expand', () => {
