@@ -133,6 +133,14 @@ export interface StoreServiceOptions {
 
 /** How long a broken snapshot stream is held (its storage snapshot open) for a resume, ms. */
 const SNAPSHOT_RESUME_HOLD_MS = 60_000;
+/** Bytes of one snapshot chunk (one in flight per stream: larger chunks, fewer round trips). */
+const SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024;
+/**
+ * A removed replica's data stays on disk this long before it is deleted, ms (the reReplicateAfterMs
+ * of a dead peer, for the same reason): a move that is undone, or a replica added back, starts
+ * from the old copy instead of a full snapshot.
+ */
+const REMOVED_COPY_GRACE_MS = 30_000;
 /** Most snapshot transfers a renewal reports. */
 const MAX_REPORTED_TRANSFERS = 256;
 
@@ -251,6 +259,8 @@ export class StoreService implements KvApi {
   private readonly outgoing = new Map<string, OutgoingSnapshot>();
   /** Coordinator: snapshot transfers the primaries report in their renewals, by `shard:to`. */
   private readonly reportedTransfers = new Map<string, { from: string; atMs: number; bytesDone: number; bytesTotal: number | null; rateBps: number; resumes: number }>();
+  /** Copies of removed replicas waiting out REMOVED_COPY_GRACE_MS before they are deleted. */
+  private readonly pendingDeletes = new Map<number, NodeJS.Timeout>();
   /** Shared by every snapshot this peer sends (--rebalance-rate). */
   private readonly rebalanceBucket: TokenBucket;
   /** Small forwarded operations (STORE_PROTOCOL_ID). */
@@ -301,6 +311,8 @@ export class StoreService implements KvApi {
     snapshotBytesResumed: 0,
     /** Seconds spent sending completed snapshots (shoal_store_move_seconds_total). */
     moveSecondsTotal: 0,
+    /** Copies of removed replicas deleted after the grace period. */
+    copiesDeleted: 0,
     catchUpBytesReceived: 0,
     snapshotsInstalled: 0,
     assignmentsProposed: 0,
@@ -365,7 +377,7 @@ export class StoreService implements KvApi {
   }
 
   static async open(opts: StoreServiceOptions): Promise<StoreService> {
-    const shardStore = await ShardStore.open(opts.store.sublevel('shards'), { snapshotBatchBytes: 4 * 1024 * 1024 });
+    const shardStore = await ShardStore.open(opts.store.sublevel('shards'), { snapshotBatchBytes: SNAPSHOT_CHUNK_BYTES });
     return new StoreService(opts, shardStore);
   }
 
@@ -383,12 +395,17 @@ export class StoreService implements KvApi {
     this.timers.push(setInterval(() => this.tick(), TICK_MS));
     this.timers.push(setInterval(() => void this.renewLease(), LEASE_RENEW_MS));
     this.timers.push(setInterval(() => this.control(), CONTROL_MS));
+    // Copies left on disk by replicas removed before the last stop: deleted after the grace
+    // period unless the map lists this peer for them again by then.
+    for (const shard of this.shardStore.shards()) if (!this.slots.has(shard)) this.scheduleDelete(shard);
   }
 
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
+    for (const t of this.pendingDeletes.values()) clearTimeout(t);
+    this.pendingDeletes.clear();
     for (const [, w] of this.waiters) {
       clearTimeout(w.timer);
       w.reject(new StoreError('indeterminate', 'the peer stopped before the write was acknowledged; it may or may not have been applied'));
@@ -440,6 +457,12 @@ export class StoreService implements KvApi {
   private openShard(shard: number): Promise<ShardSlot | null> {
     const existing = this.opening.get(shard);
     if (existing !== undefined) return existing;
+    const pending = this.pendingDeletes.get(shard);
+    if (pending !== undefined) {
+      // Listed again within the grace period: the old copy is where this replica starts from.
+      clearTimeout(pending);
+      this.pendingDeletes.delete(shard);
+    }
     const p = (async (): Promise<ShardSlot | null> => {
       try {
         const recovered = await this.shardStore.recover(shard);
@@ -566,12 +589,37 @@ export class StoreService implements KvApi {
       this.incoming.delete(slot.shard);
       await inc.writer.abort().catch(() => {});
     }
-    await this.exclusive(slot, () => this.shardStore.deleteShard(slot.shard, { sync: false })).catch((err: unknown) =>
-      this.opts.log.warn('cannot delete shard data', { shard: slot.shard, err }),
-    );
-    this.opts.log.info('shard replica removed', { shard: slot.shard });
+    // The old copy stays on disk for REMOVED_COPY_GRACE_MS: a move undone or a replica added
+    // back meanwhile starts from it (a catch-up, not a full copy).
+    await slot.mutex.catch(() => {});
+    this.scheduleDelete(slot.shard);
+    this.opts.log.info('shard replica removed', { shard: slot.shard, deleteAfterMs: REMOVED_COPY_GRACE_MS });
     // The map may list us again already.
     if (this.view.shards[slot.shard]?.replicas.includes(this.self)) void this.openShard(slot.shard);
+  }
+
+  private scheduleDelete(shard: number): void {
+    if (this.pendingDeletes.has(shard) || this.stopped) return;
+    const timer = setTimeout(() => {
+      this.pendingDeletes.delete(shard);
+      void this.deleteIfUnused(shard);
+    }, REMOVED_COPY_GRACE_MS);
+    timer.unref();
+    this.pendingDeletes.set(shard, timer);
+  }
+
+  /** Deletes a removed replica's copy, unless the shard is held (or listed for this peer) again. */
+  private async deleteIfUnused(shard: number): Promise<void> {
+    if (this.stopped || this.slots.has(shard) || this.opening.has(shard) || this.view.shards[shard]?.replicas.includes(this.self)) return;
+    const staged = this.shardStore.stagedSnapshot(shard);
+    if (this.shardStore.appliedSeq(shard) === 0 && this.shardStore.logBounds(shard).lastSeq === 0 && staged === null) return;
+    try {
+      await this.shardStore.deleteShard(shard, { sync: false });
+      this.counters.copiesDeleted++;
+      this.opts.log.info('old shard copy deleted', { shard });
+    } catch (err) {
+      this.opts.log.warn('cannot delete shard data', { shard, err });
+    }
   }
 
   /**
@@ -691,7 +739,11 @@ export class StoreService implements KvApi {
     }
     let fresh = false;
     if (out === undefined) {
-      const reader = await this.shardStore.snapshotData(shard);
+      // A rate-limited stream goes in chunks of about a quarter second of its rate, so its
+      // progress shows and a resume loses little; else in chunks of 4 MiB.
+      const rate = this.rebalanceBucket.bytesPerSecond;
+      const batchBytes = rate === null ? SNAPSHOT_CHUNK_BYTES : Math.max(64 * 1024, Math.min(SNAPSHOT_CHUNK_BYTES, Math.floor(rate / 4)));
+      const reader = await this.shardStore.snapshotData(shard, { batchBytes });
       const total = await this.shardStore.approximateDataBytes(shard).catch(() => null);
       const id = randomBytes(12).toString('hex');
       out = {

@@ -850,11 +850,14 @@ export class ShardStore {
 
   /**
    * A consistent copy of the shard's applied data with its `{ seq, epoch }`, read from one storage
-   * snapshot (later writes do not show), in bounded batches. Send it as the snapshot stream.
+   * snapshot (later writes do not show), in bounded batches (`batchBytes`: about this many bytes
+   * per batch instead of the store's snapshotBatchBytes). Send it as the snapshot stream.
    * Iterate `batches` to the end, break out of the loop, or call `close()`.
    */
-  async snapshotData(shard: number): Promise<ShardSnapshotReader> {
+  async snapshotData(shard: number, opts: { batchBytes?: number } = {}): Promise<ShardSnapshotReader> {
     checkShard(shard);
+    const batchBytes = opts.batchBytes ?? this.options.snapshotBatchBytes;
+    if (!Number.isSafeInteger(batchBytes) || batchBytes < 1) throw new InvalidShardInputError('batchBytes', 'must be an integer ≥ 1');
     const prefix = shardKeys.prefix(shard);
     const it = this.#kv.iterate({ gte: prefix + APPLIED, lt: prefix + DATA_END })[Symbol.asyncIterator]();
     let first: IteratorResult<[string, Uint8Array]>;
@@ -880,7 +883,8 @@ export class ShardStore {
       }
     }
     const genPrefix = shardKeys.dataGen(shard, applied.gen);
-    const { snapshotBatchEntries, snapshotBatchBytes } = this.options;
+    const { snapshotBatchEntries } = this.options;
+    const snapshotBatchBytes = batchBytes;
     let closed = first.done === true;
     const close = async (): Promise<void> => {
       if (closed) return;

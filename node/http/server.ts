@@ -92,6 +92,7 @@ export interface StoreMetrics {
     | 'snapshotsResumed'
     | 'snapshotBytesResumed'
     | 'moveSecondsTotal'
+    | 'copiesDeleted'
     | 'catchUpBytesReceived'
     | 'snapshotsInstalled'
     | 'assignmentsProposed'
@@ -125,6 +126,7 @@ function storeLines(st: StoreMetrics): string[] {
     ...family('shoal_store_snapshots_resumed_total', 'counter', 'Snapshot streams that went on from the last acknowledged chunk after a break or a restart of the receiver.', [['', c.snapshotsResumed]]),
     ...family('shoal_store_snapshot_bytes_resumed_total', 'counter', 'Snapshot bytes already at the receiver when a stream went on (not sent again).', [['', c.snapshotBytesResumed]]),
     ...family('shoal_store_move_seconds_total', 'counter', 'Seconds spent sending completed snapshots (with shoal_store_snapshots_sent_total: the mean move duration).', [['', c.moveSecondsTotal]]),
+    ...family('shoal_store_copies_deleted_total', 'counter', 'Data of removed replicas deleted after the grace period (30 s).', [['', c.copiesDeleted]]),
     ...family('shoal_store_moves_in_flight', 'gauge', 'Replicas being filled (not yet in sync), cluster-wide, from this peer\'s map.', [['', st.movesInFlight]]),
     ...family('shoal_store_snapshots_installed_total', 'counter', 'Shard snapshots installed here.', [['', c.snapshotsInstalled]]),
     ...family('shoal_store_assignments_proposed_total', 'counter', 'Shard assignment commands proposed (coordinator).', [['', c.assignmentsProposed]]),

@@ -24,6 +24,9 @@ every value back, and grows the cluster, timing until every shard has all its re
   --grow N         peers to grow to after the load (default 5; 3 = no growth)
   --drain          then drain the last peer (shoal drain) with the small writer running:
                    time, replicas and bytes moved, small puts refused and their latency
+  --kill           then SIGKILL a peer that is not the coordinator and time until every
+                   shard has all its replicas in sync again (re-replication waits
+                   reReplicateAfterMs = 30 s for the peer to come back, then moves data)
   --small-seconds  seconds of the small writer alone (default 5)
   --peer-arg ARG   extra argument for every peer (repeatable), e.g. --peer-arg=--sync
   --logs DIR       write each peer's stderr (the tail kept in memory) to DIR/pN.log at the end
@@ -37,6 +40,7 @@ const { values } = parseArgs({
     clients: { type: 'string', default: '4' },
     grow: { type: 'string', default: '5' },
     drain: { type: 'boolean', default: false },
+    kill: { type: 'boolean', default: false },
     'small-seconds': { type: 'string', default: '5' },
     'peer-arg': { type: 'string', multiple: true, default: [] },
     logs: { type: 'string' },
@@ -125,6 +129,7 @@ async function main(): Promise<void> {
     deadlineMs: (mb * 3 + 60) * 1000,
   });
   const during = await small.stop();
+  const duringFailures = JSON.stringify(Object.fromEntries(small.failures));
   await watch.stop();
   const afterLoad = await streamResets(c);
   const loadMBps = load.bytesAcked / 1024 / 1024 / (load.elapsedMs / 1000);
@@ -140,8 +145,12 @@ async function main(): Promise<void> {
   let growMs = NaN;
   let growMB = NaN;
   let bal = { max: NaN, mean: NaN };
+  let duringGrow: number[] = [];
+  let growFailures = '{}';
   if (growTo > 3) {
     const before = await moved();
+    small.failures.clear();
+    small.start();
     const g0 = performance.now();
     const seed = c.peers[0] as ProcessPeer;
     for (let i = c.peers.length; i < growTo; i++) {
@@ -154,6 +163,8 @@ async function main(): Promise<void> {
     } catch (err) {
       log(`the grown cluster did not settle: ${(err as Error).message.slice(0, 4000)}`);
     }
+    duringGrow = await small.stop();
+    growFailures = JSON.stringify(Object.fromEntries(small.failures));
     bal = balance(await c.shards(seed), c.peers.map((p) => p.peerId));
   }
   const afterGrow = await streamResets(c);
@@ -182,6 +193,34 @@ async function main(): Promise<void> {
       `${movedMB.toFixed(1)} MB moved (snapshots + catch-up) (${(movedMB / (drainMs / 1000)).toFixed(1)} MB/s); ` +
       `small puts during it n=${duringDrain.length} p50 ${ms(quantile(duringDrain, 0.5))} p99 ${ms(quantile(duringDrain, 0.99))}; refused or failed ${JSON.stringify(Object.fromEntries(small.failures))}`;
   }
+  let killLine = 'no kill';
+  if (values.kill) {
+    const st = await c.status(c.peers[0] as ProcessPeer);
+    const victim = c.peers.find((p) => p.peerId !== st.coordinator) as ProcessPeer;
+    const held = (await c.shards(c.peers[0] as ProcessPeer)).filter((x) => x.replicas.includes(victim.peerId)).length;
+    const bytesBefore = await moved();
+    small.failures.clear();
+    small.start();
+    const k0 = performance.now();
+    victim.signal('SIGKILL');
+    await victim.waitExit();
+    c.peers.splice(c.peers.indexOf(victim), 1);
+    c.retired.push(victim);
+    let killMs = NaN;
+    try {
+      await c.waitSettled('re-replicated', (mb * 3 + 180) * 1000);
+      killMs = performance.now() - k0;
+    } catch (err) {
+      log(`the cluster did not re-replicate: ${(err as Error).message.slice(0, 4000)}`);
+    }
+    const duringKill = await small.stop();
+    const movedMB = ((await moved()) - bytesBefore) / 1048576;
+    killLine =
+      `SIGKILL of ${c.label(victim.peerId)} (it held ${held} replicas): ` +
+      `${Number.isFinite(killMs) ? `every shard fully replicated again after ${(killMs / 1000).toFixed(1)} s` : 'NOT re-replicated'} ` +
+      `(of which reReplicateAfterMs 30 s waiting for it to return), ${movedMB.toFixed(1)} MB moved; ` +
+      `small puts meanwhile n=${duringKill.length} p50 ${ms(quantile(duringKill, 0.5))} p99 ${ms(quantile(duringKill, 0.99))}; refused or failed ${JSON.stringify(Object.fromEntries(small.failures))}`;
+  }
   small.close();
 
   const lines = [
@@ -189,14 +228,16 @@ async function main(): Promise<void> {
     `  large put latency p50 ${ms(quantile(load.latenciesMs, 0.5))}, p99 ${ms(quantile(load.latenciesMs, 0.99))}, max ${ms(quantile(load.latenciesMs, 1))}`,
     `  failed attempts: ${JSON.stringify(Object.fromEntries(load.failures))}; abandoned keys: ${load.abandoned.length}`,
     `small puts alone:       n=${alone.length} p50 ${ms(quantile(alone, 0.5))} p99 ${ms(quantile(alone, 0.99))}`,
-    `small puts during load: n=${during.length} p50 ${ms(quantile(during, 0.5))} p99 ${ms(quantile(during, 0.99))} max ${ms(quantile(during, 1))}; failures ${JSON.stringify(Object.fromEntries(small.failures))}`,
+    `small puts during load: n=${during.length} p50 ${ms(quantile(during, 0.5))} p99 ${ms(quantile(during, 0.99))} max ${ms(quantile(during, 1))}; failures ${duringFailures}`,
     `writable shards during the load: min ${watch.minWritable} of ${watch.shardCount} (${watch.degradedPolls} of ${watch.polls} polls degraded)`,
     `stream resets after the load: ${afterLoad.resets}; replication frames dropped: ${afterLoad.dropped}`,
     `read back: ${load.acked.size - bad.length} of ${load.acked.size} equal in ${(readMs / 1000).toFixed(1)} s${bad.length > 0 ? `; first bad: ${bad.slice(0, 5).join('; ')}` : ''}`,
     growTo > 3
       ? `grow 3 → ${growTo}: settled in ${Number.isFinite(growMs) ? `${(growMs / 1000).toFixed(1)} s, ${growMB.toFixed(1)} MB moved (${(growMB / (growMs / 1000)).toFixed(1)} MB/s)` : 'NOT settled'}; replicas per peer max/mean ${(bal.max / bal.mean).toFixed(2)} (${bal.max} / ${bal.mean.toFixed(1)}); stream resets ${afterGrow.resets}, frames dropped ${afterGrow.dropped}`
       : 'no growth',
+    growTo > 3 ? `small puts during the grow: n=${duringGrow.length} p50 ${ms(quantile(duringGrow, 0.5))} p99 ${ms(quantile(duringGrow, 0.99))} (alone: p99 ${ms(quantile(alone, 0.99))}); refused or failed ${growFailures}` : '',
     drainLine,
+    killLine,
   ];
   process.stdout.write(lines.join('\n') + '\n');
 }

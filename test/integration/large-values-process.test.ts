@@ -1,5 +1,5 @@
 /**
- * Large values through real `shoal` processes (issue 14): 3 peers take 200 MB of 1 MiB values
+ * Large values through real `shoal` processes (issue 14): 3 peers take 128 MB of 1 MiB values
  * from concurrent clients with no put refused or timed out (a failover under the saturating load
  * may make a put in flight `indeterminate` or `unavailable`: bounded, retried, counted), at most 2 shards paused
  * at once, no replication stream reset and every value read back; then the cluster grows to 5 and settles with every shard fully in sync
@@ -13,8 +13,11 @@ import { ProcessPeer } from './harness.js';
 import { Cluster } from './process-cluster.js';
 
 const MB = 1024 * 1024;
-/** SHOAL_LARGE_MB overrides the load size (for a quick local run); the suite uses 200. */
-const LOAD_MB = Number(process.env.SHOAL_LARGE_MB ?? 200);
+/**
+ * SHOAL_LARGE_MB overrides the load size. The suite uses 128 (it used 200 until the suite's
+ * 10-minute budget needed the time for the move tests; `npm run bench:large` loads 200 and more).
+ */
+const LOAD_MB = Number(process.env.SHOAL_LARGE_MB ?? 128);
 
 describe('store: large values through 3 processes, then growth to 5', function () {
   this.timeout(420_000);
@@ -61,7 +64,7 @@ describe('store: large values through 3 processes, then growth to 5', function (
     // client may then see is bounded, and checked: a put in flight at that moment may answer
     // `indeterminate`, or `unavailable` (retryable, Retry-After) when no primary served it
     // within the request timeout; both are retried here and every key ends acknowledged. Never
-    // `not_enough_replicas`, a timeout or anything else; at most 4 such answers of 200 puts; and
+    // `not_enough_replicas`, a timeout or anything else; at most 4 such answers of all the puts; and
     // the hand-back of a moved primary pauses at most 2 shards at once (MAX_BALANCING_VACANCIES).
     // Issue 12 owns the stalls.
     const FAILOVER = new Set(['503 indeterminate', '503 unavailable']);
@@ -69,7 +72,7 @@ describe('store: large values through 3 processes, then growth to 5', function (
     const notFailover = Object.keys(failed).filter((k) => !FAILOVER.has(k));
     assert.deepEqual(notFailover, [], `a large put was refused or timed out: ${JSON.stringify(failed)}`);
     const failoverAnswers = Object.entries(failed).reduce((n, [, v]) => n + (v as number), 0);
-    assert.ok(failoverAnswers <= 4, `at most 4 of 200 large puts answered indeterminate or unavailable at a failover: ${JSON.stringify(failed)}`);
+    assert.ok(failoverAnswers <= 4, `at most 4 of ${LOAD_MB} large puts answered indeterminate or unavailable at a failover: ${JSON.stringify(failed)}`);
     const smallFailed = Object.keys(Object.fromEntries(writer.failures)).filter((k) => !FAILOVER.has(k));
     assert.deepEqual(smallFailed, [], `a small put was refused or timed out: ${JSON.stringify(Object.fromEntries(writer.failures))}`);
     assert.equal(load.acked.size, Math.ceil((LOAD_MB * MB) / MB));
