@@ -30,6 +30,8 @@ every value back, and grows the cluster, timing until every shard has all its re
   --small-seconds  seconds of the small writer alone (default 5)
   --peer-arg ARG   extra argument for every peer (repeatable), e.g. --peer-arg=--sync
   --logs DIR       write each peer's stderr (the tail kept in memory) to DIR/pN.log at the end
+  --graceful-stop  stop the peers with SIGINT at the end (not SIGKILL), so that
+                   NODE_OPTIONS=--cpu-prof writes their CPU profiles
   -h, --help       this help
 `;
 
@@ -44,6 +46,7 @@ const { values } = parseArgs({
     'small-seconds': { type: 'string', default: '5' },
     'peer-arg': { type: 'string', multiple: true, default: [] },
     logs: { type: 'string' },
+    'graceful-stop': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -251,6 +254,10 @@ main()
     if (values.logs !== undefined && cluster !== null) {
       await mkdir(values.logs, { recursive: true });
       for (const [i, p] of cluster.peers.entries()) await writeFile(join(values.logs, `p${i}.log`), p.stderr);
+    }
+    if (values['graceful-stop'] && cluster !== null) {
+      for (const p of cluster.peers) p.signal('SIGINT');
+      await Promise.all(cluster.peers.map((p) => p.waitExit(20_000)));
     }
     await cluster?.destroy();
     process.exit();

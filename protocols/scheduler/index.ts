@@ -1,0 +1,2 @@
+export { DEFAULT_SCHEDULER_CONFIG, Scheduler, validateSchedulerConfig, type Decision, type SchedulerConfig, type TaskSpec, type TaskState, type TaskStatus, type WorkerInfo } from './scheduler.js';
+export { Autoscaler, DEFAULT_AUTOSCALER_POLICY, validateAutoscalerPolicy, type AutoscalerPolicy, type LoadSample, type ScaleDecision } from './autoscaler.js';
