@@ -135,6 +135,8 @@ export interface StoreServiceOptions {
 const SNAPSHOT_RESUME_HOLD_MS = 60_000;
 /** Bytes of one snapshot chunk (one in flight per stream: larger chunks, fewer round trips). */
 const SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024;
+/** Largest frame on the bulk protocol (forwarded large writes, snapshot chunks). */
+const BULK_FRAME_BYTES = 8 * 1024 * 1024;
 /**
  * A removed replica's data stays on disk this long before it is deleted, ms (the reReplicateAfterMs
  * of a dead peer, for the same reason): a move that is undone, or a replica added back, starts
@@ -343,6 +345,9 @@ export class StoreService implements KvApi {
       host: opts.host,
       protocol: STORE_BULK_PROTOCOL_ID,
       handler: (from, body) => this.handleRpc(from, body, 'bulk'),
+      // A snapshot chunk: about SNAPSHOT_CHUNK_BYTES, plus at most one more entry (a batch is cut
+      // after the entry that reaches the size) and its index: under 8 MiB.
+      limits: { maxFrameBytes: BULK_FRAME_BYTES, maxQueuedBytesPerPeer: 4 * BULK_FRAME_BYTES },
       log: opts.log,
     });
     this.leaseRpc = new RpcEndpoint({

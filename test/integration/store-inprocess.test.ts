@@ -242,6 +242,14 @@ describe('store: a new replica of a shard whose log was trimmed gets a snapshot'
         }
       }),
     );
+    // Every shard also gets 6 MiB of 1 MiB values: its snapshot takes two 4 MiB chunks (each
+    // chunk must fit the bulk protocol's frame; a 2 MiB frame limit once made them fail forever).
+    const big = new Map<string, Buffer>();
+    for (let i = 0; big.size < 48 && i < 100_000; i++) {
+      const key = `big-${i}`;
+      if ([...big.keys()].filter((k) => shardOf(k, 8) === shardOf(key, 8)).length < 6) big.set(key, Buffer.alloc(1024 * 1024, i % 251));
+    }
+    for (const [key, value] of big) await peers[0]!.put(key, value);
     peers.push(await startPeer(dir, 'p3', [(peers[0] as Peer).joinToken as string]));
     const p3 = peers[3]!;
     await waitFor(
@@ -263,6 +271,17 @@ describe('store: a new replica of a shard whose log was trimmed gets a snapshot'
       }
     }
     assert.ok(checked >= 20, `checked ${checked} keys on the new replicas`);
+    let bigChecked = 0;
+    for (const a of kvOf(p3).shards()) {
+      if (!a.inSync.includes(p3.peerId)) continue;
+      for (const [key, value] of big) {
+        if (shardOf(key, 8) !== a.shard) continue;
+        const local = await kvOf(p3).localValue(key);
+        assert.ok(local?.value !== undefined && local.value !== null && Buffer.from(local.value).equals(value), `${key} (1 MiB) on the new replica`);
+        bigChecked++;
+      }
+    }
+    assert.ok(bigChecked >= 6, `checked ${bigChecked} large values on the new replicas`);
   });
 });
 
