@@ -48,6 +48,7 @@ Commands:
   put KEY VALUE    store a value under KEY (or --file FILE)
   get KEY          print the value stored under KEY
   del KEY          delete KEY
+  task ...         submit, get, list or cancel tasks (shoal task --help)
   demo             start a local cluster of N peers in a temporary directory
   token            print the join token of a peer's data dir (the cluster key and its addresses)
   keygen FILE      write a new private-network (swarm) key to FILE
@@ -112,6 +113,17 @@ Store options:
                             moves (a join, drain, leave or capacity change); default unlimited
   --stop-drain-ms N         on SIGTERM, move this peer's replicas to the others for up to N ms
                             before leaving (default 300000; 0: leave at once, as SIGINT does)
+  --task-slots N            CPU cores tasks may hold at once on this peer (default: its CPU
+                            count x --capacity)
+  --autoscale MODE          off (default), dry-run (log decisions only), exec (run
+                            --autoscale-exec CMD with {count}), local (start and stop shoal
+                            processes on this machine); acts while this peer is coordinator
+  --autoscale-dry-run       the same as --autoscale dry-run
+  --autoscale-min N, --autoscale-max N   peers to keep between (default 3 and 9)
+  --autoscale-target F      utilization to size for, 0..1 (default 0.6)
+  --autoscale-up-window-ms N, --autoscale-down-window-ms N, --autoscale-cooldown-ms N
+                            stabilisation windows and cool-down (default 10000, 300000, 30000)
+  --autoscale-dir DIR       local: where started peers keep data (default DATA_DIR/autoscaled)
   --log-retain-groups N     op-log groups a shard keeps for backups that fall behind; further
                             behind, a replica gets a snapshot (default ${DEFAULT_PEER_OPTIONS.logRetainGroups})
 
@@ -320,6 +332,17 @@ async function cmdStart(argv: string[]): Promise<number> {
       'rebalance-rate': { type: 'string' },
       'log-retain-groups': { type: 'string' },
       'stop-drain-ms': { type: 'string' },
+      'task-slots': { type: 'string' },
+      autoscale: { type: 'string' },
+      'autoscale-dry-run': { type: 'boolean' },
+      'autoscale-min': { type: 'string' },
+      'autoscale-max': { type: 'string' },
+      'autoscale-target': { type: 'string' },
+      'autoscale-exec': { type: 'string' },
+      'autoscale-dir': { type: 'string' },
+      'autoscale-up-window-ms': { type: 'string' },
+      'autoscale-down-window-ms': { type: 'string' },
+      'autoscale-cooldown-ms': { type: 'string' },
       shards: { type: 'string' },
       'replication-factor': { type: 'string' },
       'min-in-sync': { type: 'string' },
@@ -412,6 +435,33 @@ async function cmdStart(argv: string[]): Promise<number> {
     }
     options.rebalanceRate = Math.round(mb * 1024 * 1024);
   }
+  const mode = values['autoscale-dry-run'] === true ? 'dry-run' : (values.autoscale ?? 'off');
+  if (!['off', 'dry-run', 'exec', 'local'].includes(mode)) throw new UsageError(`--autoscale: expected off, dry-run, exec or local, got ${JSON.stringify(mode)}`);
+  if (mode === 'exec' && values['autoscale-exec'] === undefined) throw new UsageError('--autoscale exec needs --autoscale-exec COMMAND');
+  const asMin = wholeFlag('--autoscale-min', values['autoscale-min'], 1, 1000) ?? DEFAULT_PEER_OPTIONS.autoscale.minPeers;
+  const asMax = wholeFlag('--autoscale-max', values['autoscale-max'], 1, 1000) ?? Math.max(asMin, DEFAULT_PEER_OPTIONS.autoscale.maxPeers);
+  if (asMax < asMin) throw new UsageError(`--autoscale-max: must be at least --autoscale-min (${asMin})`);
+  let target = DEFAULT_PEER_OPTIONS.autoscale.targetUtilization;
+  if (values['autoscale-target'] !== undefined) {
+    target = Number(values['autoscale-target']);
+    if (!(target > 0 && target <= 1)) throw new UsageError(`--autoscale-target: expected a fraction in (0, 1], got ${JSON.stringify(values['autoscale-target'])}`);
+  }
+  const upW = wholeFlag('--autoscale-up-window-ms', values['autoscale-up-window-ms'], 0, 3_600_000);
+  const downW = wholeFlag('--autoscale-down-window-ms', values['autoscale-down-window-ms'], 0, 3_600_000);
+  const cool = wholeFlag('--autoscale-cooldown-ms', values['autoscale-cooldown-ms'], 0, 3_600_000);
+  options.autoscale = {
+    mode: mode as 'off' | 'dry-run' | 'exec' | 'local',
+    minPeers: asMin,
+    maxPeers: asMax,
+    targetUtilization: target,
+    ...(upW !== undefined ? { scaleUpWindowMs: upW } : {}),
+    ...(downW !== undefined ? { scaleDownWindowMs: downW } : {}),
+    ...(cool !== undefined ? { cooldownMs: cool } : {}),
+    execCommand: values['autoscale-exec'] ?? null,
+    dir: values['autoscale-dir'] ?? null,
+  };
+  const taskSlots = wholeFlag('--task-slots', values['task-slots'], 1, 4096);
+  if (taskSlots !== undefined) options.taskSlots = taskSlots;
   const stopDrainMs = wholeFlag('--stop-drain-ms', values['stop-drain-ms'], 0, 86_400_000) ?? 300_000;
   const retain = wholeFlag('--log-retain-groups', values['log-retain-groups'], 0, 1_000_000);
   if (retain !== undefined) options.logRetainGroups = retain;
@@ -1027,7 +1077,120 @@ async function cmdDel(argv: string[]): Promise<number> {
   return 0;
 }
 
+const TASK_HELP = `Usage: shoal task <submit|get|list|cancel> [options]
+
+  shoal task submit TYPE [--payload JSON] [--priority N] [--cpu N] [--mem-mb N]
+                         [--timeout-ms N] [--max-attempts N] [--idempotency-key K] [--wait]
+      queue a task; prints its id (with --wait: waits and prints the finished record).
+      Built-in types every peer runs: sleep ({"ms": N}) and hash ({"data": S, "rounds": N}).
+  shoal task get ID      print a task's record (state, attempts, peer, result or reasons)
+  shoal task list [--state queued|running|succeeded|failed|cancelled]
+  shoal task cancel ID   cancel a queued or running task
+
+Options for all:
+  --http HOST:PORT   the peer's HTTP API (default ${DEFAULT_PEER_OPTIONS.http})
+${TOKEN_FLAG_HELP}
+`;
+
+async function cmdTask(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub === undefined || sub === '--help' || sub === '-h') {
+    process.stdout.write(TASK_HELP);
+    return sub === undefined ? EXIT_USAGE : 0;
+  }
+  const { values, positionals } = parse({
+    args: rest,
+    strict: true,
+    allowPositionals: true,
+    options: {
+      http: { type: 'string' },
+      'http-token-file': { type: 'string' },
+      payload: { type: 'string' },
+      priority: { type: 'string' },
+      cpu: { type: 'string' },
+      'mem-mb': { type: 'string' },
+      'timeout-ms': { type: 'string' },
+      'max-attempts': { type: 'string' },
+      'idempotency-key': { type: 'string' },
+      state: { type: 'string' },
+      wait: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help === true) {
+    process.stdout.write(TASK_HELP);
+    return 0;
+  }
+  const one = (what: string): string => {
+    if (positionals.length !== 1) throw new UsageError(`task ${sub}: expected one ${what}, got ${positionals.length === 0 ? 'none' : positionals.slice(1).map((p) => JSON.stringify(p)).join(' ') + ' extra'}`);
+    return positionals[0]!;
+  };
+  const hostPort = await peerAddress(values);
+  const print = (x: unknown): void => void process.stdout.write(JSON.stringify(x, null, 2) + '\n');
+  switch (sub) {
+    case 'submit': {
+      const type = one('TYPE');
+      const body: Record<string, unknown> = { type };
+      if (values.payload !== undefined) {
+        try {
+          body.payload = JSON.parse(values.payload);
+        } catch {
+          throw new UsageError(`--payload: not JSON: ${JSON.stringify(values.payload)}`);
+        }
+      }
+      const numFlag = (flag: string, v: string | undefined): number | undefined => {
+        if (v === undefined) return undefined;
+        const n = Number(v);
+        if (v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag}: expected a number, got ${JSON.stringify(v)}`);
+        return n;
+      };
+      const pr = numFlag('--priority', values.priority);
+      if (pr !== undefined) body.priority = pr;
+      const cpu = numFlag('--cpu', values.cpu);
+      const mem = numFlag('--mem-mb', values['mem-mb']);
+      if (cpu !== undefined || mem !== undefined) body.resources = { ...(cpu !== undefined ? { cpu } : {}), ...(mem !== undefined ? { memMb: mem } : {}) };
+      const to = numFlag('--timeout-ms', values['timeout-ms']);
+      if (to !== undefined) body.timeoutMs = to;
+      const ma = numFlag('--max-attempts', values['max-attempts']);
+      if (ma !== undefined) body.maxAttempts = ma;
+      if (values['idempotency-key'] !== undefined) body.idempotencyKey = values['idempotency-key'];
+      const { id } = (await fetchJson(hostPort, '/v1/tasks', 20_000, 'POST', body)) as { id: string };
+      if (values.wait !== true) {
+        process.stdout.write(`${id}\n`);
+        return 0;
+      }
+      for (let i = 0; i < 100_000; i++) {
+        const rec = (await fetchJson(hostPort, `/v1/tasks/${id}`, 10_000)) as { state: string };
+        if (rec.state === 'succeeded' || rec.state === 'failed' || rec.state === 'cancelled') {
+          print(rec);
+          return rec.state === 'succeeded' ? 0 : EXIT_RUNTIME;
+        }
+        await new Promise((r) => setTimeout(r, Math.min(500, 20 * (i + 1))));
+      }
+      throw new RuntimeFailure(`task ${id} did not finish`);
+    }
+    case 'get':
+      print(await fetchJson(hostPort, `/v1/tasks/${encodeURIComponent(one('ID'))}`, 10_000));
+      return 0;
+    case 'list': {
+      if (positionals.length > 0) throw new UsageError(`task list: unexpected ${JSON.stringify(positionals[0])}`);
+      const q = values.state !== undefined ? `?state=${encodeURIComponent(values.state)}` : '';
+      const { tasks } = (await fetchJson(hostPort, `/v1/tasks${q}`, 20_000)) as { tasks: Array<{ id: string; type: string; state: string; attempts: number; peer: string | null }> };
+      for (const t of tasks) process.stdout.write(`${t.id}  ${t.type.padEnd(12)} ${t.state.padEnd(10)} attempts ${t.attempts}  ${t.peer ?? '-'}\n`);
+      return 0;
+    }
+    case 'cancel': {
+      const r = (await fetchJson(hostPort, `/v1/tasks/${encodeURIComponent(one('ID'))}`, 10_000, 'DELETE')) as { cancelled: boolean };
+      process.stdout.write(r.cancelled ? 'cancelled\n' : 'already finished\n');
+      return 0;
+    }
+    default:
+      throw new UsageError(`task: unknown subcommand '${sub}' (submit, get, list, cancel)`);
+  }
+}
+
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = {
+  task: { run: cmdTask, help: TASK_HELP },
   start: { run: cmdStart, help: START_HELP },
   status: { run: cmdStatus, help: STATUS_HELP },
   leave: { run: cmdLeave, help: LEAVE_HELP },

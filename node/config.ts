@@ -73,6 +73,24 @@ export interface PeerOptions {
   maxValueBytes: number;
   /** Bytes per second this peer's snapshot transfers (data moved to new replicas) share; null: unlimited. Default null: on loopback and LANs the move should finish fast, and replication traffic is never throttled. */
   rebalanceRate: number | null;
+  /**
+   * The autoscaler, acting while this peer is the coordinator (node/autoscale-service.ts).
+   * Default mode `off`.
+   */
+  autoscale: {
+    mode: 'off' | 'dry-run' | 'exec' | 'local';
+    minPeers: number;
+    maxPeers: number;
+    targetUtilization: number;
+    scaleUpWindowMs?: number;
+    scaleDownWindowMs?: number;
+    cooldownMs?: number;
+    execCommand: string | null;
+    /** `local`: parent directory of the data dirs of the peers it starts. Default: DATA_DIR/autoscaled. */
+    dir: string | null;
+  };
+  /** Task slots (CPU cores tasks may hold at once) this peer offers; null: its CPU count × capacity. */
+  taskSlots: number | null;
   /** Op-log groups a shard keeps after applying them, for backups that fall behind; further behind, a replica gets a snapshot. Default 256. */
   logRetainGroups: number;
   /** Settings of a new cluster, used only by the peer that bootstraps it: shard count (power of two 8..1024, default 64), replication factor (default 3), minInSync (default 2). */
@@ -102,6 +120,8 @@ export const DEFAULT_PEER_OPTIONS: PeerOptions = {
   maxKeyBytes: MAX_KEY_BYTES,
   maxValueBytes: MAX_VALUE_BYTES,
   rebalanceRate: null,
+  taskSlots: null,
+  autoscale: { mode: 'off', minPeers: 3, maxPeers: 9, targetUtilization: 0.6, execCommand: null, dir: null },
   logRetainGroups: 256,
   cluster: {},
 };
@@ -209,6 +229,12 @@ export function validatePeerOptions(partial: Partial<PeerOptions>): PeerOptions 
   }
   if (o.rebalanceRate !== null && !(typeof o.rebalanceRate === 'number' && Number.isFinite(o.rebalanceRate) && o.rebalanceRate >= 1024)) {
     throw new ConfigError('rebalanceRate', 'must be null (unlimited) or at least 1024 bytes per second');
+  }
+  const a = o.autoscale;
+  if (typeof a !== 'object' || a === null || !['off', 'dry-run', 'exec', 'local'].includes(a.mode)) throw new ConfigError('autoscale.mode', 'must be off, dry-run, exec or local');
+  if (a.mode === 'exec' && (typeof a.execCommand !== 'string' || a.execCommand.trim() === '')) throw new ConfigError('autoscale.execCommand', 'the exec provider needs a command');
+  if (o.taskSlots !== null && !(Number.isInteger(o.taskSlots) && o.taskSlots >= 1 && o.taskSlots <= 4096)) {
+    throw new ConfigError('taskSlots', 'must be null (the CPU count) or an integer from 1 to 4096');
   }
   if (!Number.isInteger(o.logRetainGroups) || o.logRetainGroups < 0 || o.logRetainGroups > 1_000_000) {
     throw new ConfigError('logRetainGroups', 'must be an integer from 0 to 1000000');

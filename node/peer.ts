@@ -20,12 +20,50 @@ import { PeerStartError } from './errors.js';
 import { publishJoinToken, resolveClusterKey } from './cluster-key.js';
 import { isValidHttpToken } from './http/request-guard.js';
 import { StoreService, type DrainStatus } from './store-service.js';
+import { AutoscaleService } from './autoscale-service.js';
+import { RESERVED_KEY_PREFIX, TaskError, TaskService, type TaskHandler, type TaskRecord } from './task-service.js';
+import type { TaskState } from '../protocols/scheduler/index.js';
+
+/** What `peer.submit` takes (see parseTaskSubmission for the fields and defaults). */
+export interface TaskInput {
+  type: string;
+  payload?: unknown;
+  priority?: number;
+  resources?: { cpu?: number; memMb?: number };
+  idempotencyKey?: string;
+  timeoutMs?: number;
+  maxAttempts?: number;
+}
+
+export interface TaskHandle {
+  id: string;
+  /** Waits (polling, bounded by timeoutMs) until the task has finished; resolves with its record. */
+  result(timeoutMs?: number): Promise<TaskRecord>;
+}
+
+/** Keys under `_shoal/` hold the cluster's own records (tasks): refused to clients. */
+function checkUserKey(key: string): Promise<never> | null {
+  if (typeof key === 'string' && key.startsWith(RESERVED_KEY_PREFIX)) {
+    return Promise.reject(new StoreError('invalid_key', `keys starting with ${JSON.stringify(RESERVED_KEY_PREFIX)} are reserved for the cluster's own records`));
+  }
+  return null;
+}
+
+async function waitForTask(tasks: TaskService, id: string, timeoutMs: number): Promise<TaskRecord> {
+  const deadline = Date.now() + timeoutMs;
+  for (let i = 0; Date.now() < deadline; i++) {
+    const rec = await tasks.get(id).catch(() => null);
+    if (rec !== null && (rec.state === 'succeeded' || rec.state === 'failed' || rec.state === 'cancelled')) return rec;
+    await new Promise((r) => setTimeout(r, Math.min(500, 20 * (i + 1))));
+  }
+  throw new TaskError('unavailable', `task ${id} did not finish within ${timeoutMs} ms`);
+}
 
 /** /healthz reports a peer that has known no coordinator this long (elections take 1-2 s). */
 const HEALTH_NO_COORDINATOR_MS = 5000;
 /** /healthz reports a shard the map gives this peer that has had no open replica this long. */
 const HEALTH_SHARD_MISSING_MS = 10_000;
-import type { GetOptions, GetOutcome, KvApi, PutOptions, ShardSummary, WriteOutcome } from './store-api.js';
+import { StoreError, type GetOptions, type GetOutcome, type KvApi, type PutOptions, type ShardSummary, type WriteOutcome } from './store-api.js';
 
 export interface PeerStatus extends CoordinatorStatus {
   peerId: string;
@@ -56,6 +94,17 @@ export interface Peer extends KvApi {
   setDraining(on: boolean): void;
   /** Where a drain stands: replicas still held, moves in flight, whether it is done. */
   drainStatus(): DrainStatus;
+  /**
+   * Submits a task (run by some peer that handles its type; see README "Tasks"). The handle's
+   * `result()` resolves with the finished record (succeeded, failed or cancelled).
+   */
+  submit(task: TaskInput): Promise<TaskHandle>;
+  /** Makes this peer a worker for `type`: `fn(payload, { id, attempt, signal })` returns the result. */
+  handle(type: string, fn: TaskHandler): void;
+  task(id: string): Promise<TaskRecord | null>;
+  listTasks(state?: TaskState): Promise<TaskRecord[]>;
+  /** Cancels a queued or running task; false when it had finished already. */
+  cancelTask(id: string): Promise<boolean>;
   /**
    * Leave gracefully: hand over the coordinator role if this peer holds it, announce `left`,
    * wait (up to 3 s) to be removed from the Raft configuration, then stop libp2p and HTTP and
@@ -144,6 +193,8 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
             return true;
           },
           moves: () => peer?.kv.moves() ?? null,
+          tasks: () => peer?.tasks ?? null,
+          autoscaler: () => peer?.autoscale?.status() ?? null,
           updateMember: async (peerId, change) => {
             if (peer === null) throw new HttpError(503, 'starting', 'the peer is starting', { 'retry-after': '1' });
             return proposeOverHttp(peer.coordinator, { type: 'update-member', peerId, capacity: change.capacity });
@@ -204,6 +255,30 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     });
     await kv.start();
     cleanup.push(() => kv.stop());
+    const taskRes = TaskService.defaults(opts.capacity);
+    const tasks = new TaskService({ host, coordinator, kv, log: log.child({ component: 'tasks' }), slots: opts.taskSlots ?? taskRes.slots, memMb: taskRes.memMb });
+    await tasks.start();
+    cleanup.push(() => tasks.stop());
+    let joinTokenNow: string | null = null;
+    const autoscale = new AutoscaleService(
+      {
+        mode: opts.autoscale.mode,
+        policy: {
+          minPeers: opts.autoscale.minPeers,
+          maxPeers: opts.autoscale.maxPeers,
+          targetUtilization: opts.autoscale.targetUtilization,
+          ...(opts.autoscale.scaleUpWindowMs !== undefined ? { scaleUpWindowMs: opts.autoscale.scaleUpWindowMs } : {}),
+          ...(opts.autoscale.scaleDownWindowMs !== undefined ? { scaleDownWindowMs: opts.autoscale.scaleDownWindowMs } : {}),
+          ...(opts.autoscale.cooldownMs !== undefined ? { cooldownMs: opts.autoscale.cooldownMs } : {}),
+        },
+        execCommand: opts.autoscale.execCommand,
+        dir: opts.autoscale.dir ?? join(opts.dataDir, 'autoscaled'),
+        sampleMs: 2000,
+      },
+      { coordinator, membership, tasks, log: log.child({ component: 'autoscaler' }), joinToken: () => joinTokenNow },
+    );
+    autoscale.start();
+    cleanup.push(async () => autoscale.stop());
 
     const self = host.peerId.toString();
     const mapAddrs = (): string[] =>
@@ -214,10 +289,12 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     joiner.start();
     cleanup.push(() => joiner.stop());
 
-    peer = new PeerImpl(host, membership, coordinator, kv, log, undo);
+    peer = new PeerImpl(host, membership, coordinator, kv, tasks, log, undo);
     peer.http = http;
     if (keyPlan.keyHex !== null) peer.joinToken = await publishJoinToken(opts.dataDir, keyPlan.keyHex, peer.addrs);
     else log.warn('insecure: open network without a cluster key; any host that reaches the listen address can connect');
+    joinTokenNow = peer.joinToken ?? peer.addrs[0] ?? null;
+    peer.autoscale = autoscale;
     log.info('peer started', { addrs: peer.addrs, incarnation, http: peer.httpAddress, clusterKey: keyPlan.source });
     return peer;
   } catch (err) {
@@ -244,6 +321,7 @@ async function readHttpToken(path: string): Promise<string> {
 class PeerImpl implements Peer {
   http: HttpServer | null = null;
   joinToken: string | null = null;
+  autoscale: AutoscaleService | null = null;
   private stopping: Promise<void> | null = null;
   private markStopped!: () => void;
   readonly stopped = new Promise<void>((resolve) => {
@@ -255,6 +333,7 @@ class PeerImpl implements Peer {
     private readonly membership: MembershipService,
     readonly coordinator: Coordinator,
     readonly kv: StoreService,
+    readonly tasks: TaskService,
     private readonly log: Logger,
     private readonly undo: () => Promise<void>,
   ) {}
@@ -300,15 +379,36 @@ class PeerImpl implements Peer {
   }
 
   put(key: string, value: Uint8Array | string, options?: PutOptions): Promise<WriteOutcome> {
-    return this.kv.put(key, value, options);
+    return checkUserKey(key) ?? this.kv.put(key, value, options);
   }
 
   get(key: string, options?: GetOptions): Promise<GetOutcome | null> {
-    return this.kv.get(key, options);
+    return checkUserKey(key) ?? this.kv.get(key, options);
   }
 
   delete(key: string): Promise<WriteOutcome> {
-    return this.kv.delete(key);
+    return checkUserKey(key) ?? this.kv.delete(key);
+  }
+
+  async submit(task: TaskInput): Promise<TaskHandle> {
+    const id = await this.tasks.submit(task);
+    return { id, result: (timeoutMs?: number) => waitForTask(this.tasks, id, timeoutMs ?? 600_000) };
+  }
+
+  handle(type: string, fn: TaskHandler): void {
+    this.tasks.handle(type, fn);
+  }
+
+  task(id: string): Promise<TaskRecord | null> {
+    return this.tasks.get(id);
+  }
+
+  listTasks(state?: TaskState): Promise<TaskRecord[]> {
+    return this.tasks.list(state);
+  }
+
+  cancelTask(id: string): Promise<boolean> {
+    return this.tasks.cancel(id);
   }
 
   stop(): Promise<void> {

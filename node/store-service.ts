@@ -912,6 +912,12 @@ export class StoreService implements KvApi {
       await inc.writer.abort();
       return encodeFrame(FrameKind.reply, { ok: true, installed: false });
     }
+    // The shard's epoch may have moved on while the stream ran (another replica added or
+    // removed). The snapshot is committed data at (seq, seqEpoch), valid at any later epoch; if
+    // its sender is still the primary the map names, it installs at the map's epoch instead of
+    // being refused and sent all over again.
+    const a = this.view.shards[shard];
+    if (a !== undefined && a.primary === from && a.epoch > inc.meta.epoch && a.replicas.includes(this.self)) inc.meta = { ...inc.meta, epoch: a.epoch };
     const installed = await this.exclusive(slot, async () => {
       if (!slot.core.installSnapshot(this.now(), inc.meta)) {
         await inc.writer.abort();

@@ -100,6 +100,7 @@ export function parseKey(rawKey: string, limits: StoreLimits): string {
   if (key === null) throw new HttpError(400, 'invalid_key', 'the key is not well-formed: bad percent-encoding or not UTF-8');
   const problem = keyProblem(key, limits.maxKeyBytes);
   if (problem !== null) throw new HttpError(400, 'invalid_key', problem);
+  if (key.startsWith('_shoal/')) throw new HttpError(400, 'invalid_key', 'keys starting with "_shoal/" are reserved for the cluster\'s own records (tasks)');
   return key;
 }
 

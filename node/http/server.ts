@@ -15,6 +15,7 @@ import {
   handleKvGet,
   handleKvPut,
   handleShards,
+  parseQuery,
   httpErrorFromStore,
   markContinueOwed,
   readBoundedBody,
@@ -48,6 +49,37 @@ export interface HttpHandlers {
   setCapacity?(capacity: number): boolean | null;
   /** Replicas being filled; null while the peer starts. */
   moves?(): MoveInfo[] | null;
+  /** Tasks (`/v1/tasks`); null while the peer starts. */
+  tasks?(): HttpTasks | null;
+  /** The autoscaler's mode, policy and last decisions; null while the peer starts. */
+  autoscaler?(): unknown;
+}
+
+/** What the task routes need (node/task-service.ts). */
+export interface HttpTasks {
+  submit(body: unknown): Promise<string>;
+  get(id: string): Promise<unknown>;
+  list(state?: TaskStateName): Promise<unknown[]>;
+  cancel(id: string): Promise<boolean>;
+  schedulerStatus(): unknown;
+}
+
+export type TaskStateName = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+const TASK_STATES: readonly TaskStateName[] = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
+
+/** Task errors as HTTP: a bad field 400 naming it, an unknown task 404, a full queue 429, no coordinator 503. */
+async function taskCall<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    const e = err as { name?: string; code?: string; field?: string; message?: string };
+    if (e.name === 'TaskInputError') throw new HttpError(400, 'invalid_task', e.message ?? 'bad task', {}, { field: e.field });
+    if (e.name === 'TaskError') {
+      const status = e.code === 'invalid_task' ? 400 : e.code === 'not_found' ? 404 : e.code === 'queue_full' ? 429 : 503;
+      throw new HttpError(status, e.code ?? 'unavailable', e.message ?? '', status === 503 || status === 429 ? { 'retry-after': '1' } : {});
+    }
+    throw err;
+  }
 }
 
 export interface HttpServer {
@@ -307,6 +339,41 @@ export async function startHttpServer(
         },
       },
     },
+    {
+      pattern: /^\/v1\/tasks$/,
+      methods: {
+        POST: async (req, s) => {
+          const body = await readJsonBody(req);
+          const id = await taskCall(() => notStarting(handlers.tasks?.() ?? null).submit(body));
+          sendJson(s, 202, { id });
+        },
+        GET: async (req, s) => {
+          const q = parseQuery((req.url ?? '').split('?')[1] ?? '', ['state'], 'GET');
+          const state = q.get('state');
+          if (state !== undefined && !(TASK_STATES as readonly string[]).includes(state)) {
+            throw new HttpError(400, 'invalid_request', `state must be one of ${TASK_STATES.join(', ')}, got ${JSON.stringify(state)}`);
+          }
+          const tasks = await taskCall(() => notStarting(handlers.tasks?.() ?? null).list(state as TaskStateName | undefined));
+          sendJson(s, 200, { tasks });
+        },
+      },
+    },
+    {
+      pattern: /^\/v1\/tasks\/([^/]{1,64})$/,
+      methods: {
+        GET: async (_q, s, [id]) => {
+          const rec = await taskCall(() => notStarting(handlers.tasks?.() ?? null).get(id as string));
+          if (rec === null) throw new HttpError(404, 'not_found', `no task ${id as string}`);
+          sendJson(s, 200, rec);
+        },
+        DELETE: async (_q, s, [id]) => {
+          const cancelled = await taskCall(() => notStarting(handlers.tasks?.() ?? null).cancel(id as string));
+          sendJson(s, 200, { id, cancelled });
+        },
+      },
+    },
+    { pattern: /^\/v1\/autoscaler$/, methods: { GET: (_q, s) => sendJson(s, 200, { autoscaler: notStarting(handlers.autoscaler?.() ?? null) }) } },
+    { pattern: /^\/v1\/scheduler$/, methods: { GET: (_q, s) => sendJson(s, 200, { scheduler: notStarting(handlers.tasks?.() ?? null).schedulerStatus() }) } },
     { pattern: /^\/v1\/moves$/, methods: { GET: (_q, s) => sendJson(s, 200, { moves: notStarting(handlers.moves?.() ?? null) }) } },
     { pattern: /^\/v1\/cluster$/, methods: { GET: (_q, s) => sendJson(s, 200, notStarting(handlers.clusterMap())) } },
     {

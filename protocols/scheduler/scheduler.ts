@@ -155,10 +155,13 @@ export class Scheduler {
     validateSchedulerConfig(this.config);
   }
 
-  /** Queues a task. Returns false (nothing changes) when the id is known or the queue is full. */
-  submit(nowMs: number, spec: TaskSpec): boolean {
+  /**
+   * Queues a task (`attemptsMade`: attempts an earlier decider already made, which count toward
+   * maxAttempts). Returns false (nothing changes) when the id is known or the queue is full.
+   */
+  submit(nowMs: number, spec: TaskSpec, attemptsMade = 0): boolean {
     if (this.tasks.has(spec.id) || this.tasks.size >= this.config.maxTasks) return false;
-    const t: Task = { ...spec, state: 'queued', attempts: 0, worker: null, queuedAtMs: nowMs, startedAtMs: 0, reasons: [] };
+    const t: Task = { ...spec, state: 'queued', attempts: attemptsMade, worker: null, queuedAtMs: nowMs, startedAtMs: 0, reasons: [] };
     this.tasks.set(t.id, t);
     this.queue.push(t);
     return true;

@@ -58,6 +58,15 @@ describe('CLI: help and bad input', function () {
       [['start', '--log-level', 'loud'], '--log-level'],
       [['status', '--http', '1.2.3.4:99999'], '--http'],
       [['frobnicate'], 'frobnicate'],
+      [['start', '--rebalance-rate', 'fast'], '--rebalance-rate'],
+      [['start', '--stop-drain-ms', '-1'], '--stop-drain-ms'],
+      [['start', '--task-slots', '0'], '--task-slots'],
+      [['task', 'submit'], 'TYPE'],
+      [['task', 'submit', 'sleep', '--payload', '{nope'], '--payload'],
+      [['task', 'frobnicate'], 'frobnicate'],
+      [['start', '--autoscale', 'cloud'], '--autoscale'],
+      [['start', '--autoscale', 'exec'], '--autoscale-exec'],
+      [['start', '--autoscale-min', '5', '--autoscale-max', '3'], '--autoscale-max'],
     ];
     // Three at a time: each is a process start.
     for (let k = 0; k < cases.length; k += 3) {

@@ -17,6 +17,7 @@ import { decodeConfChange, encodeConfChange } from '../../protocols/raft/conf-ch
 import type { RaftMessage } from '../../protocols/raft/types.js';
 import { decodeRpcFrame, encodeErrorFrame, encodeOkFrame, encodeRequestFrame } from '../../node/rpc-codec.js';
 import { decodeFrame, encodeFrame, FrameKind } from '../../node/store-wire.js';
+import { parseTaskSubmission } from '../../protocols/scheduler/task-spec.js';
 
 const RUNS = Number(process.env.SHOAL_FUZZ_RUNS ?? 300);
 const PEER = '12D3KooWGRUVh8J4Qa7Y2kzB9u2nFJXc8E5ZpH1tXo6m3yq4rSdT';
@@ -65,6 +66,15 @@ const raftSeeds: RaftMessage[] = [
 const clusterSeeds: ClusterCommand[] = [{ type: 'update-member', peerId: 'a', addrs: ['/x'], capacity: 2, status: 'dead' }];
 
 const DECODERS: Decoder[] = [
+  {
+    name: 'task submission (POST /v1/tasks, peer.submit)',
+    decode: (b) => parseTaskSubmission(JSON.parse(new TextDecoder().decode(b)) as unknown),
+    seeds: [
+      bytes('{"type":"sleep","payload":{"ms":5}}'),
+      bytes('{"type":"hash","payload":{"data":"x","rounds":10},"priority":3,"resources":{"cpu":0.5,"memMb":64},"idempotencyKey":"k1","timeoutMs":1000,"maxAttempts":2}'),
+    ],
+    errors: ['TaskInputError', 'SyntaxError'],
+  },
   { name: 'membership message', decode: decodeMembershipMessage, seeds: membershipSeeds.map(encodeMembershipMessage), errors: ['InvalidMessageError'] },
   { name: 'raft message', decode: (b) => decodeRaftMessage(b), seeds: raftSeeds.map(encodeRaftMessage), errors: ['InvalidMessageError'] },
   { name: 'raft conf change', decode: decodeConfChange, seeds: [encodeConfChange({ type: 'add-voter', node: 'n2' }), encodeConfChange({ type: 'remove-node', node: 'n3' })], errors: ['InvalidMessageError'] },

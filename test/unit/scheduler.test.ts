@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { SeededRandom } from '../../protocols/random.js';
-import { Autoscaler, Scheduler, type Decision, type TaskSpec } from '../../protocols/scheduler/index.js';
+import { Autoscaler, parseTaskSubmission, Scheduler, type Decision, type TaskSpec } from '../../protocols/scheduler/index.js';
 import { percentile, runSchedulerSim } from '../sim/scheduler-sim.js';
 
 const spec = (id: string, o: Partial<TaskSpec> = {}): TaskSpec => ({ id, type: 'work', priority: 0, cpu: 1, memMb: 10, timeoutMs: 60_000, maxAttempts: 3, ...o });
@@ -213,5 +213,34 @@ describe('autoscaler core', () => {
     const d = a.observe(0, { peers: 3, cpuUtilization: 0.1, tasksDemand: 30, taskSlots: 12 });
     assert.equal(d.action, 'up');
     assert.ok(d.utilization > 2);
+  });
+});
+
+describe('task submissions', () => {
+  it('fill in the defaults and name the bad field', () => {
+    assert.deepEqual(parseTaskSubmission({ type: 'sleep' }), {
+      type: 'sleep',
+      payload: null,
+      priority: 0,
+      resources: { cpu: 1, memMb: 64 },
+      idempotencyKey: null,
+      timeoutMs: 60_000,
+      maxAttempts: 3,
+    });
+    const bad: Array<[unknown, string]> = [
+      [null, 'body'],
+      [{ type: 'Bad Type' }, 'type'],
+      [{ type: 'x', priority: 1.5 }, 'priority'],
+      [{ type: 'x', resources: { cpu: 0 } }, 'cpu'],
+      [{ type: 'x', resources: { gpu: 1 } }, 'resources.gpu'],
+      [{ type: 'x', timeoutMs: 1 }, 'timeoutMs'],
+      [{ type: 'x', maxAttempts: 0 }, 'maxAttempts'],
+      [{ type: 'x', idempotencyKey: '' }, 'idempotencyKey'],
+      [{ type: 'x', payload: 'p'.repeat(70_000) }, 'payload'],
+      [{ type: 'x', extra: 1 }, 'extra'],
+    ];
+    for (const [body, field] of bad) {
+      assert.throws(() => parseTaskSubmission(body), (e: Error & { field?: string }) => e.name === 'TaskInputError' && e.field === field, JSON.stringify(body)?.slice(0, 80));
+    }
   });
 });
