@@ -36,6 +36,8 @@ export interface AutoscaleOptions {
 }
 
 const EXEC_TIMEOUT_MS = 300_000;
+/** How long an action may take to show in the membership (peers starting, or draining then leaving), ms. */
+const ACTION_SETTLE_MS = 120_000;
 
 export class AutoscaleService {
   private readonly rule: Autoscaler;
@@ -46,6 +48,8 @@ export class AutoscaleService {
   private readonly started: ChildProcess[] = [];
   private seq = 0;
   private lastProvider = '';
+  /** The last action's target, until the alive peers reach it (or ACTION_SETTLE_MS pass). */
+  private awaiting: { desired: number; untilMs: number } | null = null;
 
   constructor(
     private readonly opts: AutoscaleOptions,
@@ -73,6 +77,8 @@ export class AutoscaleService {
       startedPeers: this.started.filter((c) => c.exitCode === null && c.signalCode === null).map((c) => c.pid),
       lastProvider: this.lastProvider,
       decisions: this.rule.recentDecisions().slice(-30),
+      /** The last decisions that acted (up or down), with their reasons. */
+      actions: this.rule.recentDecisions().filter((d) => d.action !== 'none'),
     };
   }
 
@@ -81,6 +87,12 @@ export class AutoscaleService {
     this.busy = true;
     try {
       const members = this.deps.membership.members().filter((m) => m.state === 'alive');
+      // One action at a time: peers being started or drained still count as they were.
+      const now0 = performance.now();
+      if (this.awaiting !== null) {
+        if (members.length !== this.awaiting.desired && now0 < this.awaiting.untilMs) return;
+        this.awaiting = null;
+      }
       const cores = availableParallelism();
       const cpu = members.length === 0 ? 0 : members.reduce((a, m) => a + (m.load?.cpuPercent ?? 0), 0) / members.length / (100 * cores);
       const sched = this.deps.tasks.schedulerStatus() as { queued: number; running: number; workers: Array<{ alive: boolean; freeCpu: number; running: number }> } | null;
@@ -94,6 +106,7 @@ export class AutoscaleService {
       }
       await this.carryOut(d);
       this.rule.acted(performance.now(), d.action);
+      this.awaiting = { desired: d.desired, untilMs: performance.now() + ACTION_SETTLE_MS };
     } catch (err) {
       this.deps.log.warn('autoscaler step failed', { err });
     } finally {

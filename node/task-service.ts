@@ -547,14 +547,24 @@ export class TaskService {
             if (!(r as { ok: boolean }).ok) throw new Error((r as { message?: string }).message ?? 'refused');
           })
           .catch(async (err: unknown) => {
-            // The worker did not take it: this attempt is over.
-            const more = this.sched?.finished(performance.now(), rec.id, d.worker, d.attempt, false, `not started: ${(err as Error).message}`);
-            if (more) await this.apply(more);
+            // The worker did not take it: this attempt is over. Unreachable: dead to the
+            // scheduler until it reports again (its other tasks go elsewhere now, not after
+            // WORKER_SILENCE_MS).
+            const sched = this.sched;
+            if (sched === null) return;
+            const now = performance.now();
+            const more = sched.finished(now, rec.id, d.worker, d.attempt, false, `not started: ${(err as Error).message}`) ?? [];
+            if ((err as Error).name === 'RpcUnavailableError' && !this.deadWorkers.has(d.worker)) {
+              this.deadWorkers.add(d.worker);
+              more.push(...sched.workerDead(now, d.worker));
+              this.opts.log.warn('task worker unreachable: its tasks go elsewhere', { peer: d.worker });
+            }
+            if (more.length > 0) await this.apply(more);
           });
       } else if (d.kind === 'retry') {
         rec.state = 'queued';
         rec.peer = null;
-        rec.reasons.push(d.reason);
+        rec.reasons.push(`${d.reason} (at ${new Date().toISOString()})`);
         this.counters.retried++;
         await this.saveRecord(rec);
       } else {

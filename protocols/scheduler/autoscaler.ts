@@ -105,14 +105,21 @@ export class Autoscaler {
     raw = Math.min(p.maxPeers, Math.max(p.minPeers, raw));
     this.recs.push({ atMs: nowMs, desired: raw });
     const horizon = Math.max(p.scaleUpWindowMs, p.scaleDownWindowMs);
-    while (this.recs.length > 0 && this.recs[0]!.atMs < nowMs - horizon) this.recs.shift();
-    const within = (ms: number): number[] => this.recs.filter((r) => r.atMs >= nowMs - ms).map((r) => r.desired);
-    const oldest = this.recs[0]!.atMs;
-    // Up: the lowest recommendation of the window, once the window is covered by samples.
-    const upFull = nowMs - oldest >= p.scaleUpWindowMs;
-    const downFull = nowMs - oldest >= p.scaleDownWindowMs;
-    const up = Math.min(...within(p.scaleUpWindowMs));
-    const down = Math.max(...within(p.scaleDownWindowMs));
+    // Keep one recommendation at or before the horizon: it covers the start of the window.
+    while (this.recs.length > 1 && this.recs[1]!.atMs <= nowMs - horizon) this.recs.shift();
+    /** The recommendations of the last `ms` (with the one in force at its start), or null before samples cover it. */
+    const window = (ms: number): number[] | null => {
+      let start = -1;
+      for (let i = 0; i < this.recs.length; i++) if (this.recs[i]!.atMs <= nowMs - ms) start = i;
+      if (start < 0) return ms === 0 ? [raw] : null;
+      return this.recs.slice(start).map((r) => r.desired);
+    };
+    const upRecs = window(p.scaleUpWindowMs);
+    const downRecs = window(p.scaleDownWindowMs);
+    const upFull = upRecs !== null;
+    const downFull = downRecs !== null;
+    const up = upRecs === null ? current : Math.min(...upRecs);
+    const down = downRecs === null ? current : Math.max(...downRecs);
     let desired = current;
     let why: string;
     if (current < p.minPeers) {

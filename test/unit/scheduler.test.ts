@@ -208,6 +208,19 @@ describe('autoscaler core', () => {
     assert.throws(() => new Autoscaler({ minPeers: 5, maxPeers: 3 }), /maxPeers/);
   });
 
+  it('acts once a short window is covered by samples, whatever the sampling period', () => {
+    // Samples every 2 s, windows of 5 s: a window never starts exactly on a sample.
+    const a = new Autoscaler({ minPeers: 3, maxPeers: 9, scaleUpWindowMs: 5000, scaleDownWindowMs: 5000, cooldownMs: 0 });
+    let t = 0;
+    let down: number | null = null;
+    for (; t <= 30_000 && down === null; t += 2000) if (a.observe(t, sample(5, 0.05)).action === 'down') down = t;
+    assert.ok(down !== null && down >= 5000 && down <= 8000, `scaled down at ${down} ms`);
+    let up: number | null = null;
+    const from = t;
+    for (; t <= from + 30_000 && up === null; t += 2000) if (a.observe(t, sample(3, 1.0)).action === 'up') up = t - from;
+    assert.ok(up !== null && up >= 5000 && up <= 8000, `scaled up ${up} ms after the step`);
+  });
+
   it('counts queued tasks as demand when CPUs idle', () => {
     const a = new Autoscaler({ ...policy, scaleUpWindowMs: 0 });
     const d = a.observe(0, { peers: 3, cpuUtilization: 0.1, tasksDemand: 30, taskSlots: 12 });
