@@ -158,7 +158,7 @@ export class TaskService {
   private readonly records = new Map<string, TaskRecord>();
   private openVersion = 0;
   private openDirty = false;
-  private openWaiters: Array<() => void> = [];
+  private openWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
   private flushing = false;
   private readonly lastReport = new Map<string, number>();
   private readonly deadWorkers = new Set<string>();
@@ -183,7 +183,7 @@ export class TaskService {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     for (const ac of this.running.values()) ac.abort();
-    for (const w of this.openWaiters.splice(0)) w();
+    for (const w of this.openWaiters.splice(0)) w.reject(new TaskError('unavailable', 'stopping'));
     await this.rpc.stop();
   }
 
@@ -442,40 +442,80 @@ export class TaskService {
   /** Writes the open list (batched: every caller waits for a write made after its change). */
   private persistOpen(): Promise<void> {
     this.openDirty = true;
-    const p = new Promise<void>((resolve) => this.openWaiters.push(resolve));
+    const p = new Promise<void>((resolve, reject) => this.openWaiters.push({ resolve, reject }));
     void this.flushOpen();
     return p;
   }
 
+  /**
+   * Writes the open list until a write made after every waiter's change succeeds. A write that
+   * failed may still have applied (an `indeterminate` answer at a primary hand-over): the version
+   * is read again and the list written again (this peer is its only writer). Waiters learn of
+   * success only once it is stored, so a task is never acknowledged without being findable.
+   */
   private async flushOpen(): Promise<void> {
     if (this.flushing) return;
     this.flushing = true;
+    let failures = 0;
     try {
-      for (let i = 0; i < 1000 && this.openDirty && !this.stopped; i++) {
+      for (let i = 0; i < 10_000 && this.openDirty && !this.stopped; i++) {
         this.openDirty = false;
         const waiters = this.openWaiters.splice(0);
         const ids = [...this.records.values()].filter((r) => r.state === 'queued' || r.state === 'running').map((r) => r.id);
         try {
+          if (!this.opts.coordinator.isLeader) throw new TaskError('unavailable', 'no longer the coordinator');
           const w = await this.opts.kv.put(OPEN_KEY, JSON.stringify({ ids }), { ifVersion: this.openVersion });
           this.openVersion = w.version;
+          failures = 0;
+          for (const x of waiters) x.resolve();
           if (this.recentDirty) {
             this.recentDirty = false;
             await this.opts.kv.put(RECENT_KEY, JSON.stringify({ ids: this.recent })).catch(() => (this.recentDirty = true));
           }
         } catch (err) {
-          // Another coordinator wrote it: this one is stale; rebuild from the store.
-          this.opts.log.warn('task open list not written; reloading', { err });
-          this.sched = null;
+          failures++;
+          if (failures > 20 || !this.opts.coordinator.isLeader) {
+            this.opts.log.warn('task open list not written; the queue is reloaded from the store', { err });
+            this.sched = null;
+            for (const x of waiters) x.reject(new TaskError('unavailable', 'the task list could not be written; retry'));
+            continue;
+          }
+          this.openWaiters.unshift(...waiters);
+          this.openDirty = true;
+          await sleep(Math.min(1000, 50 * failures));
+          const cur = await this.opts.kv.get(OPEN_KEY).catch(() => null);
+          if (cur !== null) this.openVersion = cur.version;
         }
-        for (const w of waiters) w();
       }
     } finally {
       this.flushing = false;
     }
   }
 
-  private async saveRecord(rec: TaskRecord): Promise<void> {
-    await this.opts.kv.put(taskKey(rec.id), JSON.stringify(rec)).catch((err: unknown) => this.opts.log.warn('task record not written', { id: rec.id, err }));
+  /** Writes of one record, one at a time (a later state never lands before an earlier one). */
+  private readonly recordWrites = new Map<string, Promise<void>>();
+
+  /** Writes a task's record (its state at the time of each try), retried for about 20 s. */
+  private saveRecord(rec: TaskRecord): Promise<void> {
+    const prev = this.recordWrites.get(rec.id) ?? Promise.resolve();
+    const next = prev.then(() => this.writeRecord(rec));
+    this.recordWrites.set(rec.id, next);
+    void next.finally(() => {
+      if (this.recordWrites.get(rec.id) === next) this.recordWrites.delete(rec.id);
+    });
+    return next;
+  }
+
+  private async writeRecord(rec: TaskRecord): Promise<void> {
+    for (let attempt = 0; attempt < 40 && !this.stopped; attempt++) {
+      try {
+        await this.opts.kv.put(taskKey(rec.id), JSON.stringify(rec));
+        return;
+      } catch (err) {
+        if (attempt === 39) this.opts.log.warn('task record not written', { id: rec.id, err });
+        await sleep(Math.min(500, 50 * (attempt + 1)));
+      }
+    }
   }
 
   private async finish(rec: TaskRecord): Promise<void> {

@@ -1,5 +1,5 @@
 /**
- * Large values through real `shoal` processes (issue 14): 3 peers take 96 MB of 1 MiB values
+ * Large values through real `shoal` processes (issue 14): 3 peers take 80 MB of 1 MiB values
  * from concurrent clients with no put refused or timed out (a failover under the saturating load
  * may make a put in flight `indeterminate` or `unavailable`: bounded, retried, counted), at most 2 shards paused
  * at once, no replication stream reset and every value read back; then the cluster grows to 5 and settles with every shard fully in sync
@@ -14,10 +14,10 @@ import { Cluster } from './process-cluster.js';
 
 const MB = 1024 * 1024;
 /**
- * SHOAL_LARGE_MB overrides the load size. The suite uses 96 (it used 200 until the suite's
+ * SHOAL_LARGE_MB overrides the load size. The suite uses 80 (it used 200 until the suite's
  * 10-minute budget needed the time for the move and task tests; `npm run bench:large` loads 200 and more).
  */
-const LOAD_MB = Number(process.env.SHOAL_LARGE_MB ?? 96);
+const LOAD_MB = Number(process.env.SHOAL_LARGE_MB ?? 80);
 
 describe('store: large values through 3 processes, then growth to 5', function () {
   this.timeout(420_000);

@@ -92,7 +92,7 @@ describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a work
       Array.from({ length: 8 }, async (_, w) => {
         for (let guard = 0; guard < 2000 && queue.length > 0; guard++) {
           const i = queue.shift()!;
-          const r = await post(c.peers[(i + w) % 3]!.httpAddress, { type: 'sleep', payload: { ms: 100 }, timeoutMs: 20_000, maxAttempts: 5 });
+          const r = await post(c.peers[(i + w) % 3]!.httpAddress, { type: 'sleep', payload: { ms: 50 }, timeoutMs: 20_000, maxAttempts: 5 });
           assert.equal(r.status, 202, JSON.stringify(r.json));
           ids.push(String(r.json.id));
         }
