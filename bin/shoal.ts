@@ -657,8 +657,39 @@ async function cmdStatus(argv: string[]): Promise<number> {
   const timeoutMs = intFlag(values['timeout-ms'], '--timeout-ms') ?? 5000;
   const hostPort = await peerAddress(values);
   const status = (await fetchJson(hostPort, '/v1/status', timeoutMs)) as PeerStatus;
-  process.stdout.write(values.json === true ? JSON.stringify(status, null, 2) + '\n' : formatStatusTable(status));
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(status, null, 2) + '\n');
+    return 0;
+  }
+  let table = formatStatusTable(status);
+  // Moves in flight, with their bytes, rate and ETA where a snapshot streams (best effort).
+  const moves = ((await fetchJson(hostPort, '/v1/moves', timeoutMs).catch(() => null)) as { moves?: MoveLine[] } | null)?.moves ?? [];
+  if (moves.length > 0) table += formatMoves(moves);
+  process.stdout.write(table);
   return 0;
+}
+
+interface MoveLine {
+  shard: number;
+  to: string;
+  from: string | null;
+  bytesDone: number | null;
+  bytesTotal: number | null;
+  rateBps: number | null;
+  etaMs: number | null;
+}
+
+function formatMoves(moves: MoveLine[]): string {
+  const mb = (b: number): string => `${(b / 1048576).toFixed(1)} MB`;
+  const lines = moves.slice(0, 20).map((m) => {
+    const bytes = m.bytesDone === null ? 'catching up' : `${mb(m.bytesDone)}${m.bytesTotal !== null ? ` of ~${mb(m.bytesTotal)}` : ''}`;
+    const rate = m.rateBps !== null && m.rateBps > 0 ? `, ${mb(m.rateBps)}/s` : '';
+    const eta = m.etaMs !== null ? `, ETA ${formatMs(m.etaMs)}` : '';
+    const id = (x: string | null): string => (x === null ? 'none' : `…${x.slice(-8)}`);
+    return `  shard ${String(m.shard).padStart(4)}  ${id(m.from)} -> ${id(m.to)}  ${bytes}${rate}${eta}`;
+  });
+  const more = moves.length > 20 ? [`  ... and ${moves.length - 20} more (GET /v1/moves)`] : [];
+  return ['', `moves in flight (${moves.length}):`, ...lines, ...more].join('\n') + '\n';
 }
 
 function formatMs(ms: number): string {
