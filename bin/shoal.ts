@@ -19,7 +19,7 @@ import { READ_CONSISTENCIES } from '../node/store-api.js';
 import { READ_POLICIES, type ReadPolicy } from '../node/store-api.js';
 import { runDemo } from './demo.js';
 import { isValidHttpToken } from '../node/http/request-guard.js';
-import type { DrainStatus } from '../node/store-service.js';
+import type { DrainStatus, MoveInfo } from '../node/store-service.js';
 
 /** Usage errors exit 2; runtime failures exit 1. */
 class UsageError extends Error {
@@ -663,23 +663,13 @@ async function cmdStatus(argv: string[]): Promise<number> {
   }
   let table = formatStatusTable(status);
   // Moves in flight, with their bytes, rate and ETA where a snapshot streams (best effort).
-  const moves = ((await fetchJson(hostPort, '/v1/moves', timeoutMs).catch(() => null)) as { moves?: MoveLine[] } | null)?.moves ?? [];
+  const moves = ((await fetchJson(hostPort, '/v1/moves', timeoutMs).catch(() => null)) as { moves?: MoveInfo[] } | null)?.moves ?? [];
   if (moves.length > 0) table += formatMoves(moves);
   process.stdout.write(table);
   return 0;
 }
 
-interface MoveLine {
-  shard: number;
-  to: string;
-  from: string | null;
-  bytesDone: number | null;
-  bytesTotal: number | null;
-  rateBps: number | null;
-  etaMs: number | null;
-}
-
-function formatMoves(moves: MoveLine[]): string {
+function formatMoves(moves: MoveInfo[]): string {
   const mb = (b: number): string => `${(b / 1048576).toFixed(1)} MB`;
   const lines = moves.slice(0, 20).map((m) => {
     const bytes = m.bytesDone === null ? 'catching up' : `${mb(m.bytesDone)}${m.bytesTotal !== null ? ` of ~${mb(m.bytesTotal)}` : ''}`;

@@ -49,15 +49,9 @@ const TICK_MS = 50;
 const RECENT_KEPT = 500;
 const MAX_OPEN = 20_000;
 
-export interface TaskRecord {
+/** A task's record: what was submitted, and where it stands. */
+export interface TaskRecord extends TaskSubmission {
   id: string;
-  type: string;
-  payload: unknown;
-  priority: number;
-  resources: { cpu: number; memMb: number };
-  idempotencyKey: string | null;
-  timeoutMs: number;
-  maxAttempts: number;
   state: TaskState;
   attempts: number;
   /** The peer running (or that last ran) it. */
@@ -245,7 +239,7 @@ export class TaskService {
       const leader = this.opts.coordinator.status().coordinator;
       try {
         if (leader === null) throw new TaskError('unavailable', 'no coordinator');
-        if (leader === this.self) return await this.handle2(this.self, m);
+        if (leader === this.self) return await this.dispatchMessage(this.self, m);
         const bytes = await this.rpc.request(leader, json(m), { timeoutMs: Math.max(100, Math.min(5000, Math.round(deadline - performance.now()))) });
         const r = JSON.parse(dec.decode(bytes)) as { ok: boolean; code?: string; message?: string };
         if (r.ok) return r;
@@ -272,14 +266,14 @@ export class TaskService {
       return json({ ok: false, code: 'invalid_task', message: 'not JSON' });
     }
     try {
-      return json(await this.handle2(from, m));
+      return json(await this.dispatchMessage(from, m));
     } catch (err) {
       const code = err instanceof TaskError ? err.code : err instanceof TaskInputError ? 'invalid_task' : 'unavailable';
       return json({ ok: false, code, message: (err as Error).message });
     }
   }
 
-  private async handle2(from: string, m: Msg): Promise<Record<string, unknown>> {
+  private async dispatchMessage(from: string, m: Msg): Promise<Record<string, unknown>> {
     if (typeof m !== 'object' || m === null) throw new TaskError('invalid_task', 'not a message');
     // Only members of the map take part.
     if (from !== this.self && !Object.hasOwn(this.opts.coordinator.mapView().members, from)) throw new TaskError('unavailable', `${from} is not a member`);
@@ -414,14 +408,8 @@ export class TaskService {
       }
     }
     const rec: TaskRecord = {
+      ...t,
       id,
-      type: t.type,
-      payload: t.payload,
-      priority: t.priority,
-      resources: t.resources,
-      idempotencyKey: t.idempotencyKey,
-      timeoutMs: t.timeoutMs,
-      maxAttempts: t.maxAttempts,
       state: 'queued',
       attempts: 0,
       peer: null,
@@ -581,7 +569,7 @@ export class TaskService {
         this.counters.dispatched++;
         await this.saveRecord(rec);
         const run: Msg = { op: 'run', id: rec.id, type: rec.type, payload: rec.payload, attempt: d.attempt, timeoutMs: rec.timeoutMs };
-        const send = d.worker === this.self ? this.handle2(this.self, run) : this.rpc.request(d.worker, json(run), { timeoutMs: 5000 }).then((b) => JSON.parse(dec.decode(b)) as { ok: boolean; message?: string });
+        const send = d.worker === this.self ? this.dispatchMessage(this.self, run) : this.rpc.request(d.worker, json(run), { timeoutMs: 5000 }).then((b) => JSON.parse(dec.decode(b)) as { ok: boolean; message?: string });
         void send
           .then((r) => {
             if (!(r as { ok: boolean }).ok) throw new Error((r as { message?: string }).message ?? 'refused');

@@ -138,10 +138,6 @@ export class ReplicaLog {
     return n;
   }
 
-  /**
-   * Where to trim: keep the last `keepGroups` groups up to `limitSeq` (committed and applied) for
-   * lagging replicas, fewer if they hold more than `maxBytes`; never past `limitSeq`.
-   */
   /** The lowest seq ≥ fromSeq (and ≤ limitSeq) after which the log holds at most maxBytes. */
   keepAtMostBytes(fromSeq: number, maxBytes: number, limitSeq: number): number {
     let seq = Math.max(fromSeq, this.trimSeqValue);
@@ -153,15 +149,14 @@ export class ReplicaLog {
     return seq;
   }
 
+  /**
+   * Where to trim: keep the last `keepGroups` groups up to `limitSeq` (committed and applied) for
+   * lagging replicas, fewer if they hold more than `maxBytes`; never past `limitSeq`.
+   */
   trimPointFor(limitSeq: number, keepGroups: number, maxBytes: number): number {
     let target = limitSeq - keepGroups;
     // Bytes bound: trim further (but never past limitSeq) while the kept window is too large.
-    let kept = this.bytesAfter(Math.max(target, this.trimSeqValue));
-    let seq = Math.max(target, this.trimSeqValue);
-    while (kept > maxBytes && seq < limitSeq) {
-      seq++;
-      kept -= this.sizes[seq - this.trimSeqValue - 1]!;
-    }
+    const seq = this.keepAtMostBytes(target, maxBytes, limitSeq);
     target = Math.max(target, seq);
     return Math.min(target, limitSeq);
   }

@@ -307,13 +307,18 @@ export class Scheduler {
     const fits = (w: Worker): boolean => w.cpu + EPS >= t.cpu && w.memMb + EPS >= t.memMb && w.types.includes(t.type);
     const candidates = live.filter(fits);
     if (candidates.length === 0) return null;
+    const estimates = new Map<Worker, { total: number; wait: number; run: number }>();
     const estimate = (w: Worker): { total: number; wait: number; run: number } => {
-      const s = w.stats.get(t.type) ?? this.typeMean.get(t.type);
-      const dur = s?.durationMs ?? this.config.priorDurationMs;
-      const fail = Math.min(0.9, s?.failureRate ?? 0);
-      const run = dur / (1 - fail);
-      const wait = this.waitFor(nowMs, w, t);
-      return { total: wait + run, wait, run };
+      let e = estimates.get(w);
+      if (e === undefined) {
+        const s = w.stats.get(t.type) ?? this.typeMean.get(t.type);
+        const dur = s?.durationMs ?? this.config.priorDurationMs;
+        const fail = Math.min(0.9, s?.failureRate ?? 0);
+        const run = dur / (1 - fail);
+        const wait = this.waitFor(nowMs, w, t);
+        estimates.set(w, (e = { total: wait + run, wait, run }));
+      }
+      return e;
     };
     // The draw: `choices` at random, plus the best free worker.
     const drawn = new Set<Worker>();
@@ -329,8 +334,9 @@ export class Scheduler {
     let bestFree: Worker | null = null;
     let bestFreeRun = Infinity;
     for (const w of candidates) {
-      if (this.waitFor(nowMs, w, t) > 0) continue;
-      const r = estimate(w).run;
+      const e = estimate(w);
+      if (e.wait > 0) continue;
+      const r = e.run;
       if (r < bestFreeRun) {
         bestFree = w;
         bestFreeRun = r;

@@ -15,17 +15,12 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { join } from 'node:path';
 import type { ShardSummary } from '../../node/store-api.js';
+import type { MoveInfo } from '../../node/store-service.js';
 import type { FinalRead } from '../checker/lost-writes.js';
 import { ProcessPeer, runCli, waitFor } from './harness.js';
 import { metricSum } from './bulk-load.js';
 import { Cluster, kvPath, request } from './process-cluster.js';
 import { checkHistory, finalReads, Workload } from './workload.js';
-
-interface Move {
-  shard: number;
-  to: string;
-  bytesDone: number | null;
-}
 
 describe('store: grow, drain, capacity, SIGTERM and leave under a checked workload', function () {
   this.timeout(300_000);
@@ -76,7 +71,7 @@ describe('store: grow, drain, capacity, SIGTERM and leave under a checked worklo
       for (let i = 0; polling && i < 10_000; i++) {
         for (const p of c.peers.filter((x) => x.running)) {
           try {
-            const { moves } = (await (await fetch(`http://${p.httpAddress}/v1/moves`, { signal: AbortSignal.timeout(2000) })).json()) as { moves: Move[] };
+            const { moves } = (await (await fetch(`http://${p.httpAddress}/v1/moves`, { signal: AbortSignal.timeout(2000) })).json()) as { moves: MoveInfo[] };
             movesSeen = Math.max(movesSeen, moves.length);
           } catch {
             // a peer that is leaving

@@ -14,27 +14,18 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { join } from 'node:path';
+import type { MoveInfo } from '../../node/store-service.js';
 import { loadLargeValues, metricSum, readBack } from './bulk-load.js';
 import { ProcessPeer, waitFor } from './harness.js';
 import { Cluster, kvPath, request } from './process-cluster.js';
 
-interface Move {
-  shard: number;
-  to: string;
-  from: string | null;
-  bytesDone: number | null;
-  bytesTotal: number | null;
-  rateBps: number | null;
-  etaMs: number | null;
-}
-
-async function movesSeen(c: Cluster): Promise<Move[]> {
-  const out: Move[] = [];
+async function movesSeen(c: Cluster): Promise<MoveInfo[]> {
+  const out: MoveInfo[] = [];
   for (const p of c.peers) {
     if (!p.running) continue;
     try {
       const res = await fetch(`http://${p.httpAddress}/v1/moves`, { signal: AbortSignal.timeout(2000) });
-      out.push(...((await res.json()) as { moves: Move[] }).moves);
+      out.push(...((await res.json()) as { moves: MoveInfo[] }).moves);
     } catch {
       // A peer that is restarting answers on the next poll.
     }

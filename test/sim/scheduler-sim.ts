@@ -12,6 +12,7 @@
  *
  * Workers can also die (their tasks are given to the policy again at once) to count losses.
  */
+import { IndexMinHeap } from '../../protocols/placement/min-heap.js';
 import { SeededRandom } from '../../protocols/random.js';
 import { Scheduler, type SchedulerConfig } from '../../protocols/scheduler/scheduler.js';
 
@@ -59,45 +60,25 @@ interface Running {
   attempt: number;
 }
 
-/** A small binary heap of events by time (ties by insertion). */
+/** Events by time, ties in insertion order (on the placement module's index heap). */
 class Events<T> {
-  private heap: Array<{ at: number; n: number; v: T }> = [];
-  private n = 0;
+  private readonly at: number[] = [];
+  private readonly values: Array<T | undefined> = [];
+  private readonly heap = new IndexMinHeap((a, b) => this.at[a]! < this.at[b]! || (this.at[a] === this.at[b] && a < b));
   push(at: number, v: T): void {
-    const h = this.heap;
-    h.push({ at, n: this.n++, v });
-    let i = h.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (h[p]!.at < h[i]!.at || (h[p]!.at === h[i]!.at && h[p]!.n < h[i]!.n)) break;
-      [h[p], h[i]] = [h[i]!, h[p]!];
-      i = p;
-    }
+    this.at.push(at);
+    this.values.push(v);
+    this.heap.push(this.at.length - 1);
   }
   pop(): { at: number; v: T } | undefined {
-    const h = this.heap;
-    if (h.length === 0) return undefined;
-    const top = h[0]!;
-    const last = h.pop()!;
-    if (h.length > 0) {
-      h[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        const less = (a: number, b: number): boolean => h[a]!.at < h[b]!.at || (h[a]!.at === h[b]!.at && h[a]!.n < h[b]!.n);
-        if (l < h.length && less(l, m)) m = l;
-        if (r < h.length && less(r, m)) m = r;
-        if (m === i) break;
-        [h[m], h[i]] = [h[i]!, h[m]!];
-        i = m;
-      }
-    }
-    return { at: top.at, v: top.v };
+    const i = this.heap.pop();
+    if (i === undefined) return undefined;
+    const v = this.values[i]!;
+    this.values[i] = undefined;
+    return { at: this.at[i]!, v };
   }
   get size(): number {
-    return this.heap.length;
+    return this.heap.size;
   }
 }
 
