@@ -7,10 +7,10 @@ import { join as joinPath } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { DEFAULT_PEER_OPTIONS, parseHostPort, validateJoinAddr, validateListenAddr, type PeerOptions } from '../node/config.js';
 import { ConfigError, PeerStartError } from '../node/errors.js';
-import { createPeer, type Peer } from '../node/peer.js';
-import { newSwarmKey } from '../node/swarm-key.js';
+// peer.js and swarm-key.js pull in libp2p (half a second to load): imported where used, so
+// client commands (get, put, status, ...) start fast.
+import type { Peer } from '../node/peer.js';
 import { decodeJoinToken, looksLikeJoinToken } from '../node/join-token.js';
-import { JOIN_TOKEN_FILE } from '../node/cluster-key.js';
 import { LOG_LEVELS } from '../node/log.js';
 import { DEFAULT_MEMBERSHIP_CONFIG } from '../protocols/membership/config.js';
 import { DEFAULT_RAFT_CONFIG } from '../protocols/raft/config.js';
@@ -488,6 +488,7 @@ async function cmdStart(argv: string[]): Promise<number> {
   if (values['http-token-file'] !== undefined) options.httpTokenFile = values['http-token-file'];
   if (values['log-level'] !== undefined) options.logLevel = values['log-level'] as PeerOptions['logLevel'];
 
+  const { createPeer } = await import('../node/peer.js');
   const peer = await createPeer(options);
   const lines = [
     `shoal peer ${peer.peerId}`,
@@ -842,6 +843,7 @@ async function cmdToken(argv: string[]): Promise<number> {
     return 0;
   }
   const dir = values['data-dir'] ?? DEFAULT_PEER_OPTIONS.dataDir;
+  const { JOIN_TOKEN_FILE } = await import('../node/cluster-key.js');
   const file = joinPath(dir, JOIN_TOKEN_FILE);
   let text: string;
   try {
@@ -877,6 +879,7 @@ async function cmdKeygen(argv: string[]): Promise<number> {
     throw new PeerStartError('SWARM_KEY', `${file} already exists; use --force to overwrite it`);
   }
   try {
+    const { newSwarmKey } = await import('../node/swarm-key.js');
     await writeFile(file, newSwarmKey(), { mode: 0o600 });
   } catch (err) {
     throw new PeerStartError('SWARM_KEY', `cannot write ${file}: ${(err as Error).message}`);
