@@ -113,8 +113,8 @@ Store options:
                             moves (a join, drain, leave or capacity change); default unlimited
   --stop-drain-ms N         on SIGTERM, move this peer's replicas to the others for up to N ms
                             before leaving (default 300000; 0: leave at once, as SIGINT does)
-  --task-slots N            CPU cores tasks may hold at once on this peer (default: its CPU
-                            count x --capacity)
+  --task-slots N            CPU cores tasks may hold at once on this peer at capacity 1
+                            (default: its CPU count); it offers N x its capacity
   --autoscale MODE          off (default), dry-run (log decisions only), exec (run
                             --autoscale-exec CMD with {count}), local (start and stop shoal
                             processes on this machine); acts while this peer is coordinator

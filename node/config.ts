@@ -89,7 +89,7 @@ export interface PeerOptions {
     /** `local`: parent directory of the data dirs of the peers it starts. Default: DATA_DIR/autoscaled. */
     dir: string | null;
   };
-  /** Task slots (CPU cores tasks may hold at once) this peer offers; null: its CPU count × capacity. */
+  /** Task slots (CPU cores tasks may hold at once) this peer offers at capacity 1 (it offers this × its capacity); null: its CPU count. */
   taskSlots: number | null;
   /** Op-log groups a shard keeps after applying them, for backups that fall behind; further behind, a replica gets a snapshot. Default 256. */
   logRetainGroups: number;

@@ -255,8 +255,8 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     });
     await kv.start();
     cleanup.push(() => kv.stop());
-    const taskRes = TaskService.defaults(opts.capacity);
-    const tasks = new TaskService({ host, coordinator, kv, log: log.child({ component: 'tasks' }), slots: opts.taskSlots ?? taskRes.slots, memMb: taskRes.memMb });
+    const taskRes = TaskService.defaults();
+    const tasks = new TaskService({ host, coordinator, kv, log: log.child({ component: 'tasks' }), slotsPerCapacity: opts.taskSlots ?? taskRes.slotsPerCapacity, memMb: taskRes.memMb });
     await tasks.start();
     cleanup.push(() => tasks.stop());
     let joinTokenNow: string | null = null;

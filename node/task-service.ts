@@ -79,8 +79,12 @@ export interface TaskServiceOptions {
   coordinator: Coordinator;
   kv: StoreService;
   log: Logger;
-  /** Task slots this peer offers (CPU cores tasks may hold). Default: its CPU count × capacity. */
-  slots: number;
+  /**
+   * Task slots this peer offers at capacity 1 (CPU cores tasks may hold). The slots it reports
+   * are this × its capacity in the committed cluster map (at least 1), so a capacity change
+   * (`shoal capacity`, `PUT /v1/cluster/members/{id}`) moves its share of tasks as well as of data.
+   */
+  slotsPerCapacity: number;
   memMb: number;
 }
 
@@ -163,8 +167,14 @@ export class TaskService {
     this.rpc = new RpcEndpoint({ host: opts.host, protocol: TASK_PROTOCOL_ID, handler: (from, body) => this.onRpc(from, body), log: opts.log });
   }
 
-  static defaults(capacity: number): { slots: number; memMb: number } {
-    return { slots: Math.max(1, Math.round(availableParallelism() * capacity)), memMb: Math.round((totalmem() / 1048576) * 0.5) };
+  static defaults(): { slotsPerCapacity: number; memMb: number } {
+    return { slotsPerCapacity: availableParallelism(), memMb: Math.round((totalmem() / 1048576) * 0.5) };
+  }
+
+  /** The task slots this peer offers now: slots per capacity × its capacity in the committed map. */
+  slots(): number {
+    const capacity = this.opts.coordinator.mapView().members[this.self]?.capacity ?? 1;
+    return Math.max(1, Math.min(4096, Math.round(this.opts.slotsPerCapacity * capacity)));
   }
 
   async start(): Promise<void> {
@@ -315,7 +325,7 @@ export class TaskService {
 
   private async report(): Promise<void> {
     if (this.stopped) return;
-    await this.toCoordinator({ op: 'worker', types: [...this.handlers.keys()], cpu: this.opts.slots, memMb: this.opts.memMb }, 400).catch(() => {});
+    await this.toCoordinator({ op: 'worker', types: [...this.handlers.keys()], cpu: this.slots(), memMb: this.opts.memMb }, 400).catch(() => {});
   }
 
   private runHere(from: string, m: Extract<Msg, { op: 'run' }>): Record<string, unknown> {

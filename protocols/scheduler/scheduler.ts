@@ -281,13 +281,13 @@ export class Scheduler {
   }
 
   /** Tasks queued and running, and per worker what it runs and its free resources. */
-  summary(): { queued: number; running: number; workers: Array<{ id: string; alive: boolean; running: number; freeCpu: number; freeMemMb: number }> } {
+  summary(): { queued: number; running: number; workers: Array<{ id: string; alive: boolean; running: number; cpu: number; freeCpu: number; memMb: number; freeMemMb: number }> } {
     let running = 0;
     for (const t of this.tasks.values()) if (t.state === 'running') running++;
     return {
       queued: this.queue.length,
       running,
-      workers: [...this.workers.values()].map((w) => ({ id: w.id, alive: w.alive, running: w.running.size, freeCpu: w.cpu - w.usedCpu, freeMemMb: w.memMb - w.usedMemMb })),
+      workers: [...this.workers.values()].map((w) => ({ id: w.id, alive: w.alive, running: w.running.size, cpu: w.cpu, freeCpu: w.cpu - w.usedCpu, memMb: w.memMb, freeMemMb: w.memMb - w.usedMemMb })),
     };
   }
 
