@@ -127,6 +127,7 @@ export class AutoscaleService {
         child.on('error', () => resolve(-1));
       });
       this.lastProvider = `exec ${JSON.stringify(cmd)} exited ${code}`;
+      if (code !== 0) this.deps.log.warn('autoscaler command failed', { command: cmd, exitCode: code });
       return;
     }
     // local

@@ -5,7 +5,10 @@
  * placed on it. The process test (tasks-process.test.ts) covers deaths and the autoscaler.
  */
 import assert from 'node:assert/strict';
-import type { Peer } from '../../node/index.js';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createPeer, type Peer } from '../../node/index.js';
+import { createLogger } from '../../node/log.js';
 import { makeTempDir, removeDir, waitFor } from './harness.js';
 import { startWritableCluster } from './kv-cluster.js';
 
@@ -82,5 +85,48 @@ describe('tasks: 3 peers in one process (library API)', function () {
     const rec = await t.result(30_000);
     assert.equal(rec.state, 'succeeded', JSON.stringify(rec));
     assert.equal(rec.peer, b.peerId);
+  });
+});
+
+describe('autoscaler: the exec provider runs the operator command with the desired count', function () {
+  this.timeout(60_000);
+  let dir: string;
+  let peer: Peer | null = null;
+  after(async () => {
+    await peer?.stop().catch(() => {});
+    await removeDir(dir);
+  });
+
+  it('one peer below --autoscale-min 2 runs the command once with {count} = 2 and SHOAL_CURRENT_PEERS = 1', async () => {
+    dir = await makeTempDir();
+    const out = join(dir, 'scale.log');
+    peer = await createPeer(
+      {
+        dataDir: join(dir, 'p0'),
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        http: '127.0.0.1:0',
+        autoscale: {
+          mode: 'exec',
+          minPeers: 2,
+          maxPeers: 4,
+          targetUtilization: 0.6,
+          scaleUpWindowMs: 500,
+          cooldownMs: 1000,
+          execCommand: `printf '%s %s\\n' {count} "$SHOAL_CURRENT_PEERS" >> '${out}'`,
+          dir: null,
+        },
+      },
+      { log: createLogger('silent') },
+    );
+    await waitFor('the command to run', async () => (await readFile(out, 'utf8').catch(() => '')).length > 0, { timeoutMs: 30_000, intervalMs: 100 });
+    const res = await fetch(`http://${peer.httpAddress}/v1/autoscaler`);
+    const { autoscaler } = (await res.json()) as { autoscaler: { mode: string; lastProvider: string; actions: Array<{ action: string; desired: number; reason: string }> } };
+    assert.equal(autoscaler.mode, 'exec');
+    assert.match(autoscaler.lastProvider, /exited 0$/);
+    assert.equal(autoscaler.actions[0]?.action, 'up', JSON.stringify(autoscaler.actions));
+    assert.equal(autoscaler.actions[0]?.desired, 2);
+    // One action at a time: while the peers have not reached 2, the command does not run again.
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(await readFile(out, 'utf8'), '2 1\n');
   });
 });
