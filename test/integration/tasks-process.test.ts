@@ -4,7 +4,9 @@
  * submitted through every peer make it start two more `shoal start` processes (5 peers); a worker
  * is SIGKILLed while it runs some; every task still completes (its tasks are dispatched again
  * within seconds), none fails. Once idle, the autoscaler stops peers it started (they drain,
- * then leave) down to 3 alive. An idempotency key gives one task; a bad field is a 400 naming it.
+ * then leave) down to 3 alive. Then the coordinator is SIGKILLed under 150 more tasks: the next
+ * one rebuilds the queue from the store and every task completes. An idempotency key gives one
+ * task; a bad field is a 400 naming it.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -17,6 +19,7 @@ interface Rec {
   attempts: number;
   peer: string | null;
   reasons: string[];
+  finishedAt?: number | null;
 }
 
 async function post(address: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
@@ -36,7 +39,7 @@ async function autoscaler(address: string): Promise<AutoscalerStatus | null> {
   return ((await res.json()) as { autoscaler: AutoscalerStatus }).autoscaler;
 }
 
-describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a worker killed mid-run', function () {
+describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a worker and then the coordinator killed mid-run', function () {
   this.timeout(240_000);
   let cluster: Cluster | null = null;
   const startedPids = new Set<number>();
@@ -172,5 +175,75 @@ describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a work
     console.log(`      autoscaler actions: ${decisions.filter((d) => d.action !== 'none').map((d) => `${d.action} ${d.current}->${d.desired} (${d.reason})`).join(' | ')}`);
     assert.ok(decisions.some((d) => d.action === 'up'), 'a scale-up decision');
     assert.ok(decisions.some((d) => d.action === 'down'), 'a scale-down decision');
+
+    // The coordinator SIGKILLed while tasks are queued and running on it and the others: the
+    // next coordinator rebuilds the queue from the store, gives up the dead one's attempts once
+    // it stays silent, and every task completes.
+    for (const pid of (await autoscaler(coordPeer.httpAddress))?.startedPeers ?? []) startedPids.add(pid);
+    const asker0 = c.peers.find((p) => p.running)!;
+    await waitFor(
+      'three live voters (so the coordinator can be replaced)',
+      async () => {
+        const s = await c.status(asker0);
+        const aliveIds = new Set(s.members.filter((m) => m.state === 'alive').map((m) => m.peerId));
+        return s.voters.length === 3 && s.voters.every((v) => aliveIds.has(v));
+      },
+      { timeoutMs: 60_000, intervalMs: 250 },
+    );
+    const leaderId = (await c.status(asker0)).coordinator;
+    const leader = c.peers.find((p) => p.peerId === leaderId && p.running);
+    const asker = c.peers.find((p) => p.running && p !== leader);
+    assert.ok(leader !== undefined && asker !== undefined, `the coordinator ${leaderId} is one of the first peers`);
+    const ids2: string[] = [];
+    for (let i = 0; i < 150; i++) {
+      const r = await post(asker.httpAddress, { type: 'sleep', payload: { ms: 100 }, timeoutMs: 20_000, maxAttempts: 5 });
+      assert.equal(r.status, 202, JSON.stringify(r.json));
+      ids2.push(String(r.json.id));
+    }
+    await waitFor(
+      'the coordinator to run some of them',
+      async () => {
+        const res = await fetch(`http://${leader.httpAddress}/v1/scheduler`);
+        const { scheduler } = (await res.json()) as { scheduler: { workers: Array<{ id: string; running: number }> } | null };
+        return (scheduler?.workers.find((x) => x.id === leader.peerId)?.running ?? 0) > 0;
+      },
+      { timeoutMs: 30_000, intervalMs: 50 },
+    );
+    const killedWall2 = Date.now();
+    leader.signal('SIGKILL');
+    const leaderKilledAt = performance.now();
+    await leader.waitExit();
+    const done2 = new Map<string, Rec>();
+    await waitFor(
+      'every task to finish under the next coordinator',
+      async () => {
+        for (const id of ids2) {
+          if (done2.has(id)) continue;
+          const res = await fetch(`http://${asker.httpAddress}/v1/tasks/${id}`, { signal: AbortSignal.timeout(5000) }).catch(() => null);
+          if (res === null || !res.ok) return false;
+          const rec = (await res.json()) as Rec;
+          if (rec.state === 'succeeded' || rec.state === 'failed' || rec.state === 'cancelled') done2.set(id, rec);
+          else return false;
+        }
+        return true;
+      },
+      { timeoutMs: 120_000, intervalMs: 500 },
+    );
+    const failed2 = [...done2.values()].filter((r) => r.state !== 'succeeded');
+    assert.deepEqual(failed2.map((r) => `${r.id} ${r.state} ${r.reasons.join('; ')}`), [], 'none failed after the coordinator died');
+    // Attempts given up on the dead coordinator after it was killed (their reasons carry the time).
+    const leaderKilledWall = killedWall2;
+    const reasonAt = (x: string): number => Date.parse(/\(at ([0-9T:.\-Z]+)\)/.exec(x)?.[1] ?? '') || 0;
+    const onLeader = [...done2.values()].filter((r) => r.reasons.some((x) => x.includes(leader.peerId) && reasonAt(x) >= leaderKilledWall));
+    const newLeader = (await c.status(asker)).coordinator;
+    console.log(
+      `      coordinator killed: ${done2.size} tasks succeeded ${((performance.now() - leaderKilledAt) / 1000).toFixed(1)} s later under coordinator ${newLeader?.slice(-6)}; ${onLeader.length} attempts on the dead one were run again`,
+    );
+    assert.notEqual(newLeader, leader.peerId);
+    assert.ok(onLeader.length > 0, 'the attempts running on the killed coordinator were dispatched again');
+    // Nothing completes on a dead peer: a task that succeeded there finished before the kill
+    // (its outcome may be recorded a moment later by the next coordinator).
+    const afterDeath = [...done2.values()].filter((r) => r.peer === leader.peerId && (r.finishedAt ?? 0) > leaderKilledWall + 2000);
+    assert.deepEqual(afterDeath, [], 'no task finished on the killed coordinator after its death');
   });
 });
