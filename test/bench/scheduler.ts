@@ -4,6 +4,8 @@
 // oracle, on equal and on unequal workers; the decision cost at 50 workers; a worker's death.
 // Not a test: it prints figures (the issue-11 targets beside them).
 import { parseArgs } from 'node:util';
+import { Autoscaler, DEFAULT_AUTOSCALER_POLICY } from '../../protocols/scheduler/index.js';
+import { SeededRandom } from '../../protocols/random.js';
 import { percentile, runSchedulerSim, type Policy, type SchedulerSimOptions } from '../sim/scheduler-sim.js';
 
 const { values } = parseArgs({
@@ -80,3 +82,45 @@ for (let seed = 1; seed <= seeds; seed++) {
   const r = runSchedulerSim({ seed, policy: 'shoal', speeds: Array(10).fill(1) as number[], load: 0.7, tasks, deathOf: 3 });
   process.stdout.write(`  seed ${seed}: ${r.completed} of ${tasks} completed, ${r.lost} lost, ${r.duplicates} completed twice\n`);
 }
+
+// The autoscaler rule with its production defaults (a sample every 2 s, as node/autoscale-service
+// does), in virtual time. The cluster: a demand of D cores spread over the alive peers
+// (utilization = D / peers, each sample with ±10 % noise); a started peer counts after 8 s.
+process.stdout.write(`\nautoscaler (default policy: target ${DEFAULT_AUTOSCALER_POLICY.targetUtilization * 100} %, up window ${DEFAULT_AUTOSCALER_POLICY.scaleUpWindowMs / 1000} s, down window ${DEFAULT_AUTOSCALER_POLICY.scaleDownWindowMs / 1000} s, cool-down ${DEFAULT_AUTOSCALER_POLICY.cooldownMs / 1000} s; samples every 2 s; ±10 % noise)\n`);
+function autoscalerRun(seed: number, demandAt: (tMs: number) => number, untilMs: number): { firstActionMs: number | null; actions: number; reversals: number; peers: number } {
+  const a = new Autoscaler({ minPeers: 3, maxPeers: 20 });
+  const r = new SeededRandom(seed);
+  let peers = 3;
+  let pending: { atMs: number; peers: number } | null = null;
+  let firstActionMs: number | null = null;
+  let actions = 0;
+  for (let t = 0; t <= untilMs; t += 2000) {
+    if (pending !== null && t >= pending.atMs) {
+      peers = pending.peers;
+      pending = null;
+    }
+    const util = (demandAt(t) / peers) * (0.9 + 0.2 * r.next());
+    const d = a.observe(t, { peers, cpuUtilization: util, tasksDemand: 0, taskSlots: 0 });
+    if (d.action !== 'none' && pending === null) {
+      a.acted(t, d.action);
+      actions++;
+      firstActionMs ??= t;
+      pending = { atMs: t + (d.action === 'up' ? 8000 : 0), peers: d.desired };
+    }
+  }
+  return { firstActionMs, actions, reversals: a.reversals(), peers };
+}
+const stepAt = 60_000;
+const firstUps: number[] = [];
+const calm: Array<{ actions: number; reversals: number }> = [];
+for (let seed = 1; seed <= Math.max(seeds, 5); seed++) {
+  // A step from 50 % to 150 % utilization of 3 peers at t = 60 s.
+  const step = autoscalerRun(seed, (t) => (t < stepAt ? 1.5 : 4.5), stepAt + 120_000);
+  if (step.firstActionMs !== null) firstUps.push(step.firstActionMs - stepAt);
+  // 10 minutes of a demand of 3 cores: from 3 peers (100 %) it grows once to 5 (60 %), then holds.
+  calm.push(autoscalerRun(1000 + seed, () => 3, 600_000));
+}
+process.stdout.write(
+  `  sustained step 50 % -> 150 %: first action ${firstUps.map((x) => `${x / 1000} s`).join(', ')} after the step (target ≤ 15 s)\n` +
+    `  10 min of a steady demand (3 peers at 100 % -> 5 at the target) with ±10 % noise: actions ${calm.map((x) => x.actions).join(', ')}; reversals ${calm.map((x) => x.reversals).join(', ')} (target ≤ 1 per 10 min)\n`,
+);
