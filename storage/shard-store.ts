@@ -219,6 +219,8 @@ const LOG = 'l';
 const LOG_END = 'm';
 const STAGING = 's';
 const FORMAT = 1;
+/** A group-commit batch stops growing at this many bytes (the next one starts gathering). */
+const GROUP_COMMIT_MAX_BYTES = 8 * 1024 * 1024;
 const KIND_PUT = 1;
 const KIND_DELETE = 2;
 const GEN_SPACE = 0x1_0000_0000;
@@ -789,7 +791,7 @@ export class ShardStore {
         lastSeq = Math.max(lastSeq, t);
       }
       if (ops.length === 0) return;
-      await this.#kv.batch(ops, { sync: opts.sync });
+      await this.#commit(ops, opts.sync);
       Object.assign(s, { firstSeq, lastSeq, appliedSeq, appliedEpoch });
     });
   }
@@ -1100,6 +1102,56 @@ export class ShardStore {
   }
 
   /** Runs `fn` after every earlier write of the shard has finished (success or not). */
+  /**
+   * Group commit across shards (one storage writer per peer): a Ready's operations join the batch
+   * being gathered; one batch is written at a time, and the next takes every Ready that arrived
+   * meanwhile, from any shard (one LevelDB write and, when any asks for it, one fsync for all).
+   * An idle writer writes at once, so a lone write waits for nothing. Order holds: a shard's next
+   * Ready waits for its previous one (`#exclusive`), so it lands in a later batch.
+   */
+  /** Batches waiting to be written, oldest first; the last one gathers until full or written. */
+  readonly #batches: Array<{ ops: BatchOp[]; bytes: number; sync: boolean; done: Promise<void>; resolve: () => void; reject: (e: unknown) => void }> = [];
+  #writing = false;
+
+  #commit(ops: BatchOp[], sync: boolean): Promise<void> {
+    let p = this.#batches[this.#batches.length - 1];
+    if (p === undefined || p.bytes >= GROUP_COMMIT_MAX_BYTES) {
+      let resolve!: () => void;
+      let reject!: (e: unknown) => void;
+      const done = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      p = { ops: [], bytes: 0, sync: false, done, resolve, reject };
+      this.#batches.push(p);
+    }
+    for (const op of ops) {
+      p.ops.push(op);
+      p.bytes += op.key.length + (op.type === 'put' ? op.value.byteLength : 0);
+    }
+    p.sync ||= sync;
+    if (!this.#writing) void this.#writeLoop();
+    return p.done;
+  }
+
+  async #writeLoop(): Promise<void> {
+    this.#writing = true;
+    try {
+      for (let i = 0; i < 1_000_000 && this.#batches.length > 0; i++) {
+        const p = this.#batches.shift()!;
+        try {
+          await this.#kv.batch(p.ops, { sync: p.sync });
+          p.resolve();
+        } catch (err) {
+          p.reject(err);
+        }
+      }
+    } finally {
+      this.#writing = false;
+      if (this.#batches.length > 0) void this.#writeLoop();
+    }
+  }
+
   async #exclusive<T>(shard: number, fn: (s: ShardState) => Promise<T>): Promise<T> {
     const s = this.#state(shard);
     const run = s.queue.then(() => fn(s));

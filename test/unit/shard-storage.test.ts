@@ -235,6 +235,33 @@ function shardStorageContract(name: string, make: () => Promise<Harness>): void 
       }
     });
 
+    it('group commit: Readys of many shards at once share batches, each shard in order, all durable', async () => {
+      const sub = kv.sublevel('grouped');
+      let batches = 0;
+      const counting = new Proxy(sub, {
+        get(target, prop, receiver) {
+          if (prop === 'batch') return (ops: unknown, o: unknown) => (batches++, (target.batch as (a: unknown, b: unknown) => Promise<void>)(ops, o));
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      }) as KvStore;
+      const g = await ShardStore.open(counting);
+      const shards = Array.from({ length: 32 }, (_, i) => i);
+      // 3 Readys per shard, issued without waiting: 96 Readys.
+      await Promise.all(
+        shards.map(async (sh) => {
+          for (let seq = 1; seq <= 3; seq++) await g.persistReady(sh, { appendLog: [group(seq, 1)], apply: [group(seq, 1)] }, { sync: seq === 3 });
+        }),
+      );
+      assert.ok(batches < 96 / 4, `${batches} batches for 96 Readys`);
+      const again = await ShardStore.open(sub);
+      for (const sh of shards) {
+        const r = await again.recover(sh);
+        assert.deepEqual([r.appliedSeq, r.log.length], [3, 3], `shard ${sh}`);
+        assert.equal((await again.readValue(sh, 'k3')).version, 1);
+      }
+    });
+
     it('hard state, log and applied seq survive a reopen', async () => {
       await store.persistReady(SHARD, { hardState: { epoch: 3, expanding: ['r2', 'r3'] }, appendLog: groups(1, 4, 2), apply: groups(1, 2, 2) }, NO_SYNC);
       await store.persistReady(SHARD, { hardState: { epoch: 4, expanding: [] }, ...empty }, { sync: true });
