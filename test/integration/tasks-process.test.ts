@@ -4,7 +4,7 @@
  * submitted through every peer make it start two more `shoal start` processes (5 peers); a worker
  * is SIGKILLed while it runs some; every task still completes (its tasks are dispatched again
  * within seconds), none fails. Once idle, the autoscaler stops peers it started (they drain,
- * then leave) down to 3 alive. Then the coordinator is SIGKILLed under 150 more tasks: the next
+ * then leave) down to 3 alive. Then the coordinator is SIGKILLed under 40 more tasks (1 s each): the next
  * one rebuilds the queue from the store and every task completes. An idempotency key gives one
  * task; a bad field is a 400 naming it.
  */
@@ -210,19 +210,27 @@ describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a work
     const asker = c.peers.find((p) => p.running && p !== leader);
     assert.ok(leader !== undefined && asker !== undefined, `the coordinator ${leaderId} is one of the first peers`);
     const ids2: string[] = [];
-    for (let i = 0; i < 150; i++) {
-      const r = await post(asker.httpAddress, { type: 'sleep', payload: { ms: 100 }, timeoutMs: 20_000, maxAttempts: 5 });
+    for (let i = 0; i < 40; i++) {
+      const r = await post(asker.httpAddress, { type: 'sleep', payload: { ms: 1000 }, timeoutMs: 20_000, maxAttempts: 5 });
       assert.equal(r.status, 202, JSON.stringify(r.json));
       ids2.push(String(r.json.id));
     }
+    // Kill it while a task it dispatched to itself is stored as running there and has most of
+    // its second to go (the next coordinator must then give that attempt up and run it again).
+    let onDead: string | null = null;
     await waitFor(
-      'the coordinator to run some of them',
+      'the coordinator to be running one of them itself, recorded in the store',
       async () => {
         const res = await fetch(`http://${leader.httpAddress}/v1/scheduler`);
-        const { scheduler } = (await res.json()) as { scheduler: { workers: Array<{ id: string; running: number }> } | null };
-        return (scheduler?.workers.find((x) => x.id === leader.peerId)?.running ?? 0) > 0;
+        const { scheduler } = (await res.json()) as { scheduler: { decisions: Array<{ decision: { kind: string; taskId: string; worker?: string } }> } | null };
+        const mine = (scheduler?.decisions ?? []).filter((d) => d.decision.kind === 'dispatch' && d.decision.worker === leader.peerId).pop();
+        if (mine === undefined) return false;
+        const rec = (await (await fetch(`http://${asker.httpAddress}/v1/tasks/${mine.decision.taskId}`)).json()) as Rec & { startedAt: number | null };
+        if (rec.state !== 'running' || rec.peer !== leader.peerId || rec.startedAt === null || Date.now() - rec.startedAt > 400) return false;
+        onDead = rec.id;
+        return true;
       },
-      { timeoutMs: 30_000, intervalMs: 50 },
+      { timeoutMs: 30_000, intervalMs: 20 },
     );
     const killedWall2 = Date.now();
     leader.signal('SIGKILL');
@@ -256,6 +264,10 @@ describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a work
     );
     assert.notEqual(newLeader, leader.peerId);
     assert.ok(onLeader.length > 0, 'the attempts running on the killed coordinator were dispatched again');
+    assert.ok(
+      onLeader.some((r) => r.id === onDead),
+      `the task running on the coordinator when it was killed was run again: ${JSON.stringify(done2.get(onDead ?? ''))}`,
+    );
     // Nothing completes on a dead peer: a task that succeeded there finished before the kill
     // (its outcome may be recorded a moment later by the next coordinator).
     const afterDeath = [...done2.values()].filter((r) => r.peer === leader.peerId && (r.finishedAt ?? 0) > leaderKilledWall + 2000);
