@@ -1322,7 +1322,7 @@ export class StoreService implements KvApi {
 
   private async writeLocal(slot: ShardSlot, op: WriteOp): Promise<WriteResult> {
     for (let attempt = 0; ; attempt++) {
-      const r = await this.shardStore.readValue(slot.shard, op.key);
+      const r = await this.shardStore.readVersion(slot.shard, op.key);
       const requestId = this.nextRequestId++;
       const answer = new Promise<WriteResult>((resolve, reject) => {
         const timer = setTimeout(() => {

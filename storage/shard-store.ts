@@ -219,6 +219,8 @@ const LOG = 'l';
 const LOG_END = 'm';
 const STAGING = 's';
 const FORMAT = 1;
+/** Keys whose applied version a ShardStore keeps in memory, over all shards. */
+const VERSION_CACHE_ENTRIES = 200_000;
 /** A group-commit batch stops growing at this many bytes (the next one starts gathering). */
 const GROUP_COMMIT_MAX_BYTES = 8 * 1024 * 1024;
 const KIND_PUT = 1;
@@ -751,6 +753,7 @@ export class ShardStore {
     rd.apply.forEach((g, k) => checkGroup(g, `rd.apply[${k}]`));
     await this.#exclusive(shard, async (s) => {
       const ops: BatchOp[] = [];
+      const applied: LoggedOp[] = [];
       let { firstSeq, lastSeq, appliedSeq, appliedEpoch } = s;
       if (rd.hardState !== undefined) {
         const text = JSON.stringify({ epoch: rd.hardState.epoch, expanding: rd.hardState.expanding });
@@ -780,6 +783,7 @@ export class ShardStore {
           appliedEpoch = g.epoch;
         });
         for (const op of latest.values()) {
+          applied.push(op);
           ops.push({ type: 'put', key: shardKeys.data(shard, s.gen, op.key), value: encodeData(op.kind === 'put' ? op.value : null, op.version) });
         }
         ops.push({ type: 'put', key: shardKeys.applied(shard), value: encodeApplied({ seq: appliedSeq, epoch: appliedEpoch, gen: s.gen }) });
@@ -793,6 +797,7 @@ export class ShardStore {
       if (ops.length === 0) return;
       await this.#commit(ops, opts.sync);
       Object.assign(s, { firstSeq, lastSeq, appliedSeq, appliedEpoch });
+      for (const op of applied) this.#remember(shard, s.gen, op.key, op.version, op.kind === 'put');
     });
   }
 
@@ -815,6 +820,54 @@ export class ShardStore {
       const d = this.#decode(dataKey, bytes, decodeData);
       return { value: d.value, version: d.version, present: d.value !== null, durableAtSeq };
     }
+  }
+
+  /**
+   * The applied version of one key, for a write's `durable` version and `durableAtSeq`: from
+   * memory when this peer applied or read the key lately (a put then reads nothing from disk),
+   * else from disk like {@link readValue}.
+   */
+  readVersion(shard: number, key: string): Promise<Omit<ShardRead, 'value'>> | Omit<ShardRead, 'value'> {
+    const s = this.#shards.get(shard);
+    const hit = s === undefined ? undefined : this.#versions.get(shard)?.get(key);
+    if (s !== undefined && hit !== undefined && hit.gen === s.gen) {
+      // Most recently used last.
+      const m = this.#versions.get(shard)!;
+      m.delete(key);
+      m.set(key, hit);
+      return { version: hit.version, present: hit.present, durableAtSeq: s.appliedSeq };
+    }
+    return this.readValue(shard, key).then((r) => {
+      const now = this.#shards.get(shard);
+      // Remember it only if nothing was applied meanwhile (else it may be older than memory's).
+      if (now !== undefined && now.appliedSeq === r.durableAtSeq && !this.#versions.get(shard)?.has(key)) this.#remember(shard, now.gen, key, r.version, r.present);
+      return { version: r.version, present: r.present, durableAtSeq: r.durableAtSeq };
+    });
+  }
+
+  /** Per shard, key → applied version (an LRU over all shards of VERSION_CACHE_ENTRIES). */
+  readonly #versions = new Map<number, Map<string, { gen: number; version: number; present: boolean }>>();
+  #versionCount = 0;
+
+  #remember(shard: number, gen: number, key: string, version: number, present: boolean): void {
+    let m = this.#versions.get(shard);
+    if (m === undefined) this.#versions.set(shard, (m = new Map()));
+    if (m.delete(key)) this.#versionCount--;
+    m.set(key, { gen, version, present });
+    this.#versionCount++;
+    // Over the bound: drop the oldest entries of this shard (cheap, and a busy shard refills).
+    for (let i = 0; i < 16 && this.#versionCount > VERSION_CACHE_ENTRIES && m.size > 0; i++) {
+      m.delete(m.keys().next().value as string);
+      this.#versionCount--;
+    }
+  }
+
+  /** The shard's data changed other than by applying groups (install, deletion): forget it. */
+  #forgetVersions(shard: number): void {
+    const m = this.#versions.get(shard);
+    if (m === undefined) return;
+    this.#versionCount -= m.size;
+    this.#versions.delete(shard);
   }
 
   /**
@@ -1015,13 +1068,16 @@ export class ShardStore {
       for (let seq = s.firstSeq; seq <= s.lastSeq; seq++) ops.push({ type: 'del', key: shardKeys.log(shard, seq) });
       const gen = (s.gen + 1) % GEN_SPACE;
       ops.push({ type: 'put', key: shardKeys.applied(shard), value: encodeApplied({ seq: 0, epoch: 0, gen }) });
+      this.#forgetVersions(shard);
       await this.#kv.batch(ops, { sync: opts.sync });
       Object.assign(s, { gen, appliedSeq: 0, appliedEpoch: 0, firstSeq: 1, lastSeq: 0 });
+      this.#forgetVersions(shard);
       const prefix = shardKeys.prefix(shard);
       await this.#kv.clear({ gte: prefix + DATA, lt: prefix + DATA_END });
       // Every generation is empty now: back to "no applied record", generation 0.
       await this.#kv.del(shardKeys.applied(shard), { sync: opts.sync });
       s.gen = 0;
+      this.#forgetVersions(shard);
     });
   }
 
@@ -1078,6 +1134,7 @@ export class ShardStore {
       ops.push({ type: 'del', key: shardKeys.staging(shard) });
       await this.#kv.batch(ops, { sync: opts.sync });
       const oldGen = s.gen;
+      this.#forgetVersions(shard);
       Object.assign(s, { gen: writer.gen, appliedSeq: meta.seq, appliedEpoch: meta.epoch, firstSeq: meta.seq + 1, lastSeq: meta.seq, staging: null });
       await this.#clearGen(shard, oldGen);
     });

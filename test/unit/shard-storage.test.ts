@@ -338,6 +338,33 @@ function shardStorageContract(name: string, make: () => Promise<Harness>): void 
       assert.deepEqual((await store.recover(SHARD)).log, [g]);
     });
 
+    it('readVersion (memory after an apply or a read) always agrees with readValue, across installs and deletion', async () => {
+      const same = async (key: string): Promise<void> => {
+        const { value: _v, ...fromDisk } = await store.readValue(SHARD, key);
+        assert.deepEqual(await store.readVersion(SHARD, key), fromDisk, key);
+      };
+      await same('a'); // a miss, remembered
+      await store.persistReady(SHARD, { appendLog: [group(1, 1, [put('a', 'A', 1), put('b', 'B', 1)])], apply: [group(1, 1, [put('a', 'A', 1), put('b', 'B', 1)])] }, NO_SYNC);
+      await same('a');
+      await same('b');
+      await store.persistReady(SHARD, { appendLog: [group(2, 1, [del('a', 2)])], apply: [group(2, 1, [del('a', 2)])] }, NO_SYNC);
+      await same('a');
+      assert.deepEqual(await store.readVersion(SHARD, 'a'), { version: 2, present: false, durableAtSeq: 2 });
+      await store.installSnapshot(SHARD, [[{ key: 'b', value: enc('B7'), version: 7 }]], { seq: 10, epoch: 2 }, { sync: false });
+      await same('a');
+      await same('b');
+      assert.equal((await store.readVersion(SHARD, 'b')).version, 7);
+      await store.deleteShard(SHARD, NO_SYNC);
+      await same('b');
+      assert.deepEqual(await store.readVersion(SHARD, 'b'), { version: 0, present: false, durableAtSeq: 0 });
+      await store.persistReady(SHARD, { appendLog: [group(1, 1, [put('b', 'B', 1)])], apply: [group(1, 1, [put('b', 'B', 1)])] }, NO_SYNC);
+      await same('b');
+      assert.equal((await store.readVersion(SHARD, 'b')).version, 1);
+      // Deletion returns to generation 0: what memory held for generation 0 must be gone.
+      await store.deleteShard(SHARD, NO_SYNC);
+      assert.deepEqual(await store.readVersion(SHARD, 'b'), { version: 0, present: false, durableAtSeq: 0 });
+    });
+
     it('a snapshot install replaces data and log atomically and the log continues after it', async () => {
       await store.persistReady(SHARD, { hardState: { epoch: 2, expanding: [] }, appendLog: groups(1, 4, 1), apply: [group(1, 1, [put('x', 'X', 1), put('y', 'Y', 1)])] }, NO_SYNC);
       const entries: ShardEntry[] = [
