@@ -99,7 +99,10 @@ export class ProcessPeer {
     const args = [SHOAL_BIN, 'start', '--data-dir', dataDir, '--listen', '/ip4/127.0.0.1/tcp/0', '--http', '127.0.0.1:0', '--log-level', 'warn'];
     for (const j of joinAddrs) args.push('--join', j);
     args.push(...extraArgs);
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // SHOAL_PEER_NODE_ARGS: node flags for the peers (for example `--cpu-prof --cpu-prof-dir=D`
+    // for the benches' profiles; Node 20 refuses --cpu-prof in NODE_OPTIONS).
+    const nodeArgs = (process.env.SHOAL_PEER_NODE_ARGS ?? '').split(' ').filter((a) => a.length > 0);
+    const child = spawn(process.execPath, [...nodeArgs, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const peer = new ProcessPeer(child, dataDir);
     let exitedEarly = false;
     void peer.exited.then(() => (exitedEarly = true));
