@@ -87,11 +87,30 @@ export class LevelStore implements KvStore {
   readonly #copyValues: boolean;
   readonly #sublevels = new Map<string, LevelStore>();
 
+  /**
+   * The root database and this view's full key prefix, for the hot calls (get, getMany, put,
+   * del, batch): one call on the root with prefixed keys writes exactly the bytes the sublevel
+   * chain would (`!a!!_!key`), without a trip through every level of it (each one re-encodes
+   * keys and copies batches). Null when the database does not expose them.
+   */
+  readonly #flat: { root: LevelDatabase; prefix: string } | null;
+
+  /** The flat path while this view is open (a closed view's calls go the sublevel way, and fail as they should). */
+  #fast(): { root: LevelDatabase; prefix: string } | null {
+    return this.#flat !== null && this.#own.status === 'open' && this.#flat.root.status === 'open' ? this.#flat : null;
+  }
+
   private constructor(node: LevelDatabase, location: string, copyValues: boolean) {
     this.#node = node;
     this.#own = node.sublevel(OWN_ENTRIES, SUBLEVEL_OPTIONS);
     this.location = location;
     this.#copyValues = copyValues;
+    const own = this.#own as unknown as { prefix?: unknown; db?: Partial<LevelDatabase> };
+    const root = own.db;
+    this.#flat =
+      typeof own.prefix === 'string' && root !== undefined && typeof root.get === 'function' && typeof root.batch === 'function' && typeof root.getMany === 'function'
+        ? { root: root as LevelDatabase, prefix: own.prefix }
+        : null;
   }
 
   /**
@@ -124,14 +143,16 @@ export class LevelStore implements KvStore {
 
   async get(key: string): Promise<Uint8Array | undefined> {
     assertKey(key);
-    const value = await this.#run(() => this.#own.get(key));
+    const f = this.#fast();
+    const value = await this.#run(() => (f === null ? this.#own.get(key) : f.root.get(f.prefix + key)));
     return value === undefined ? undefined : this.#valueOut(value);
   }
 
   async getMany(keys: string[]): Promise<(Uint8Array | undefined)[]> {
     if (!Array.isArray(keys)) throw new TypeError('getMany() takes an array of keys');
     keys.forEach(assertKey);
-    const values = await this.#run(() => this.#own.getMany(keys));
+    const f = this.#fast();
+    const values = await this.#run(() => (f === null ? this.#own.getMany(keys) : f.root.getMany(keys.map((k) => f.prefix + k))));
     return values.map((value) => (value === undefined ? undefined : this.#valueOut(value)));
   }
 
@@ -139,18 +160,22 @@ export class LevelStore implements KvStore {
     assertKey(key);
     assertValue(value, key);
     const stored = this.#valueIn(value);
-    await this.#run(() => this.#own.put(key, stored, writeOptions(opts)));
+    const f = this.#fast();
+    await this.#run(() => (f === null ? this.#own.put(key, stored, writeOptions(opts)) : f.root.batch([{ type: 'put', key: f.prefix + key, value: stored }], writeOptions(opts))));
   }
 
   async del(key: string, opts: WriteOptions = {}): Promise<void> {
     assertKey(key);
-    await this.#run(() => this.#own.del(key, writeOptions(opts)));
+    const f = this.#fast();
+    await this.#run(() => (f === null ? this.#own.del(key, writeOptions(opts)) : f.root.batch([{ type: 'del', key: f.prefix + key }], writeOptions(opts))));
   }
 
   async batch(ops: BatchOp[], opts: WriteOptions = {}): Promise<void> {
     if (!Array.isArray(ops)) throw new TypeError('batch() takes an array of operations');
-    const checked = ops.map((op) => this.#checkBatchOp(op));
-    await this.#run(() => this.#own.batch(checked, writeOptions(opts)));
+    const f = this.#fast();
+    const prefix = f === null ? '' : f.prefix;
+    const checked = ops.map((op) => this.#checkBatchOp(op, prefix));
+    await this.#run(() => (f === null ? this.#own.batch(checked, writeOptions(opts)) : f.root.batch(checked, writeOptions(opts))));
   }
 
   iterate(range: KeyRange = {}): AsyncIterable<[string, Uint8Array]> {
@@ -207,7 +232,8 @@ export class LevelStore implements KvStore {
     }
   }
 
-  #checkBatchOp(op: BatchOp): BatchOp {
+  /** Checks one batch operation; its key comes back with `prefix` in front. */
+  #checkBatchOp(op: BatchOp, prefix: string): BatchOp {
     if (op === null || typeof op !== 'object') {
       throw new TypeError('A batch operation must be an object');
     }
@@ -215,9 +241,9 @@ export class LevelStore implements KvStore {
     switch (op.type) {
       case 'put':
         assertValue(op.value, op.key);
-        return { type: 'put', key: op.key, value: this.#valueIn(op.value) };
+        return { type: 'put', key: prefix + op.key, value: this.#valueIn(op.value) };
       case 'del':
-        return { type: 'del', key: op.key };
+        return { type: 'del', key: prefix + op.key };
       default:
         const type = JSON.stringify((op as { type: unknown }).type);
         throw new TypeError(`A batch operation's type must be 'put' or 'del', not ${type}`);

@@ -375,6 +375,27 @@ describe('openDiskStore errors', () => {
     await rm(tempDir, { recursive: true, force: true });
   });
 
+  it('stores keys as the abstract-level sublevel chain does (!name!!_!key), so data dirs of earlier versions read the same', async () => {
+    const dir = tempDir;
+    {
+      const store = await openDiskStore(dir);
+      await store.put('root-key', new Uint8Array([1]));
+      await store.sublevel('shards').batch([{ type: 'put', key: 'k1', value: new Uint8Array([2]) }]);
+      await store.sublevel('a').sublevel('b').put('k2', new Uint8Array([3]));
+      await store.sublevel('shards').del('gone');
+      await store.close();
+      const { ClassicLevel } = await import('classic-level');
+      const raw = new ClassicLevel<string, Uint8Array>(path.join(dir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'view' });
+      const keys: string[] = [];
+      for await (const k of raw.keys()) keys.push(k);
+      // And the sublevel chain itself reads what the flat path wrote.
+      const viaChain = await raw.sublevel('shards', { valueEncoding: 'view' }).sublevel('_', { valueEncoding: 'view' }).get('k1');
+      await raw.close();
+      assert.deepEqual(keys, ['!_!root-key', '!a!!b!!_!k2', '!shards!!_!k1']);
+      assert.deepEqual([...(viaChain ?? [])], [2]);
+    }
+  });
+
   it('refuses a second open in the same process with LOCKED, and opens after close', async () => {
     const dir = path.join(tempDir, 'data');
     const first = await openDiskStore(dir);
