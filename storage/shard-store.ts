@@ -219,6 +219,11 @@ const LOG = 'l';
 const LOG_END = 'm';
 const STAGING = 's';
 const FORMAT = 1;
+/** Bits of a shard's key filter (128 KiB) and the keys it holds well (about 1 % false positives). */
+const KEY_FILTER_BITS = 1 << 20;
+const KEY_FILTER_MAX_KEYS = 100_000;
+/** A shard's key filter is built only when its data is at most this big (the scan reads it). */
+const KEY_FILTER_SCAN_MAX_BYTES = 64 * 1024 * 1024;
 /** Keys whose applied version a ShardStore keeps in memory, over all shards. */
 const VERSION_CACHE_ENTRIES = 200_000;
 /** A group-commit batch stops growing at this many bytes (the next one starts gathering). */
@@ -797,7 +802,11 @@ export class ShardStore {
       if (ops.length === 0) return;
       await this.#commit(ops, opts.sync);
       Object.assign(s, { firstSeq, lastSeq, appliedSeq, appliedEpoch });
-      for (const op of applied) this.#remember(shard, s.gen, op.key, op.version, op.kind === 'put');
+      const filter = this.#filters.get(shard);
+      for (const op of applied) {
+        this.#remember(shard, s.gen, op.key, op.version, op.kind === 'put');
+        if (filter !== undefined && filter.gen === s.gen) filter.add(op.key);
+      }
     });
   }
 
@@ -837,12 +846,53 @@ export class ShardStore {
       m.set(key, hit);
       return { version: hit.version, present: hit.present, durableAtSeq: s.appliedSeq };
     }
+    // A key this shard never held (the filter of its keys is built and says no): version 0.
+    const f = this.#filters.get(shard);
+    if (s !== undefined && f !== undefined && f.complete && f.gen === s.gen && !f.mightHold(key)) {
+      this.counters.versionReadsSaved++;
+      return { version: 0, present: false, durableAtSeq: s.appliedSeq };
+    }
+    if (s !== undefined && f === undefined) this.#buildFilter(shard, s.gen);
     return this.readValue(shard, key).then((r) => {
       const now = this.#shards.get(shard);
       // Remember it only if nothing was applied meanwhile (else it may be older than memory's).
       if (now !== undefined && now.appliedSeq === r.durableAtSeq && !this.#versions.get(shard)?.has(key)) this.#remember(shard, now.gen, key, r.version, r.present);
       return { version: r.version, present: r.present, durableAtSeq: r.durableAtSeq };
     });
+  }
+
+  /** Where the shard's key filter stands (status and tests). */
+  keyFilterState(shard: number): 'none' | 'building' | 'complete' | 'off' {
+    const f = this.#filters.get(shard);
+    return f === undefined ? 'none' : f.disabled ? 'off' : f.complete ? 'complete' : 'building';
+  }
+
+  /** What the in-memory shortcuts saved: version reads answered by the key filter. */
+  readonly counters = { versionReadsSaved: 0 };
+
+  /** Per shard: a Bloom filter of every key its current generation holds, once a scan built it. */
+  readonly #filters = new Map<number, KeyFilter>();
+
+  /**
+   * Builds the shard's key filter in the background: every key applied from now on goes in, and
+   * a scan of the generation's keys adds what was there before; complete when the scan ends with
+   * the generation unchanged. Shards over KEY_FILTER_SCAN_MAX_BYTES, or with more keys than the
+   * filter holds well, keep reading from disk.
+   */
+  #buildFilter(shard: number, gen: number): void {
+    const f = new KeyFilter(gen);
+    this.#filters.set(shard, f);
+    const from = shardKeys.dataGen(shard, gen);
+    const to = shardKeys.dataGenEnd(shard, gen);
+    void (async () => {
+      const size = await this.#kv.approximateBytes(from, to);
+      if (size !== null && size > KEY_FILTER_SCAN_MAX_BYTES) return f.disable();
+      for await (const [k] of this.#kv.iterate({ gte: from, lt: to })) {
+        if (this.#filters.get(shard) !== f || f.disabled) return;
+        f.add(k.slice(from.length));
+      }
+      if (this.#filters.get(shard) === f && this.#shards.get(shard)?.gen === gen && !f.disabled) f.complete = true;
+    })().catch(() => f.disable());
   }
 
   /** Per shard, key → applied version (an LRU over all shards of VERSION_CACHE_ENTRIES). */
@@ -864,6 +914,7 @@ export class ShardStore {
 
   /** The shard's data changed other than by applying groups (install, deletion): forget it. */
   #forgetVersions(shard: number): void {
+    this.#filters.delete(shard);
     const m = this.#versions.get(shard);
     if (m === undefined) return;
     this.#versionCount -= m.size;
@@ -1325,4 +1376,49 @@ class SnapshotWriter implements ShardSnapshotWriter {
   abort(): Promise<void> {
     return this.store.abortStaged(this.shard, this);
   }
+}
+
+/** A Bloom filter of a shard's keys (7 probes, FNV-1a double hashing). */
+class KeyFilter {
+  readonly bits = new Uint8Array(KEY_FILTER_BITS / 8);
+  count = 0;
+  complete = false;
+  disabled = false;
+  constructor(readonly gen: number) {}
+
+  add(key: string): void {
+    if (this.disabled) return;
+    if (++this.count > KEY_FILTER_MAX_KEYS) return this.disable();
+    const [h1, h2] = hashes(key);
+    for (let i = 0; i < 7; i++) {
+      const b = (h1 + i * h2) & (KEY_FILTER_BITS - 1);
+      this.bits[b >>> 3]! |= 1 << (b & 7);
+    }
+  }
+
+  mightHold(key: string): boolean {
+    if (this.disabled) return true;
+    const [h1, h2] = hashes(key);
+    for (let i = 0; i < 7; i++) {
+      const b = (h1 + i * h2) & (KEY_FILTER_BITS - 1);
+      if ((this.bits[b >>> 3]! & (1 << (b & 7))) === 0) return false;
+    }
+    return true;
+  }
+
+  disable(): void {
+    this.disabled = true;
+    this.complete = false;
+  }
+}
+
+function hashes(key: string): [number, number] {
+  let a = 0x811c9dc5;
+  let b = 0x01000193 ^ 0x5bd1e995;
+  for (let i = 0; i < key.length; i++) {
+    const c = key.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x5bd1e995);
+  }
+  return [a >>> 0, (b >>> 0) | 1];
 }

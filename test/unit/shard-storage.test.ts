@@ -365,6 +365,27 @@ function shardStorageContract(name: string, make: () => Promise<Harness>): void 
       assert.deepEqual(await store.readVersion(SHARD, 'b'), { version: 0, present: false, durableAtSeq: 0 });
     });
 
+    it('the key filter answers keys the shard never held from memory, and never hides one it holds', async () => {
+      const ops = Array.from({ length: 300 }, (_, i) => put(`held-${i}`, `v${i}`, i + 1));
+      await store.persistReady(SHARD, { appendLog: [group(1, 1, ops)], apply: [group(1, 1, ops)] }, NO_SYNC);
+      await reopen(); // memory starts empty
+      assert.equal(store.keyFilterState(SHARD), 'none');
+      await store.readVersion(SHARD, 'absent-first'); // the first read from disk starts the build
+      for (let i = 0; i < 1000 && store.keyFilterState(SHARD) === 'building'; i++) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(store.keyFilterState(SHARD), 'complete');
+      for (let i = 0; i < 300; i++) assert.deepEqual(await store.readVersion(SHARD, `held-${i}`), { version: i + 1, present: true, durableAtSeq: 1 });
+      const saved0 = store.counters.versionReadsSaved;
+      for (let i = 0; i < 200; i++) assert.deepEqual(await store.readVersion(SHARD, `absent-${i}`), { version: 0, present: false, durableAtSeq: 1 });
+      assert.ok(store.counters.versionReadsSaved - saved0 >= 190, `${store.counters.versionReadsSaved - saved0} of 200 absent keys answered from memory`);
+      // A key applied after the build is held by the filter (and memory).
+      await store.persistReady(SHARD, { appendLog: [group(2, 1, [put('late', 'L', 1)])], apply: [group(2, 1, [put('late', 'L', 1)])] }, NO_SYNC);
+      assert.deepEqual(await store.readVersion(SHARD, 'late'), { version: 1, present: true, durableAtSeq: 2 });
+      // An install starts over.
+      await store.installSnapshot(SHARD, [[{ key: 'absent-0', value: enc('now here'), version: 5 }]], { seq: 9, epoch: 2 }, { sync: false });
+      assert.equal(store.keyFilterState(SHARD), 'none');
+      assert.deepEqual(await store.readVersion(SHARD, 'absent-0'), { version: 5, present: true, durableAtSeq: 9 });
+    });
+
     it('a snapshot install replaces data and log atomically and the log continues after it', async () => {
       await store.persistReady(SHARD, { hardState: { epoch: 2, expanding: [] }, appendLog: groups(1, 4, 1), apply: [group(1, 1, [put('x', 'X', 1), put('y', 'Y', 1)])] }, NO_SYNC);
       const entries: ShardEntry[] = [
