@@ -186,7 +186,7 @@ async function runFaultScenario(cluster: Cluster, ctx: SuiteContext, opts: Fault
  * settled before them, destroyed after them, and dumped (statuses, shard tables, stderr, the
  * workload) after a failed test.
  */
-function clusterSuite(title: string, peers: number, body: (ctx: SuiteContext) => void): void {
+function clusterSuite(title: string, peers: number, body: (ctx: SuiteContext) => void, extraArgs: string[] = []): void {
   describe(title, function () {
     this.timeout(120_000);
     const ctx: SuiteContext = { notes: [] };
@@ -194,7 +194,7 @@ function clusterSuite(title: string, peers: number, body: (ctx: SuiteContext) =>
     before(async function () {
       this.timeout(90_000);
       const started = now();
-      ctx.cluster = await Cluster.create();
+      ctx.cluster = await Cluster.create(extraArgs);
       await ctx.cluster.startPeers(peers);
       await ctx.cluster.waitSettled(`${peers} fresh peers`, 60_000);
       console.log(`    cluster of ${peers} settled (every shard writable, all replicas in sync) after ${(now() - started).toFixed(0)} ms`);
@@ -416,9 +416,19 @@ clusterSuite('store: 3 shoal processes under load, a shard primary killed, froze
   fullRestartTest(ctx);
 });
 
-clusterSuite('store: 5 shoal processes (R=3 over 5) under load, a shard primary killed', 5, (ctx) => {
-  faultTest(ctx, { fault: 'SIGKILL', clients: 6, warmupMs: 1000, seed: 3000 });
+// 64 clients: many writes of many shards in each group commit (one storage writer per peer).
+clusterSuite('store: 5 shoal processes (R=3 over 5), 64 clients, a shard primary killed', 5, (ctx) => {
+  faultTest(ctx, { fault: 'SIGKILL', clients: 64, warmupMs: 1000, seed: 3000 });
 });
+
+clusterSuite(
+  'store: 3 shoal processes on --sync, 64 clients, a shard primary killed',
+  3,
+  (ctx) => {
+    faultTest(ctx, { fault: 'SIGKILL', clients: 64, warmupMs: 1000, seed: 7000 });
+  },
+  ['--sync'],
+);
 
 // Longer runs, on demand (SHOAL_STORE_IT_EXTRA=1): the primary killed or frozen is also the coordinator.
 if (process.env.SHOAL_STORE_IT_EXTRA === '1') {
