@@ -899,7 +899,8 @@ interface Target {
   etcd: number | undefined;
   digits: number;
   target: string;
-  pass?: (x: number) => boolean;
+  /** The verdict, from Shoal's figure and etcd's (undefined without etcd: issue 12's targets are ratios). */
+  pass?: (x: number, etcd: number | undefined) => boolean | undefined;
 }
 
 function finalRows(tag: string, shoal: TableResults | null, etcd: EtcdResults | null): Target[] {
@@ -911,10 +912,11 @@ function finalRows(tag: string, shoal: TableResults | null, etcd: EtcdResults | 
     const targeted = z === 100;
     const t = (txt: string) => (targeted ? txt : '—');
     rows.push(
-      { figure: `${tag}puts c=64 ${sizeName(z)} ops/s`, shoal: s('put', 64, z)?.opsPerS, etcd: e('put', 64, z)?.opsPerS, digits: 0, target: t('≥ 8000'), pass: targeted ? (x) => x >= 8000 : undefined },
-      { figure: `${tag}puts c=64 ${sizeName(z)} p99 ms`, shoal: s('put', 64, z)?.p99, etcd: e('put', 64, z)?.p99, digits: 2, target: t('≤ 20'), pass: targeted ? (x) => x <= 20 : undefined },
-      { figure: `${tag}puts c=1 ${sizeName(z)} p50 ms`, shoal: s('put', 1, z)?.p50, etcd: e('put', 1, z)?.p50, digits: 3, target: t('≤ 0.8'), pass: targeted ? (x) => x <= 0.8 : undefined },
-      { figure: `${tag}strong gets c=64 ${sizeName(z)} ops/s`, shoal: s('get', 64, z)?.opsPerS, etcd: e('get', 64, z)?.opsPerS, digits: 0, target: t('≥ 12000'), pass: targeted ? (x) => x >= 12000 : undefined },
+      // Issue 12's targets, against etcd in the same run.
+      { figure: `${tag}puts c=64 ${sizeName(z)} ops/s`, shoal: s('put', 64, z)?.opsPerS, etcd: e('put', 64, z)?.opsPerS, digits: 0, target: t('≥ 1.5× etcd'), pass: targeted ? (x, y) => (y === undefined ? undefined : x >= 1.5 * y) : undefined },
+      { figure: `${tag}puts c=64 ${sizeName(z)} p99 ms`, shoal: s('put', 64, z)?.p99, etcd: e('put', 64, z)?.p99, digits: 2, target: t('≤ etcd'), pass: targeted ? (x, y) => (y === undefined ? undefined : x <= y) : undefined },
+      { figure: `${tag}puts c=1 ${sizeName(z)} p50 ms`, shoal: s('put', 1, z)?.p50, etcd: e('put', 1, z)?.p50, digits: 3, target: t('≤ etcd'), pass: targeted ? (x, y) => (y === undefined ? undefined : x <= y) : undefined },
+      { figure: `${tag}strong gets c=64 ${sizeName(z)} ops/s`, shoal: s('get', 64, z)?.opsPerS, etcd: e('get', 64, z)?.opsPerS, digits: 0, target: t('≥ 1.5× etcd'), pass: targeted ? (x, y) => (y === undefined ? undefined : x >= 1.5 * y) : undefined },
     );
   }
   rows.push(
@@ -948,7 +950,7 @@ function printFinal(rows: Target[]): void {
       fmt(r.etcd, r.digits),
       r.shoal !== undefined && r.etcd !== undefined && Number.isFinite(r.shoal) && Number.isFinite(r.etcd) && r.etcd !== 0 ? `${(r.shoal / r.etcd).toFixed(2)}×` : '—',
       r.target,
-      r.pass && r.shoal !== undefined && Number.isFinite(r.shoal) ? (r.pass(r.shoal) ? 'ok' : 'MISS') : '',
+      ((v) => (v === undefined ? '' : v ? 'ok' : 'MISS'))(r.pass && r.shoal !== undefined && Number.isFinite(r.shoal) ? r.pass(r.shoal, r.etcd) : undefined),
     ]),
   );
 }
