@@ -161,13 +161,13 @@ export class LevelStore implements KvStore {
     assertValue(value, key);
     const stored = this.#valueIn(value);
     const f = this.#fast();
-    await this.#run(() => (f === null ? this.#own.put(key, stored, writeOptions(opts)) : f.root.batch([{ type: 'put', key: f.prefix + key, value: stored }], writeOptions(opts))));
+    await this.#run(() => (f === null ? this.#own.put(key, stored, writeOptions(opts)) : f.root.put(f.prefix + key, stored, writeOptions(opts))));
   }
 
   async del(key: string, opts: WriteOptions = {}): Promise<void> {
     assertKey(key);
     const f = this.#fast();
-    await this.#run(() => (f === null ? this.#own.del(key, writeOptions(opts)) : f.root.batch([{ type: 'del', key: f.prefix + key }], writeOptions(opts))));
+    await this.#run(() => (f === null ? this.#own.del(key, writeOptions(opts)) : f.root.del(f.prefix + key, writeOptions(opts))));
   }
 
   async batch(ops: BatchOp[], opts: WriteOptions = {}): Promise<void> {
@@ -183,11 +183,10 @@ export class LevelStore implements KvStore {
   }
 
   async approximateBytes(gte: string, lt: string): Promise<number | null> {
-    const own = this.#own as unknown as { prefix?: unknown; db?: { approximateSize?: (a: string, b: string) => Promise<number> } };
-    const root = own.db;
-    if (typeof own.prefix !== 'string' || typeof root?.approximateSize !== 'function') return null;
+    const root = this.#flat?.root as { approximateSize?: (a: string, b: string) => Promise<number> } | undefined;
+    if (this.#flat === null || typeof root?.approximateSize !== 'function') return null;
     try {
-      return await root.approximateSize(own.prefix + gte, own.prefix + lt);
+      return await root.approximateSize(this.#flat.prefix + gte, this.#flat.prefix + lt);
     } catch {
       return null;
     }

@@ -838,26 +838,28 @@ export class ShardStore {
    */
   readVersion(shard: number, key: string): Promise<Omit<ShardRead, 'value'>> | Omit<ShardRead, 'value'> {
     const s = this.#shards.get(shard);
-    const hit = s === undefined ? undefined : this.#versions.get(shard)?.get(key);
-    if (s !== undefined && hit !== undefined && hit.gen === s.gen) {
+    const versionOf = (r: ShardRead): Omit<ShardRead, 'value'> => ({ version: r.version, present: r.present, durableAtSeq: r.durableAtSeq });
+    if (s === undefined) return this.readValue(shard, key).then(versionOf);
+    const m = this.#versions.get(shard);
+    const hit = m?.get(key);
+    if (hit !== undefined && hit.gen === s.gen) {
       // Most recently used last.
-      const m = this.#versions.get(shard)!;
-      m.delete(key);
-      m.set(key, hit);
+      m!.delete(key);
+      m!.set(key, hit);
       return { version: hit.version, present: hit.present, durableAtSeq: s.appliedSeq };
     }
     // A key this shard never held (the filter of its keys is built and says no): version 0.
     const f = this.#filters.get(shard);
-    if (s !== undefined && f !== undefined && f.complete && f.gen === s.gen && !f.mightHold(key)) {
+    if (f !== undefined && f.complete && f.gen === s.gen && !f.mightHold(key)) {
       this.counters.versionReadsSaved++;
       return { version: 0, present: false, durableAtSeq: s.appliedSeq };
     }
-    if (s !== undefined && f === undefined) this.#buildFilter(shard, s.gen);
+    if (f === undefined) this.#buildFilter(shard, s.gen);
+    const gen = s.gen;
     return this.readValue(shard, key).then((r) => {
-      const now = this.#shards.get(shard);
-      // Remember it only if nothing was applied meanwhile (else it may be older than memory's).
-      if (now !== undefined && now.appliedSeq === r.durableAtSeq && !this.#versions.get(shard)?.has(key)) this.#remember(shard, now.gen, key, r.version, r.present);
-      return { version: r.version, present: r.present, durableAtSeq: r.durableAtSeq };
+      // Remember it only if nothing was applied or installed meanwhile (else it may be older than memory's).
+      if (this.#shards.get(shard) === s && s.gen === gen && s.appliedSeq === r.durableAtSeq && !this.#versions.get(shard)?.has(key)) this.#remember(shard, gen, key, r.version, r.present);
+      return versionOf(r);
     });
   }
 
@@ -1119,15 +1121,14 @@ export class ShardStore {
       for (let seq = s.firstSeq; seq <= s.lastSeq; seq++) ops.push({ type: 'del', key: shardKeys.log(shard, seq) });
       const gen = (s.gen + 1) % GEN_SPACE;
       ops.push({ type: 'put', key: shardKeys.applied(shard), value: encodeApplied({ seq: 0, epoch: 0, gen }) });
-      this.#forgetVersions(shard);
       await this.#kv.batch(ops, { sync: opts.sync });
       Object.assign(s, { gen, appliedSeq: 0, appliedEpoch: 0, firstSeq: 1, lastSeq: 0 });
-      this.#forgetVersions(shard);
       const prefix = shardKeys.prefix(shard);
       await this.#kv.clear({ gte: prefix + DATA, lt: prefix + DATA_END });
       // Every generation is empty now: back to "no applied record", generation 0.
       await this.#kv.del(shardKeys.applied(shard), { sync: opts.sync });
       s.gen = 0;
+      // What memory learnt of this shard at any generation in between is gone with the data.
       this.#forgetVersions(shard);
     });
   }
@@ -1209,15 +1210,15 @@ export class ShardStore {
     return s;
   }
 
-  /** Runs `fn` after every earlier write of the shard has finished (success or not). */
   /**
    * Group commit across shards (one storage writer per peer): a Ready's operations join the batch
    * being gathered; one batch is written at a time, and the next takes every Ready that arrived
    * meanwhile, from any shard (one LevelDB write and, when any asks for it, one fsync for all).
    * An idle writer writes at once, so a lone write waits for nothing. Order holds: a shard's next
    * Ready waits for its previous one (`#exclusive`), so it lands in a later batch.
+   *
+   * `#batches`: waiting to be written, oldest first; the last one gathers until full or written.
    */
-  /** Batches waiting to be written, oldest first; the last one gathers until full or written. */
   readonly #batches: Array<{ ops: BatchOp[]; bytes: number; sync: boolean; done: Promise<void>; resolve: () => void; reject: (e: unknown) => void }> = [];
   #writing = false;
 
@@ -1260,6 +1261,7 @@ export class ShardStore {
     }
   }
 
+  /** Runs `fn` after every earlier write of the shard has finished (success or not). */
   async #exclusive<T>(shard: number, fn: (s: ShardState) => Promise<T>): Promise<T> {
     const s = this.#state(shard);
     const run = s.queue.then(() => fn(s));
