@@ -18,6 +18,7 @@ import type { PeerStatus } from '../node/peer.js';
 import { READ_CONSISTENCIES } from '../node/store-api.js';
 import { READ_POLICIES, type ReadPolicy } from '../node/store-api.js';
 import { runDemo } from './demo.js';
+import { isFinishedState, type TaskState } from '../protocols/scheduler/index.js';
 import { isValidHttpToken } from '../node/http/request-guard.js';
 import type { DrainStatus, MoveInfo } from '../node/store-service.js';
 
@@ -1184,8 +1185,8 @@ async function cmdTask(argv: string[]): Promise<number> {
         return 0;
       }
       for (let i = 0; i < 100_000; i++) {
-        const rec = (await fetchJson(hostPort, `/v1/tasks/${id}`, 10_000)) as { state: string };
-        if (rec.state === 'succeeded' || rec.state === 'failed' || rec.state === 'cancelled') {
+        const rec = (await fetchJson(hostPort, `/v1/tasks/${id}`, 10_000)) as { state: TaskState };
+        if (isFinishedState(rec.state)) {
           print(rec);
           return rec.state === 'succeeded' ? 0 : EXIT_RUNTIME;
         }

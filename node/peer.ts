@@ -22,7 +22,7 @@ import { isValidHttpToken } from './http/request-guard.js';
 import { StoreService, type DrainStatus } from './store-service.js';
 import { AutoscaleService } from './autoscale-service.js';
 import { RESERVED_KEY_PREFIX, TaskError, TaskService, type TaskHandler, type TaskRecord } from './task-service.js';
-import type { TaskState } from '../protocols/scheduler/index.js';
+import { isFinishedState, type TaskState } from '../protocols/scheduler/index.js';
 
 /** What `peer.submit` takes (see parseTaskSubmission for the fields and defaults). */
 export interface TaskInput {
@@ -53,7 +53,7 @@ async function waitForTask(tasks: TaskService, id: string, timeoutMs: number): P
   const deadline = Date.now() + timeoutMs;
   for (let i = 0; Date.now() < deadline; i++) {
     const rec = await tasks.get(id).catch(() => null);
-    if (rec !== null && (rec.state === 'succeeded' || rec.state === 'failed' || rec.state === 'cancelled')) return rec;
+    if (rec !== null && isFinishedState(rec.state)) return rec;
     await new Promise((r) => setTimeout(r, Math.min(500, 20 * (i + 1))));
   }
   throw new TaskError('unavailable', `task ${id} did not finish within ${timeoutMs} ms`);

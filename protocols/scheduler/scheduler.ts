@@ -105,6 +105,11 @@ export type Decision =
 
 export type TaskState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
+/** A task in this state is over: no attempt of it runs or will run. */
+export function isFinishedState(state: TaskState): boolean {
+  return state === 'succeeded' || state === 'failed' || state === 'cancelled';
+}
+
 export interface TaskStatus {
   id: string;
   state: TaskState;

@@ -11,12 +11,13 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
+import { isFinishedState, type TaskState } from '../../protocols/scheduler/index.js';
 import { ProcessPeer, waitFor } from './harness.js';
 import { Cluster } from './process-cluster.js';
 
 interface Rec {
   id: string;
-  state: string;
+  state: TaskState;
   attempts: number;
   peer: string | null;
   reasons: string[];
@@ -27,6 +28,22 @@ async function post(address: string, body: unknown): Promise<{ status: number; j
   const res = await fetch(`http://${address}/v1/tasks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(20_000) });
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
+
+/** One poll: records each listed task that has finished (asking `peers` in turn); true once all have. */
+async function pollFinished(ids: readonly string[], done: Map<string, Rec>, peers: readonly ProcessPeer[]): Promise<boolean> {
+  for (const id of ids) {
+    if (done.has(id)) continue;
+    const res = await fetch(`http://${peers[done.size % peers.length]!.httpAddress}/v1/tasks/${id}`, { signal: AbortSignal.timeout(5000) }).catch(() => null);
+    if (res === null || !res.ok) return false;
+    const rec = (await res.json()) as Rec;
+    if (!isFinishedState(rec.state)) return false;
+    done.set(id, rec);
+  }
+  return true;
+}
+
+/** When a task's reason was written (its "(at ISO time)" suffix), ms since the epoch; 0 without one. */
+const reasonAt = (reason: string): number => Date.parse(/\(at ([0-9T:.\-Z]+)\)/.exec(reason)?.[1] ?? '') || 0;
 
 interface AutoscalerStatus {
   startedPeers: number[];
@@ -138,21 +155,7 @@ describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a work
     const live = c.peers.filter((p) => p !== victim);
     const coordPeer = c.peers.find((p) => p.peerId === st.coordinator)!;
     const done = new Map<string, Rec>();
-    await waitFor(
-      'every task to finish',
-      async () => {
-        for (const id of ids) {
-          if (done.has(id)) continue;
-          const res = await fetch(`http://${live[done.size % live.length]!.httpAddress}/v1/tasks/${id}`, { signal: AbortSignal.timeout(5000) }).catch(() => null);
-          if (res === null || !res.ok) return false;
-          const rec = (await res.json()) as Rec;
-          if (rec.state === 'succeeded' || rec.state === 'failed' || rec.state === 'cancelled') done.set(id, rec);
-          else return false;
-        }
-        return true;
-      },
-      { timeoutMs: 180_000, intervalMs: 500 },
-    ).catch(async (err: Error) => {
+    await waitFor('every task to finish', () => pollFinished(ids, done, live), { timeoutMs: 180_000, intervalMs: 500 }).catch(async (err: Error) => {
       const res = await fetch(`http://${coordPeer.httpAddress}/v1/scheduler`).catch(() => null);
       const sch = res === null ? null : ((await res.json()) as { scheduler: { queued: number; running: number; workers: unknown[]; decisions: unknown[] } | null }).scheduler;
       const m = (await c.status(coordPeer)).members.map((x) => `${x.peerId.slice(-6)}:${x.state}`).join(' ');
@@ -167,9 +170,8 @@ describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a work
     // When the scheduler gave up each attempt on the killed worker (its reason carries the time),
     // and when the task's last attempt started (it waits for a free slot like every queued task).
     const givenUpMs = moved.map((r) => {
-      const reason = r.reasons.find((x) => x.includes(victim.peerId)) ?? '';
-      const at = /\(at ([0-9T:.\-Z]+)\)/.exec(reason)?.[1];
-      return at === undefined ? Infinity : Date.parse(at) - killedAtWall;
+      const at = reasonAt(r.reasons.find((x) => x.includes(victim.peerId)) ?? '');
+      return at === 0 ? Infinity : at - killedAtWall;
     });
     const redispatchMs = Math.max(...givenUpMs);
     const restartedMs = Math.max(...moved.map((r) => r.startedAt - killedAtWall));
@@ -237,27 +239,11 @@ describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a work
     const leaderKilledAt = performance.now();
     await leader.waitExit();
     const done2 = new Map<string, Rec>();
-    await waitFor(
-      'every task to finish under the next coordinator',
-      async () => {
-        for (const id of ids2) {
-          if (done2.has(id)) continue;
-          const res = await fetch(`http://${asker.httpAddress}/v1/tasks/${id}`, { signal: AbortSignal.timeout(5000) }).catch(() => null);
-          if (res === null || !res.ok) return false;
-          const rec = (await res.json()) as Rec;
-          if (rec.state === 'succeeded' || rec.state === 'failed' || rec.state === 'cancelled') done2.set(id, rec);
-          else return false;
-        }
-        return true;
-      },
-      { timeoutMs: 120_000, intervalMs: 500 },
-    );
+    await waitFor('every task to finish under the next coordinator', () => pollFinished(ids2, done2, [asker]), { timeoutMs: 120_000, intervalMs: 500 });
     const failed2 = [...done2.values()].filter((r) => r.state !== 'succeeded');
     assert.deepEqual(failed2.map((r) => `${r.id} ${r.state} ${r.reasons.join('; ')}`), [], 'none failed after the coordinator died');
     // Attempts given up on the dead coordinator after it was killed (their reasons carry the time).
-    const leaderKilledWall = killedWall2;
-    const reasonAt = (x: string): number => Date.parse(/\(at ([0-9T:.\-Z]+)\)/.exec(x)?.[1] ?? '') || 0;
-    const onLeader = [...done2.values()].filter((r) => r.reasons.some((x) => x.includes(leader.peerId) && reasonAt(x) >= leaderKilledWall));
+    const onLeader = [...done2.values()].filter((r) => r.reasons.some((x) => x.includes(leader.peerId) && reasonAt(x) >= killedWall2));
     const newLeader = (await c.status(asker)).coordinator;
     console.log(
       `      coordinator killed: ${done2.size} tasks succeeded ${((performance.now() - leaderKilledAt) / 1000).toFixed(1)} s later under coordinator ${newLeader?.slice(-6)}; ${onLeader.length} attempts on the dead one were run again`,
@@ -270,7 +256,7 @@ describe('tasks: 1,000 tasks, the local autoscaler grows 3 -> 5 and back, a work
     );
     // Nothing completes on a dead peer: a task that succeeded there finished before the kill
     // (its outcome may be recorded a moment later by the next coordinator).
-    const afterDeath = [...done2.values()].filter((r) => r.peer === leader.peerId && (r.finishedAt ?? 0) > leaderKilledWall + 2000);
+    const afterDeath = [...done2.values()].filter((r) => r.peer === leader.peerId && (r.finishedAt ?? 0) > killedWall2 + 2000);
     assert.deepEqual(afterDeath, [], 'no task finished on the killed coordinator after its death');
   });
 });
