@@ -5,8 +5,10 @@
  * that turns membership, leases and progress into shard assignments.
  *
  * Order of effects for each replica Ready (the core's contract, protocols/replication/replica.ts):
- * persist (one LevelDB batch) → send messages and snapshots → answer clients, queue coordinator
- * requests → advance. Each shard's Readys and snapshot installs run one at a time.
+ * answer clients → persist (one LevelDB batch) → send messages and snapshots, queue coordinator
+ * requests → advance. Each shard's Readys and snapshot installs run one at a time. After every
+ * input the primary's appends and the answers are taken out at once (pipelining: sent while the
+ * primary's own write runs, answered at commit).
  */
 import { performance } from 'node:perf_hooks';
 import type { ClusterMapView, ShardAssignment } from '../protocols/cluster-map/types.js';
@@ -19,10 +21,12 @@ import { HANDED_OVER_OUTCOME_MS, ReplicaCore } from '../protocols/replication/re
 import { keyProblem } from '../protocols/replication/versions.js';
 import type {
   InSyncChangeRequest,
+  LoggedOp,
   ReplicaProgress,
   ReplicationMessage,
   ReplicationReady,
   SnapshotMeta,
+  WriteAnswer,
   WriteOp,
   WriteResult,
 } from '../protocols/replication/types.js';
@@ -511,7 +515,25 @@ export class StoreService implements KvApi {
   // The Ready loop.
 
   private afterInput(slot: ShardSlot): void {
+    if (!this.stopped && !slot.removed) {
+      // The primary's appends go out in parallel with its own write, and answers at commit
+      // (ReplicaCore.takeEarlyMessages, takeAnswers): neither waits for the shard's Ready in progress.
+      for (const m of slot.core.takeEarlyMessages()) this.outbox.push(m);
+      const answers = slot.core.takeAnswers();
+      if (answers.length > 0) this.deliverAnswers(answers);
+    }
     if (slot.core.hasReady() || slot.core.role === 'removed') this.kick(slot);
+  }
+
+  private deliverAnswers(answers: readonly WriteAnswer[]): void {
+    for (const a of answers) {
+      const w = this.waiters.get(a.requestId);
+      if (w === undefined) continue;
+      this.waiters.delete(a.requestId);
+      clearTimeout(w.timer);
+      if (a.ok) w.resolve(a.result);
+      else w.reject(a.error);
+    }
   }
 
   private kick(slot: ShardSlot): void {
@@ -562,6 +584,9 @@ export class StoreService implements KvApi {
   private async handleReady(slot: ShardSlot): Promise<void> {
     const core = slot.core;
     const rd: ReplicationReady = core.ready();
+    // Answers are about committed groups (or writes that never happened): they need nothing of
+    // this Ready on disk.
+    this.deliverAnswers(rd.answers);
     const logChange = rd.appendLog.length > 0 || rd.truncateLogAfterSeq !== undefined;
     const durable = logChange || rd.apply.length > 0 || rd.hardState !== undefined || rd.trimLogThroughSeq !== undefined;
     if (durable) {
@@ -570,14 +595,6 @@ export class StoreService implements KvApi {
     }
     for (const m of rd.messages) this.outbox.push(m);
     for (const s of rd.snapshots) void this.sendSnapshot(s.shard, s.to, s.epoch);
-    for (const a of rd.answers) {
-      const w = this.waiters.get(a.requestId);
-      if (w === undefined) continue;
-      this.waiters.delete(a.requestId);
-      clearTimeout(w.timer);
-      if (a.ok) w.resolve(a.result);
-      else w.reject(a.error);
-    }
     if (rd.coordinatorRequests.length > 0) {
       this.pendingRequests.push(...rd.coordinatorRequests);
       if (this.pendingRequests.length > 1024) this.pendingRequests.splice(0, this.pendingRequests.length - 1024);
@@ -1029,7 +1046,7 @@ export class StoreService implements KvApi {
     const requests = arr(h, 'requests', 4096).map((r, k): InSyncChangeRequest => {
       const o = obj(r, `requests[${k}]`);
       const kind = o.kind;
-      if (kind !== 'shrink-in-sync' && kind !== 'expand-in-sync') throw new InvalidMessageError(`requests[${k}].kind: unknown`);
+      if (kind !== 'shrink-in-sync' && kind !== 'expand-in-sync' && kind !== 'renew-epoch') throw new InvalidMessageError(`requests[${k}].kind: unknown`);
       const req = { kind, shard: int(o, 'shard', 0, 1023), from: str(o, 'from', 128), replica: str(o, 'replica', 128), epoch: int(o, 'epoch') } as InSyncChangeRequest;
       if (req.from !== from) throw new InvalidMessageError(`requests[${k}].from: not the sender`);
       return req;
@@ -1292,10 +1309,17 @@ export class StoreService implements KvApi {
     if (slot === undefined || slot.removed) return { ok: false, code: 'not_primary', message: `no replica of shard ${shard} here` };
     this.counters.served++;
     if (req.op === 'get') {
+      let pending: LoggedOp | null;
       try {
-        slot.core.read(this.now(), req.key, req.consistency ?? 'strong');
+        pending = slot.core.read(this.now(), req.key, req.consistency ?? 'strong');
       } catch (err) {
         return this.replyForError(err);
+      }
+      if (pending !== null) {
+        // Committed, answered, not yet applied here.
+        return pending.kind === 'put'
+          ? { ok: true, version: pending.version, present: true, value: pending.value }
+          : { ok: true, version: pending.version, present: false, value: null };
       }
       const r = await this.shardStore.readValue(shard, req.key);
       return { ok: true, version: r.version, present: r.present, value: r.value };
@@ -1341,7 +1365,7 @@ export class StoreService implements KvApi {
         if ((err as Error).name === 'StaleVersionError' && attempt < 5) continue;
         throw err;
       }
-      this.kick(slot);
+      this.afterInput(slot);
       return answer;
     }
   }

@@ -9,7 +9,12 @@ export type NotPrimaryReason =
   /** A newer epoch exists than the assignment this replica holds; it waits for the new map. */
   | 'stale-epoch'
   /** A newly promoted primary has not yet brought its in-sync set to its sequence. */
-  | 'reconciling';
+  | 'reconciling'
+  /**
+   * This replica restarted while primary: it may have sent groups it never persisted, so it does
+   * not sequence at that epoch again and waits for the coordinator to bump it (a fresh epoch).
+   */
+  | 'restarted';
 
 /** The request reached a replica that may not serve it now; `primary` is the best hint (or null). */
 export class NotPrimaryError extends Error {

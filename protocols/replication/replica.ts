@@ -25,10 +25,11 @@
  * - `write(nowMs, request)`: a client write at the primary. The shell first reads the key's
  *   version from its durable data and passes it with `durableAtSeq` (see WriteRequest and
  *   versions.ts). Throws NotPrimaryError, NotEnoughReplicasError, OverloadedError,
- *   StaleVersionError (read again, retry) or InvalidRequestError; otherwise the answer comes later in
- *   `Ready.answers`.
- * - `read(nowMs, key, consistency)`: authorizes a read (throws NotPrimaryError or NotInSyncError);
- *   the shell then reads its durable data.
+ *   StaleVersionError (read again, retry) or InvalidRequestError; otherwise the answer comes later
+ *   (`takeAnswers()` or `Ready.answers`), once the write is committed.
+ * - `read(nowMs, key, consistency)`: authorizes a read (throws NotPrimaryError or NotInSyncError)
+ *   and returns the key's newest op among the committed groups not yet applied, if any; otherwise
+ *   the shell reads its durable data.
  * - `installSnapshot(nowMs, meta)`: a fully received snapshot stream (header + data). If it
  *   returns true the shell must replace the shard's data with the snapshot, empty its op log and
  *   store `appliedSeq = meta.seq, appliedEpoch = meta.seqEpoch`, atomically and durably, before
@@ -42,10 +43,11 @@
  *    tombstone with its version).
  * 2. Then send `messages` (protocol `/shoal/replication/1.0.0`, encodeReplicationMessage), and
  *    for each of `snapshots`, stream a consistent snapshot of this replica's *applied* data with
- *    a header `{ seq: appliedSeq, seqEpoch: appliedEpoch }`. Never send before step 1 is durable:
- *    an acknowledgement promises the data is on disk, and a primary's log must hold every group
- *    it ever sent.
- * 3. Deliver `answers` to waiting clients (their data is durable by step 1) and forward
+ *    a header `{ seq: appliedSeq, seqEpoch: appliedEpoch }`. Never send these before step 1 is
+ *    durable: an acknowledgement promises the data is on disk. (The primary's appends may leave
+ *    earlier, through `takeEarlyMessages()`: pipelining, see there.)
+ * 3. Deliver `answers` to waiting clients (they may be delivered before step 1, or taken earlier
+ *    with `takeAnswers()`: every answer is about committed groups) and forward
  *    `coordinatorRequests` to the coordinator (best effort; the core repeats what it still
  *    needs). The coordinator must apply a request only if the shard is still at its `epoch` and
  *    `from` is the primary, then bump the epoch; it must never add a replica to the in-sync set
@@ -60,6 +62,14 @@
  * Lease renewals should carry `progress()` (epoch, lastSeq): the coordinator promotes the in-sync
  * replica with the highest lastSeq, and only after the old primary's lease has expired on its own
  * clock; it then bumps the epoch (and normally drops the old primary from the in-sync set).
+ *
+ * Pipelining: a primary sends groups to its backups in parallel with persisting them itself
+ * (`takeEarlyMessages`) and answers at commit, before the apply (`takeAnswers`); strong reads see
+ * committed groups not yet applied (`read`). A primary that crashes may therefore have sent
+ * groups it never persisted: after a restart it does not sequence, send or serve at the epoch it
+ * recovered, and asks the coordinator for a fresh one (`renew-epoch`); the new epoch's
+ * reconciliation drops those groups from the backups (never committed: a commit needs the
+ * primary's own persist). One content per (seq, epoch) holds.
  *
  * ## Algorithm notes
  *
@@ -203,6 +213,12 @@ interface PrimaryState {
   inflight: InflightGroup[];
   /** Last time each still-wanted coordinator request was emitted, by `kind:replica`. */
   requestSentAtMs: Map<string, number>;
+  /**
+   * False while primary at an epoch this replica held before its last restart: it may have sent
+   * groups at that epoch that it never persisted, so it neither sequences, sends, nor serves until
+   * the coordinator bumps the epoch (`renew-epoch`). One content per (seq, epoch) depends on it.
+   */
+  fresh: boolean;
 }
 
 export class ReplicaCore {
@@ -239,6 +255,10 @@ export class ReplicaCore {
   private persistedSeq: number;
   private readonly overlay: VersionOverlay;
   private primary: PrimaryState | null = null;
+  /** The epoch recovered at start: this replica never sequences at it or below (see PrimaryState.fresh). */
+  private readonly freshEpochFloor: number;
+  /** The highest epoch known durable (recovered, or persisted through a Ready's hardState and advanced). */
+  private durableEpoch: number;
 
   // Backup state.
   private readonly buffered = new Map<number, AppendMessage>();
@@ -246,8 +266,16 @@ export class ReplicaCore {
   private lastCatchUpSentMs = Number.NEGATIVE_INFINITY;
   private lastCatchUpAfterSeq = -1;
 
-  // Outbox, handed out by ready().
+  // Outbox, handed out by ready() (and, for `early` and `answers`, by takeEarlyMessages() and takeAnswers()).
   private unstable: LogGroup[] = [];
+  /** The primary's appends that may leave before anything is persisted (see takeEarlyMessages). */
+  private early: ReplicationMessage[] = [];
+  /**
+   * An append is in `messages` (it must wait for persistence), or in the messages of the Ready
+   * handed out and not yet advanced: later appends wait too, so they never overtake it.
+   */
+  private appendHeld = false;
+  private readyHoldsAppend = false;
   private truncateAfterSeq: number | undefined;
   private trimThroughSeq: number | undefined;
   private messages: ReplicationMessage[] = [];
@@ -286,6 +314,8 @@ export class ReplicaCore {
     this.log = new ReplicaLog(trimSeq, trimEpoch, groups);
     assertReplication(this.log.lastSeq >= r.appliedSeq, 'recovered log ends before the applied sequence');
     this.epochValue = Math.max(r.epoch, this.log.lastEpoch);
+    this.freshEpochFloor = options.recovered === undefined ? 0 : this.epochValue;
+    this.durableEpoch = r.epoch;
     if (this.epochValue === r.epoch) for (const id of r.expanding ?? []) this.expanding.add(id);
     this.commitSeq = r.appliedSeq;
     this.applyingSeq = r.appliedSeq;
@@ -341,7 +371,7 @@ export class ReplicaCore {
       epoch: this.epochValue,
       primary: this.primaryHint,
       serving: this.isServing(nowMs),
-      reconciled: ps !== null && this.commitSeq >= ps.reconcileSeq,
+      reconciled: ps !== null && ps.fresh && this.commitSeq >= ps.reconcileSeq,
       lastSeq: this.log.lastSeq,
       commitSeq: this.commitSeq,
       appliedSeq: this.appliedSeq,
@@ -438,6 +468,7 @@ export class ReplicaCore {
     this.validateWrite(request);
     this.checkServing(nowMs);
     const ps = this.primary!;
+    if (!ps.fresh) throw new NotPrimaryError(this.id, this.epochValue, 'restarted');
     if (this.commitSeq < ps.reconcileSeq) throw new NotPrimaryError(this.id, this.epochValue, 'reconciling');
     const inSync = this.inSyncCount();
     if (inSync < this.minInSyncValue) throw new NotEnoughReplicasError(inSync, this.minInSyncValue);
@@ -465,24 +496,32 @@ export class ReplicaCore {
   }
 
   /**
-   * Authorizes a read of the shell's durable data. `strong`: only a serving, reconciled primary
-   * whose data holds everything committed before it took over. `any`: any replica of the in-sync
-   * set (possibly stale by the groups not yet applied).
+   * Authorizes a read. `strong`: only a serving, reconciled primary. Writes are answered once
+   * committed, possibly before the shell has applied them to its data, so a strong read must see
+   * committed groups not yet applied: the key's newest op among them is returned (serve it; a
+   * delete means absent at its version); null means the shell's data is current for the key
+   * (read it; whatever is applied meanwhile is committed too). `any`: any replica of the in-sync
+   * set, from its data (possibly stale by the groups not yet applied); always null.
    */
-  read(nowMs: number, key: string, consistency: ReadConsistency): void {
+  read(nowMs: number, key: string, consistency: ReadConsistency): LoggedOp | null {
     if (keyBytes(key) < 0) throw new InvalidRequestError('key', 'longer than the key limit');
     if (consistency === 'strong') {
       this.checkServing(nowMs);
       const ps = this.primary!;
-      if (this.commitSeq < ps.reconcileSeq || this.appliedSeq < ps.reconcileSeq) {
-        throw new NotPrimaryError(this.id, this.epochValue, 'reconciling');
+      if (!ps.fresh) throw new NotPrimaryError(this.id, this.epochValue, 'restarted');
+      if (this.commitSeq < ps.reconcileSeq) throw new NotPrimaryError(this.id, this.epochValue, 'reconciling');
+      for (let seq = Math.min(this.commitSeq, this.log.lastSeq); seq > this.appliedSeq; seq--) {
+        const g = this.log.get(seq);
+        assertReplication(g !== undefined, `committed group ${seq} is not applied and not in the log`);
+        for (let k = g.ops.length - 1; k >= 0; k--) if (g.ops[k]!.key === key) return g.ops[k]!;
       }
-      return;
+      return null;
     }
     const a = this.assignment;
     if (this.roleValue === 'removed' || a === null || a.epoch !== this.epochValue || !a.inSync.includes(this.id)) {
       throw new NotInSyncError(this.primaryHint);
     }
+    return null;
   }
 
   /**
@@ -541,6 +580,7 @@ export class ReplicaCore {
       this.truncateAfterSeq !== undefined ||
       this.trimThroughSeq !== undefined ||
       this.messages.length > 0 ||
+      this.early.length > 0 ||
       this.snapshots.length > 0 ||
       this.answers.length > 0 ||
       this.requests.length > 0 ||
@@ -561,7 +601,7 @@ export class ReplicaCore {
     const rd: ReplicationReady = {
       appendLog: this.unstable,
       apply,
-      messages: this.messages,
+      messages: this.early.length === 0 ? this.messages : [...this.early, ...this.messages],
       snapshots: this.snapshots,
       answers: this.answers,
       coordinatorRequests: this.requests,
@@ -574,6 +614,9 @@ export class ReplicaCore {
     this.truncateAfterSeq = undefined;
     this.trimThroughSeq = undefined;
     this.messages = [];
+    this.early = [];
+    this.readyHoldsAppend = this.appendHeld;
+    this.appendHeld = false;
     this.snapshots = [];
     this.answers = [];
     this.requests = [];
@@ -581,9 +624,39 @@ export class ReplicaCore {
     return rd;
   }
 
+  /**
+   * The primary's appends that may leave before anything is persisted; take them at any time
+   * (also between `ready()` and `advance()`), or they come in the next Ready's `messages`.
+   *
+   * A backup acknowledges only what it has persisted, and a group commits only once the primary
+   * has persisted it too (`advance`), so sending in parallel with the primary's own write loses
+   * nothing. Appends become early only once the primary's epoch is durable, and a primary that
+   * restarts does not sequence at the epoch it recovered (see PrimaryState.fresh): a group it
+   * sent but never persisted can never be followed by a different group at that (seq, epoch).
+   */
+  takeEarlyMessages(): ReplicationMessage[] {
+    const out = this.early;
+    this.early = [];
+    return out;
+  }
+
+  /**
+   * Answers to deliver now; take them at any time (also between `ready()` and `advance()`), or
+   * they come in the next Ready. Every answer is about committed groups (durable on the primary
+   * and on every in-sync replica) or about writes that never happened: none waits for a Ready to
+   * be persisted, nor for the apply to the data (strong reads see committed groups, see `read`).
+   */
+  takeAnswers(): WriteAnswer[] {
+    const out = this.answers;
+    this.answers = [];
+    return out;
+  }
+
   /** The shell has made `rd`'s log changes and applies durable. */
   advance(nowMs: number, rd: ReplicationReady): void {
     this.readyOutstanding = false;
+    this.readyHoldsAppend = false;
+    if (rd.hardState !== undefined) this.durableEpoch = Math.max(this.durableEpoch, rd.hardState.epoch);
     const lastAppended = rd.appendLog[rd.appendLog.length - 1];
     if (lastAppended !== undefined && this.log.epochAt(lastAppended.seq) === lastAppended.epoch) {
       this.persistedSeq = Math.max(this.persistedSeq, lastAppended.seq);
@@ -643,6 +716,7 @@ export class ReplicaCore {
       queueVersions: new Map(),
       inflight: [],
       requestSentAtMs: new Map(),
+      fresh: this.epochValue > this.freshEpochFloor,
     };
     this.primary = ps;
     this.syncFollowers();
@@ -663,8 +737,16 @@ export class ReplicaCore {
       }
       ps.epoch = this.epochValue;
       // Everything in our log now predates the new epoch; replicas hold nothing of ours beyond it.
+      // (Groups a restarted primary sent but never persisted are beyond it: dropped, like any
+      // older-epoch tail the primary does not have.)
       ps.epochStartSeq = this.log.lastSeq;
       ps.requestSentAtMs.clear();
+      if (!ps.fresh && this.epochValue > this.freshEpochFloor) {
+        ps.fresh = true;
+        ps.reconcileSeq = this.log.lastSeq;
+        ps.reconcileStartedAtMs = nowMs;
+        for (const f of ps.followers.values()) this.sendAppend(f, nowMs, true);
+      }
     }
     this.syncFollowers();
     this.advanceCommit(nowMs);
@@ -796,6 +878,12 @@ export class ReplicaCore {
   private tickPrimary(nowMs: number): void {
     const ps = this.primary!;
     const serving = this.isServing(nowMs);
+    if (!ps.fresh) {
+      if (serving) {
+        this.emitRequest(nowMs, 'renew', { kind: 'renew-epoch', shard: this.shard, from: this.id, replica: this.id, epoch: this.epochValue });
+      }
+      return;
+    }
     if (!serving && ps.queue.length > 0) {
       // Not sequenced: these definitely did not happen.
       for (const w of ps.queue) {
@@ -924,7 +1012,7 @@ export class ReplicaCore {
   /** Seals queued writes into groups while the pipeline has room. */
   private sealGroups(nowMs: number): void {
     const ps = this.primary;
-    if (ps === null || ps.queue.length === 0) return;
+    if (ps === null || ps.queue.length === 0 || !ps.fresh) return;
     if (!this.isServing(nowMs) || this.commitSeq < ps.reconcileSeq) return;
     while (ps.queue.length > 0 && ps.inflight.length < this.config.maxGroupsInFlight) {
       const inSync = this.inSyncCount();
@@ -1001,6 +1089,7 @@ export class ReplicaCore {
    */
   private sendAppend(f: FollowerProgress, nowMs: number, allowEmpty: boolean): void {
     const ps = this.primary!;
+    if (!ps.fresh) return;
     if (f.nextSeq <= this.log.trimSeq) {
       // The groups it needs are trimmed: it gets a snapshot of our applied data instead.
       if (nowMs - f.snapshotSentAtMs >= this.config.snapshotRetryMs) {
@@ -1058,7 +1147,7 @@ export class ReplicaCore {
   private handleAck(nowMs: number, m: AppendAckMessage): void {
     const ps = this.primary!;
     const f = ps.followers.get(m.from);
-    if (f === undefined || m.matchSeq > this.log.lastSeq) return;
+    if (f === undefined || m.matchSeq > this.log.lastSeq || !ps.fresh) return;
     f.lastAckAtMs = nowMs;
     if (m.matchSeq > f.matchSeq) {
       f.matchSeq = m.matchSeq;
@@ -1078,7 +1167,7 @@ export class ReplicaCore {
 
   private handleCatchUp(nowMs: number, m: CatchUpMessage): void {
     const f = this.primary!.followers.get(m.from);
-    if (f === undefined) return;
+    if (f === undefined || !this.primary!.fresh) return;
     // A follower asking from below what it acknowledged lost its log tail (damaged records cut
     // at restart, a torn write): believe it, as Raft's leader believes a regressed follower, or
     // heartbeats naming the old match point would never reach it again. Commit never goes back.
@@ -1221,6 +1310,12 @@ export class ReplicaCore {
   }
 
   private send(m: ReplicationMessage): void {
+    const ps = this.primary;
+    if (m.type === 'append' && !this.appendHeld && !this.readyHoldsAppend && ps !== null && ps.fresh && this.durableEpoch >= this.epochValue) {
+      this.early.push(m);
+      return;
+    }
+    if (m.type === 'append') this.appendHeld = true;
     this.messages.push(m);
   }
 }

@@ -95,7 +95,11 @@ export type WriteAnswer =
  * then bumps the epoch. A stale request is dropped; the core asks again at the new epoch.
  */
 export interface InSyncChangeRequest {
-  kind: 'shrink-in-sync' | 'expand-in-sync';
+  /**
+   * `renew-epoch`: the primary restarted at `epoch` (it may have sent groups it never persisted,
+   * see replica.ts): bump the epoch without other change (`replica` is `from`).
+   */
+  kind: 'shrink-in-sync' | 'expand-in-sync' | 'renew-epoch';
   shard: number;
   /** The primary making the request. */
   from: ReplicaId;
@@ -257,7 +261,7 @@ export interface SnapshotToSend {
  * 1. persist `hardState`, then the log changes (`truncateLogAfterSeq`, `appendLog`), and apply
  *    `apply` to the data with the applied sequence number, durably (may be one storage batch);
  * 2. then send `messages` and `snapshots`;
- * 3. then deliver `answers` to clients and forward `coordinatorRequests`;
+ * 3. then forward `coordinatorRequests` (`answers` may go to clients at once, before 1);
  * 4. `trimLogThroughSeq` may be done any time after 1;
  * 5. call `advance(ready)` once 1 is durable.
  */
@@ -275,10 +279,10 @@ export interface ReplicationReady {
   apply: LogGroup[];
   /** Op-log groups with seq ≤ this may be deleted (every in-sync replica has them, and they are applied). */
   trimLogThroughSeq?: number;
-  /** Send only after everything above is durable. */
+  /** Send only after everything above is durable (the primary's early appends are taken with takeEarlyMessages). */
   messages: ReplicationMessage[];
   snapshots: SnapshotToSend[];
-  /** Answers to clients, after the data of `apply` is durable. */
+  /** Answers to clients: all about committed groups (or writes that never happened), so they may go before 1. */
   answers: WriteAnswer[];
   /** Forward to the coordinator (best effort: the core asks again while still needed). */
   coordinatorRequests: InSyncChangeRequest[];

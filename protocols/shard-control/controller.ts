@@ -260,7 +260,8 @@ export class ShardController {
     }
     for (const r of requests.slice(0, MAX_REQUESTS_PER_SHARD * CLUSTER_MAP_LIMITS.maxShardCount)) {
       if (r.from !== peer || !validShard(r.shard) || !Number.isSafeInteger(r.epoch)) continue;
-      if (r.kind !== 'shrink-in-sync' && r.kind !== 'expand-in-sync') continue;
+      if (r.kind !== 'shrink-in-sync' && r.kind !== 'expand-in-sync' && r.kind !== 'renew-epoch') continue;
+      if (r.kind === 'renew-epoch' && r.replica !== r.from) continue;
       const list = this.requests.get(r.shard) ?? [];
       const same = list.findIndex((q) => q.kind === r.kind && q.replica === r.replica && q.from === r.from && q.epoch === r.epoch);
       if (same >= 0) list.splice(same, 1);
@@ -524,7 +525,10 @@ export class ShardController {
     const done: string[] = [];
     for (const r of list) {
       if (r.epoch !== a.epoch || r.from !== a.primary) continue;
-      if (r.kind === 'shrink-in-sync') {
+      if (r.kind === 'renew-epoch') {
+        // The primary restarted: a new epoch, nothing else (see protocols/replication/replica.ts).
+        done.push('renew the epoch after a restart');
+      } else if (r.kind === 'shrink-in-sync') {
         if (r.replica === a.primary || !inSync.has(r.replica)) continue;
         inSync.delete(r.replica);
         done.push(`shrink ${r.replica}`);

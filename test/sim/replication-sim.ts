@@ -13,7 +13,11 @@
  *
  * The simulated shell follows the Ready contract: persist (hard state, log, applies) to a
  * simulated durable store, then send, then answer, then advance. A crash throws away the core and
- * everything not in the durable store (including the lease).
+ * everything not in the durable store (including the lease). Each seed picks, per replica, whether
+ * the shell sends the primary's appends before persisting (`takeEarlyMessages`: send-before-persist)
+ * and whether it answers at commit, before the apply (`takeAnswers`: answer-before-apply); strong
+ * reads at the primary then see committed groups not yet applied. Primaries also restart within
+ * their lease (a fresh epoch before they sequence again).
  */
 import { SeededRandom, type Random } from '../../protocols/random.js';
 import type { ShardAssignment } from '../../protocols/cluster-map/types.js';
@@ -90,11 +94,17 @@ const MAX_KEY_HISTORY = 8;
 export class ReplicaShell {
   core: ReplicaCore | null = null;
   durable: DurableReplica = emptyDurable();
+  /** The epoch the core recovered at its last start (it never sequences at it again). */
+  startedAtEpoch = 0;
   /**
    * Simulated storage latency: a Ready is persisted, sent and advanced this long after it was
    * taken; the core gets other inputs meanwhile. 0: synchronous.
    */
   ioDelayMs = 0;
+  /** Send-before-persist: the primary's appends leave as soon as the core has them. */
+  sendEarly = false;
+  /** Answer-before-apply: answers leave as soon as the core has them, before any persist. */
+  answerEarly = false;
   private outstanding: { rd: ReplicationReady; completeAtMs: number } | null = null;
   /** Recent states per key since `historyFloorSeq` (in memory: lost on crash). */
   private history = new Map<string, KeyHistory>();
@@ -121,6 +131,7 @@ export class ReplicaShell {
       recovered: { epoch: d.epoch, expanding: [...d.expanding], appliedSeq: d.appliedSeq, appliedEpoch: d.appliedEpoch, log: [...d.log] },
     });
     this.outstanding = null;
+    this.startedAtEpoch = this.core.epoch;
     this.history.clear();
     this.historyFloorSeq = d.appliedSeq;
     if (d.assignment !== null) this.core.setAssignment(nowMs, d.assignment);
@@ -165,6 +176,18 @@ export class ReplicaShell {
     return this.durable.data.get(key);
   }
 
+  /**
+   * A strong read as the real shell serves it: authorized by the core (throws when not serving),
+   * from the committed groups not yet applied when the key is in one, else from the data.
+   */
+  strongRead(nowMs: number, key: string): { value: StoredValue; fromLog: boolean } {
+    const op = this.core!.read(nowMs, key, 'strong');
+    if (op !== null) {
+      return { value: { version: op.version, present: op.kind === 'put', value: op.kind === 'put' ? op.value : null }, fromLog: true };
+    }
+    return { value: this.durable.data.get(key) ?? { version: 0, present: false, value: null }, fromLog: false };
+  }
+
   /** Handles pending Readys in contract order; returns what must go out now. */
   process(nowMs: number): ShellOutput {
     const out: ShellOutput = { messages: [], snapshots: [], answers: [], requests: [] };
@@ -173,6 +196,8 @@ export class ReplicaShell {
     let rounds = 0;
     for (;;) {
       if (++rounds > 1000) throw new Error(`${this.id}: Ready loop does not settle`);
+      if (this.sendEarly) out.messages.push(...core.takeEarlyMessages());
+      if (this.answerEarly) out.answers.push(...core.takeAnswers());
       if (this.outstanding !== null) {
         if (nowMs < this.outstanding.completeAtMs) return out;
         const rd = this.outstanding.rd;
@@ -183,6 +208,10 @@ export class ReplicaShell {
       if (!core.hasReady()) return out;
       const rd = core.ready();
       this.hooks.onReadyTaken?.(this, rd);
+      if (this.answerEarly) {
+        out.answers.push(...rd.answers);
+        rd.answers = [];
+      }
       if (this.ioDelayMs > 0) {
         this.outstanding = { rd, completeAtMs: nowMs + this.ioDelayMs };
         continue;
@@ -302,6 +331,8 @@ export interface FaultProfile {
    * log catch-up or a snapshot, then in sync): a replica move, with every other fault going on.
    */
   replaceProbability: number;
+  /** Per step: the primary crashes and restarts at once, well within its lease. */
+  primaryRestartProbability: number;
 }
 
 export const MAX_FAULTS: Readonly<FaultProfile> = Object.freeze({
@@ -316,6 +347,7 @@ export const MAX_FAULTS: Readonly<FaultProfile> = Object.freeze({
   restartProbability: 0.03,
   pauseProbability: 0.004,
   replaceProbability: 0.002,
+  primaryRestartProbability: 0.002,
 });
 
 export interface ReplicationSimOptions {
@@ -350,6 +382,15 @@ export interface ReplicationSimStats {
   maxSeq: number;
   /** Simulated ms from healing to the first acknowledged write invoked after it. */
   recoveryMs: number;
+  /** Primaries restarted within their lease, and the fresh epochs the coordinator granted them. */
+  primaryRestarts: number;
+  epochRenewals: number;
+  /** Strong reads served, and those answered from committed groups not yet applied. */
+  strongReads: number;
+  readsFromLog: number;
+  /** Seeds (replicas) whose shell sends before persisting / answers before applying. */
+  sendEarlyReplicas: number;
+  answerEarlyReplicas: number;
 }
 
 const REPLICAS = ['r1', 'r2', 'r3'] as const;
@@ -426,6 +467,7 @@ class ReplicationSim {
   private network: Envelope[] = [];
   private readonly cut = new Set<string>();
   private faultsOn = true;
+  private clientsOn = true;
 
   private readonly shells = new Map<string, ReplicaShell>();
   private readonly clockRate = new Map<string, number>();
@@ -452,6 +494,12 @@ class ReplicationSim {
   /** (epoch:seq) → group fingerprint, registered when the primary of that epoch persists it. */
   private readonly sequenced = new Map<string, string>();
   private readonly firstSeqOfEpoch = new Map<number, number>();
+  /** The highest seq registered for each epoch. */
+  private readonly lastSeqOfEpoch = new Map<number, number>();
+  /** Acknowledged writes whose group no replica has applied yet (answered at commit), by seq. */
+  private readonly ackedUnapplied = new Map<number, Array<{ replica: string; op: WriteOp; version: number }>>();
+  /** Strong reads, checked against the committed chain at the end. */
+  private readonly reads: Array<{ key: string; version: number; present: boolean; value: string | null; atMs: number }> = [];
   /** The primary the coordinator named for each epoch. */
   private readonly epochPrimary = new Map<number, string>();
   /** seq → fingerprint of the group applied at seq (state machine safety). */
@@ -493,6 +541,7 @@ class ReplicationSim {
       restartProbability: f.restartProbability * (0.25 + 0.75 * r.next()),
       pauseProbability: r.next() * f.pauseProbability,
       replaceProbability: r.next() * f.replaceProbability,
+      primaryRestartProbability: r.next() * f.primaryRestartProbability,
     };
     this.config = {
       minInSync: 2,
@@ -528,9 +577,15 @@ class ReplicationSim {
     };
     const ioDelayMaxMs = r.pick([0, 0, 4, 12]);
     this.staleReadProbability = r.pick([0, 0.3]);
+    // Per seed: the conservative shell, the pipelined one, or a mix across replicas.
+    const pipelining = r.pick(['none', 'all', 'all', 'mixed'] as const);
     for (const id of REPLICAS) {
       const shell = new ReplicaShell(id, SHARD, this.config, hooks);
       shell.ioDelayMs = ioDelayMaxMs === 0 ? 0 : r.int(1, ioDelayMaxMs);
+      shell.sendEarly = pipelining === 'all' || (pipelining === 'mixed' && r.chance(0.5));
+      shell.answerEarly = pipelining === 'all' || (pipelining === 'mixed' && r.chance(0.5));
+      if (shell.sendEarly) this.stats.sendEarlyReplicas++;
+      if (shell.answerEarly) this.stats.answerEarlyReplicas++;
       this.shells.set(id, shell);
       this.clockRate.set(id, 1 - DRIFT + 2 * DRIFT * r.next());
       this.clockOffsetMs.set(id, r.int(0, 10_000));
@@ -559,6 +614,12 @@ class ReplicationSim {
     // Let in-flight work settle, then check the final primary holds every acknowledged write.
     const settleUntil = this.nowMs + 500;
     while (this.nowMs < settleUntil) this.step();
+    // Then no new writes, until what was answered at commit has been applied (bounded).
+    this.clientsOn = false;
+    const drainUntil = this.nowMs + 500;
+    const applying = (): boolean =>
+      [...this.shells.values()].some((sh) => sh.alive && sh.core!.status(this.localMs(sh.id)).appliedSeq < sh.core!.status(this.localMs(sh.id)).commitSeq);
+    while (this.nowMs < drainUntil && (this.ackedUnapplied.size > 0 || applying())) this.step();
     this.checkFinal();
     return this.stats;
   }
@@ -608,6 +669,10 @@ class ReplicationSim {
     const out = shell.process(this.localMs(shell.id));
     for (const m of out.messages) {
       if (m.type === 'append-ack') this.checkAckedPrefix(shell, m.epoch, m.matchSeq);
+      if (m.type === 'append') {
+        if (m.groups.length > 0) this.traceLine(`${shell.id} -> ${m.to} append e${m.epoch} prev ${m.prevSeq} groups ${m.groups.map((g) => `${g.seq}/${g.epoch}`).join(',')}`);
+        for (const g of m.groups) this.register(shell.id, g, 'sent');
+      }
       this.send(shell.id, m.to, { kind: 'repl', message: m });
     }
     for (const s of out.snapshots) {
@@ -715,7 +780,11 @@ class ReplicationSim {
     const a = this.assignment;
     if (req.shard !== SHARD || req.epoch !== a.epoch || req.from !== a.primary) return;
     let inSync: string[];
-    if (req.kind === 'shrink-in-sync') {
+    if (req.kind === 'renew-epoch') {
+      if (req.replica !== req.from) return;
+      inSync = a.inSync;
+      this.stats.epochRenewals++;
+    } else if (req.kind === 'shrink-in-sync') {
       if (!a.inSync.includes(req.replica) || req.replica === a.primary) return;
       inSync = a.inSync.filter((r) => r !== req.replica);
       this.stats.shrinks++;
@@ -759,6 +828,7 @@ class ReplicationSim {
   // -------------------------------------------------------------------------------------------
 
   private tickClients(): void {
+    if (!this.clientsOn) return;
     for (const c of this.clients) {
       if (c.pending !== null) {
         if (this.nowMs - c.pending.invokeMs >= CLIENT_TIMEOUT_MS) {
@@ -775,6 +845,10 @@ class ReplicationSim {
 
   private invoke(c: ClientState): void {
     const r = this.random;
+    if (r.chance(0.25)) {
+      this.strongRead(c);
+      return;
+    }
     const key = r.pick(KEYS);
     const value = new TextEncoder().encode(`v${this.nextRequestId}`);
     let op: WriteOp;
@@ -807,6 +881,40 @@ class ReplicationSim {
     c.pending = { requestId, replica: shell.id, op, invokeMs: this.nowMs };
     this.invoked.set(requestId, op);
     this.flush(shell);
+  }
+
+  /**
+   * A strong read at the replica the client believes is primary. It must see every write
+   * acknowledged before it (real-time order); what it saw must be in the committed chain
+   * (checked at the end).
+   */
+  private strongRead(c: ClientState): void {
+    const r = this.random;
+    const key = r.pick(KEYS);
+    const shell = this.shells.get(c.primaryGuess)!;
+    if (!shell.alive || this.isPaused(shell.id)) {
+      c.primaryGuess = r.pick(REPLICAS);
+      return;
+    }
+    let got: { value: StoredValue; fromLog: boolean };
+    try {
+      got = shell.strongRead(this.localMs(shell.id), key);
+    } catch (err) {
+      const e = err as Error & { primary?: string | null };
+      if (e.name !== 'NotPrimaryError') throw err;
+      if (typeof e.primary === 'string' && e.primary !== shell.id) c.primaryGuess = e.primary;
+      else if (e.primary !== shell.id) c.primaryGuess = r.pick(REPLICAS);
+      return;
+    }
+    this.stats.strongReads++;
+    if (got.fromLog) this.stats.readsFromLog++;
+    let newest = 0;
+    for (const w of this.acked) if (w.key === key && w.version > newest) newest = w.version;
+    for (const list of this.ackedUnapplied.values()) for (const w of list) if (w.op.key === key && w.version > newest) newest = w.version;
+    if (got.value.version < newest) {
+      this.fail(`strong read of ${key} at ${shell.id} saw version ${got.value.version} after version ${newest} was acknowledged (${this.describe()})`);
+    }
+    this.reads.push({ key, version: got.value.version, present: got.value.present, value: valueText(got.value.value), atMs: this.nowMs });
   }
 
   private completeClient(replica: string, a: WriteAnswer): void {
@@ -854,7 +962,14 @@ class ReplicationSim {
 
   private recordAck(replica: string, seq: number, op: WriteOp, version: number): void {
     const group = this.committedGroups.get(seq);
-    if (group === undefined) this.fail(`write acknowledged by ${replica} in group ${seq}, which was never applied`);
+    if (group === undefined) {
+      // Answered at commit, before any replica applied it: checked when the group is applied
+      // (checkFinal fails if it never is).
+      const list = this.ackedUnapplied.get(seq) ?? [];
+      list.push({ replica, op, version });
+      this.ackedUnapplied.set(seq, list);
+      return;
+    }
     const logged = group.ops.find((o) => o.key === op.key && o.version === version);
     if (logged === undefined) this.fail(`acknowledged write ${op.key}@${version} (seq ${seq}) is not in the committed group`);
     if (op.kind === 'delete' ? logged.kind !== 'delete' : logged.kind !== 'put') this.fail(`acknowledged ${op.kind} logged as ${logged.kind}`);
@@ -889,6 +1004,19 @@ class ReplicationSim {
       this.traceLine(`fault: cut ${victim} from the coordinator`);
     }
     if (r.chance(f.replaceProbability)) this.moveReplica();
+    if (r.chance(f.primaryRestartProbability)) {
+      const p = this.assignment.primary;
+      const shell = p === null ? undefined : this.shells.get(p);
+      if (shell !== undefined && shell.alive) {
+        // Crash and come back at once: the coordinator still counts its lease, so it is primary
+        // again at the same epoch, with whatever it sent but had not persisted out there.
+        shell.crash();
+        this.leaseUntil.delete(shell.id);
+        this.stats.primaryRestarts++;
+        this.traceLine(`fault: primary ${shell.id} restarts within its lease`);
+        this.restart(shell);
+      }
+    }
     if (r.chance(f.healProbability) && this.cut.size > 0) {
       this.cut.clear();
       this.traceLine('fault: heal');
@@ -983,23 +1111,31 @@ class ReplicationSim {
   }
 
   /**
-   * (2) registry of groups by (epoch, seq), filled when the primary of that epoch persists one (a
-   * group sealed but lost in a crash before it was persisted was never sent, and may be sealed
-   * again differently); every other replica may persist only exactly that group.
+   * (2) one content per (seq, epoch): a registry of groups by (epoch, seq), filled when the
+   * primary of that epoch first sends or persists one. Whoever sends or persists a group later
+   * must have exactly that group. A primary that crashed with a group sent (possibly before it
+   * persisted it) never seals a different one there: it restarts into a fresh epoch.
    */
-  private checkPersist(shell: ReplicaShell, g: LogGroup): void {
+  private register(from: string, g: LogGroup, how: 'sent' | 'persisted'): void {
     const key = `${g.epoch}:${g.seq}`;
     const fp = fingerprint(g);
     const known = this.sequenced.get(key);
     if (known !== undefined) {
-      if (known !== fp) this.fail(`${shell.id} persisted a different group at epoch ${g.epoch} seq ${g.seq}`);
+      if (known !== fp) this.fail(`${from} ${how} a different group at epoch ${g.epoch} seq ${g.seq}`);
       return;
     }
-    if (this.epochPrimary.get(g.epoch) !== shell.id) {
-      this.fail(`${shell.id} persisted group (epoch ${g.epoch}, seq ${g.seq}) before the primary of that epoch did`);
+    if (this.epochPrimary.get(g.epoch) !== from) {
+      this.fail(`${from} ${how} group (epoch ${g.epoch}, seq ${g.seq}) before the primary of that epoch sent or persisted it`);
     }
     this.sequenced.set(key, fp);
+    this.traceLine(`registered (${g.epoch}, ${g.seq}) ${how} by ${from}`);
+    const last = this.lastSeqOfEpoch.get(g.epoch) ?? 0;
+    if (g.seq > last) this.lastSeqOfEpoch.set(g.epoch, g.seq);
     if (!this.firstSeqOfEpoch.has(g.epoch)) this.firstSeqOfEpoch.set(g.epoch, g.seq);
+  }
+
+  private checkPersist(shell: ReplicaShell, g: LogGroup): void {
+    this.register(shell.id, g, 'persisted');
   }
 
   /** (2) each replica's groups of an epoch are a prefix of that epoch's primary's groups. */
@@ -1022,16 +1158,19 @@ class ReplicationSim {
 
   /**
    * (2) a replica acknowledging the primary of `epoch` holds a prefix of that primary's log: the
-   * same groups up to `matchSeq`, and nothing beyond the primary's last group (reconciliation
-   * truncated any older-epoch tail the primary never had).
+   * same groups up to `matchSeq` (each group is checked against the registry when persisted), and
+   * nothing beyond what that primary sequenced (reconciliation truncated any older-epoch tail the
+   * primary never had). The primary's log is its core's (it may send before persisting); once it
+   * crashed, or moved to a later epoch, its log may have been reconciled by another: not checked.
    */
   private checkAckedPrefix(shell: ReplicaShell, epoch: number, matchSeq: number): void {
     const primary = this.shells.get(this.epochPrimary.get(epoch) ?? '');
     if (primary === undefined) this.fail(`${shell.id} acknowledged epoch ${epoch}, which has no primary`);
-    // Once that primary has moved to a later epoch its log may have been reconciled by another.
-    if (primary.durable.epoch !== epoch) return;
-    const pLog = primary.durable.log;
-    const pLast = pLog.length > 0 ? pLog[pLog.length - 1]!.seq : primary.durable.appliedSeq;
+    const core = primary.core;
+    // Restarted at that epoch: it may have lost groups it sent; it does not sequence there again.
+    if (core === null || core.epoch !== epoch || primary === shell || primary.startedAtEpoch >= epoch) return;
+    const pLog = core.logGroups();
+    const pLast = core.progress().lastSeq;
     const bLog = shell.durable.log;
     const bLast = bLog.length > 0 ? bLog[bLog.length - 1]!.seq : shell.durable.appliedSeq;
     if (matchSeq > pLast) this.fail(`${shell.id} acknowledged ${matchSeq} beyond the epoch ${epoch} primary's last group ${pLast}`);
@@ -1054,6 +1193,9 @@ class ReplicationSim {
     if (known === undefined) {
       this.committed.set(g.seq, fp);
       this.committedGroups.set(g.seq, g);
+      const waiting = this.ackedUnapplied.get(g.seq);
+      this.ackedUnapplied.delete(g.seq);
+      for (const w of waiting ?? []) this.recordAck(w.replica, g.seq, w.op, w.version);
       for (const op of g.ops) {
         if (op.kind === 'put' && this.neverHappened.has(`${op.key}\0${valueText(op.value)}`)) {
           this.fail(`a write answered as never applied (${op.key} = ${valueText(op.value)}) is in committed group ${g.seq}`);
@@ -1114,6 +1256,9 @@ class ReplicationSim {
   /** (1) every acknowledged write is in this replica's durable state, in order. */
   private checkHoldsAcked(shell: ReplicaShell): void {
     const d = shell.durable;
+    for (const seq of this.ackedUnapplied.keys()) {
+      if (seq > d.appliedSeq) this.fail(`${shell.id} serves reads at applied ${d.appliedSeq} but misses acknowledged group ${seq}`);
+    }
     for (const w of this.acked) {
       if (w.seq > d.appliedSeq) {
         this.fail(`${shell.id} serves reads at applied ${d.appliedSeq} but misses acknowledged group ${w.seq}`);
@@ -1159,6 +1304,22 @@ class ReplicationSim {
       }
     }
     if (d.data.size !== model.size) this.fail(`final primary ${primary.id} holds keys the committed chain never wrote`);
+    // Every strong read saw a state of the committed chain: the version it read was set by a
+    // committed group with that value (or never set: version 0, absent).
+    const setBy = new Map<string, { present: boolean; value: string | null }>();
+    for (const g of this.committedGroups.values()) {
+      for (const op of g.ops) setBy.set(`${op.key}@${op.version}`, { present: op.kind === 'put', value: op.kind === 'put' ? valueText(op.value) : null });
+    }
+    for (const rd of this.reads) {
+      if (rd.version === 0) {
+        if (rd.present) this.fail(`strong read of ${rd.key} at ${rd.atMs} ms saw a present key at version 0`);
+        continue;
+      }
+      const set = setBy.get(`${rd.key}@${rd.version}`);
+      if (set === undefined || set.present !== rd.present || set.value !== rd.value) {
+        this.fail(`strong read of ${rd.key} at ${rd.atMs} ms saw version ${rd.version} = ${rd.value}, not what the committed chain holds there`);
+      }
+    }
     // Every acknowledged write is in the chain at its sequence, and chains agree on versions.
     for (const w of this.acked) {
       const g = this.committedGroups.get(w.seq)!;
@@ -1186,6 +1347,12 @@ export function emptyStats(): ReplicationSimStats {
     casChecked: 0,
     maxSeq: 0,
     recoveryMs: 0,
+    primaryRestarts: 0,
+    epochRenewals: 0,
+    strongReads: 0,
+    readsFromLog: 0,
+    sendEarlyReplicas: 0,
+    answerEarlyReplicas: 0,
   };
 }
 
@@ -1206,4 +1373,10 @@ export function addStats(total: ReplicationSimStats, s: ReplicationSimStats): vo
   total.casChecked += s.casChecked;
   total.maxSeq = Math.max(total.maxSeq, s.maxSeq);
   total.recoveryMs = Math.max(total.recoveryMs, s.recoveryMs);
+  total.primaryRestarts += s.primaryRestarts;
+  total.epochRenewals += s.epochRenewals;
+  total.strongReads += s.strongReads;
+  total.readsFromLog += s.readsFromLog;
+  total.sendEarlyReplicas += s.sendEarlyReplicas;
+  total.answerEarlyReplicas += s.answerEarlyReplicas;
 }

@@ -43,6 +43,9 @@ describe('replication simulation swarm', function () {
     assert.ok(total.snapshotsInstalled > 0, 'snapshot installs');
     assert.ok(total.truncations > 0, 'reconciliation truncations');
     assert.ok(total.writesIndeterminate > 0, 'indeterminate writes');
+    assert.ok(total.sendEarlyReplicas > 0 && total.answerEarlyReplicas > 0, 'pipelined shells');
+    assert.ok(total.primaryRestarts > 0 && total.epochRenewals > 0, 'primaries restarted within their lease, and fresh epochs');
+    assert.ok(total.strongReads > 0 && total.readsFromLog > 0, 'strong reads, some from committed groups not yet applied');
   });
 
   it('replays a seed exactly', () => {

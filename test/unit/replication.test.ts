@@ -523,7 +523,7 @@ describe('replication core', () => {
     assert.ok(net.requests.some((r) => r.kind === 'expand-in-sync' && r.replica === 'r3' && r.epoch === 2));
   });
 
-  it('a primary restarted at the same epoch still counts the replicas it asked to add', () => {
+  it('a primary restarted within its lease sequences nothing at that epoch until the coordinator renews it', () => {
     const net = new Net(ALL);
     const a: ShardAssignment = { replicas: ALL, primary: 'r1', inSync: ['r1', 'r2'], epoch: 1 };
     net.assign(a);
@@ -538,12 +538,27 @@ describe('replication core', () => {
     net.shell('r1').start(net.nowMs);
     net.lease('r1');
     net.deliver();
+    // It may have sent groups at epoch 1 that it never persisted: no new group at epoch 1.
+    const err = assertThrowsNamed(() => net.write('r1', { kind: 'put', key: 'a', value: bytes('0') }), 'NotPrimaryError') as Error & { reason: string };
+    assert.equal(err.reason, 'restarted');
+    assert.throws(() => net.shell('r1').core!.read(net.nowMs, 'a', 'strong'), (e: Error & { reason?: string }) => e.reason === 'restarted');
+    net.requests.length = 0;
+    net.tick(10);
+    assert.deepEqual(
+      net.requests.filter((r) => r.kind === 'renew-epoch'),
+      [{ kind: 'renew-epoch', shard: SHARD, from: 'r1', replica: 'r1', epoch: 1 }],
+    );
+    // The coordinator applies both of its requests at once: epoch 2 with r3 in sync.
+    net.assign({ ...a, inSync: ALL, epoch: 2 });
+    net.lease('r1');
+    net.deliver();
     const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
     net.deliver((m) => m.to !== 'r3');
-    assert.equal(net.answers.has(w), false, 'r3 may already be in-sync at the coordinator: wait for it');
+    assert.equal(net.answers.has(w), false, 'r3 is in sync at epoch 2: wait for it');
     net.tick(45); // the group lost on the way to r3 is sent again after retransmitTimeoutMs
     net.deliver();
     assert.equal(net.result(w).applied, true);
+    assert.equal(net.shell('r1').durable.appliedEpoch, 2, 'the new group is of the fresh epoch');
   });
 
   it('validates its configuration with ConfigError naming the field', () => {

@@ -482,6 +482,18 @@ describe('shard controller', () => {
       assert.deepEqual(update(w.step(), 0), { replicas: [p, b1, b2], primary: p, inSync: [p, b2], epoch: 3 });
     });
 
+    it('renews the epoch of a primary that restarted, changing nothing else; only its own, at the current epoch', () => {
+      const w = assignedWorld(['a', 'b', 'c']);
+      const [p, b1, b2] = w.shards[0]!.replicas as [string, string, string];
+      const renew = (from: string, replica: string, epoch: number): InSyncChangeRequest => ({ kind: 'renew-epoch', shard: 0, from, replica, epoch });
+      w.renew(b1, [renew(b1, b1, 1)]); // not the primary
+      w.renew(p, [renew(p, b1, 1), renew(p, p, 0)]); // on behalf of another, stale
+      assert.equal(w.plan(), null);
+      w.renew(p, [renew(p, p, 1)]);
+      assert.deepEqual(update(w.step(), 0), { replicas: [p, b1, b2], primary: p, inSync: [p, b1, b2], epoch: 2 });
+      assert.equal(w.plan(), null, 'applied once');
+    });
+
     it('ignores requests at another epoch, from a backup, or on behalf of another peer', () => {
       const w = assignedWorld(['a', 'b', 'c']);
       const [p, b1, b2] = w.shards[0]!.replicas as [string, string, string];
