@@ -26,7 +26,6 @@ import type {
   ReplicationMessage,
   ReplicationReady,
   SnapshotMeta,
-  WriteAnswer,
   WriteOp,
   WriteResult,
 } from '../protocols/replication/types.js';
@@ -40,6 +39,7 @@ import type { Coordinator } from './coordinator.js';
 import type { Host } from './host.js';
 import type { Logger } from './log.js';
 import { RpcEndpoint, RpcUnavailableError } from './rpc.js';
+import { WriteWaiters } from './write-waiters.js';
 import {
   RETRYABLE_STORE_ERRORS,
   StoreError,
@@ -228,12 +228,6 @@ interface OutgoingSnapshot {
   brokeAtMs: number;
 }
 
-interface Waiter {
-  resolve: (r: WriteResult) => void;
-  reject: (e: Error) => void;
-  timer: NodeJS.Timeout;
-}
-
 /** What a primary (or replica) answers a forwarded or local operation with. */
 type OpReply =
   | { ok: true; version: number; present: boolean; value: Uint8Array | null }
@@ -257,7 +251,7 @@ export class StoreService implements KvApi {
   private readonly self: string;
   private readonly slots = new Map<number, ShardSlot>();
   private readonly opening = new Map<number, Promise<ShardSlot | null>>();
-  private readonly waiters = new Map<number, Waiter>();
+  private readonly waiters = new WriteWaiters(WRITE_ANSWER_TIMEOUT_MS);
   private readonly forwards = new Set<ForwardWatch>();
   private nextRequestId = 1;
   private readonly incoming = new Map<number, IncomingSnapshot>();
@@ -415,11 +409,7 @@ export class StoreService implements KvApi {
     for (const t of this.timers) clearInterval(t);
     for (const t of this.pendingDeletes.values()) clearTimeout(t);
     this.pendingDeletes.clear();
-    for (const [, w] of this.waiters) {
-      clearTimeout(w.timer);
-      w.reject(new StoreError('indeterminate', 'the peer stopped before the write was acknowledged; it may or may not have been applied'));
-    }
-    this.waiters.clear();
+    this.waiters.rejectAll('the peer stopped before the write was acknowledged; it may or may not have been applied');
     this.outbox.close();
     await this.rpc.stop();
     await this.bulkRpc.stop();
@@ -520,21 +510,11 @@ export class StoreService implements KvApi {
       // (ReplicaCore.takeEarlyMessages, takeAnswers): neither waits for the shard's Ready in progress.
       for (const m of slot.core.takeEarlyMessages()) this.outbox.push(m);
       const answers = slot.core.takeAnswers();
-      if (answers.length > 0) this.deliverAnswers(answers);
+      if (answers.length > 0) this.waiters.deliver(answers);
     }
     if (slot.core.hasReady() || slot.core.role === 'removed') this.kick(slot);
   }
 
-  private deliverAnswers(answers: readonly WriteAnswer[]): void {
-    for (const a of answers) {
-      const w = this.waiters.get(a.requestId);
-      if (w === undefined) continue;
-      this.waiters.delete(a.requestId);
-      clearTimeout(w.timer);
-      if (a.ok) w.resolve(a.result);
-      else w.reject(a.error);
-    }
-  }
 
   private kick(slot: ShardSlot): void {
     if (this.stopped || slot.removed) return;
@@ -586,7 +566,7 @@ export class StoreService implements KvApi {
     const rd: ReplicationReady = core.ready();
     // Answers are about committed groups (or writes that never happened): they need nothing of
     // this Ready on disk.
-    this.deliverAnswers(rd.answers);
+    this.waiters.deliver(rd.answers);
     const logChange = rd.appendLog.length > 0 || rd.truncateLogAfterSeq !== undefined;
     const durable = logChange || rd.apply.length > 0 || rd.hardState !== undefined || rd.trimLogThroughSeq !== undefined;
     if (durable) {
@@ -685,6 +665,7 @@ export class StoreService implements KvApi {
   private tick(): void {
     if (this.stopped) return;
     const now = this.now();
+    this.waiters.expire(now);
     for (const slot of this.slots.values()) {
       this.unpark(slot, now, true);
       slot.core.tick(now, this.heardAt);
@@ -1348,23 +1329,15 @@ export class StoreService implements KvApi {
     for (let attempt = 0; ; attempt++) {
       const r = await this.shardStore.readVersion(slot.shard, op.key);
       const requestId = this.nextRequestId++;
-      const answer = new Promise<WriteResult>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          this.waiters.delete(requestId);
-          reject(new StoreError('indeterminate', `no answer within ${WRITE_ANSWER_TIMEOUT_MS} ms; the write may or may not have been applied`));
-        }, WRITE_ANSWER_TIMEOUT_MS);
-        this.waiters.set(requestId, { resolve, reject, timer });
-      });
+      const now = this.now();
       try {
-        slot.core.write(this.now(), { requestId, op, durable: { version: r.version, present: r.present }, durableAtSeq: r.durableAtSeq });
+        slot.core.write(now, { requestId, op, durable: { version: r.version, present: r.present }, durableAtSeq: r.durableAtSeq });
       } catch (err) {
-        const w = this.waiters.get(requestId);
-        if (w !== undefined) clearTimeout(w.timer);
-        this.waiters.delete(requestId);
-        answer.catch(() => {});
         if ((err as Error).name === 'StaleVersionError' && attempt < 5) continue;
         throw err;
       }
+      // The core answers later (takeAnswers or a Ready), never inside write().
+      const answer = this.waiters.wait(requestId, now);
       this.afterInput(slot);
       return answer;
     }
