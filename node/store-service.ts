@@ -31,15 +31,17 @@ import type {
 } from '../protocols/replication/types.js';
 import { ShardController, type CatchUpReport } from '../protocols/shard-control/index.js';
 import type { KvStore } from '../storage/kv-store.js';
-import { InvalidShardInputError, ShardStore, type ShardEntry, type ShardSnapshotReader, type ShardSnapshotWriter } from '../storage/shard-store.js';
+import { InvalidShardInputError, ShardStore, type ShardEntry, type ShardSnapshotWriter } from '../storage/shard-store.js';
 import { crc32 } from '../storage/checksum.js';
-import { decideResume, TokenBucket, TransferTracker, type TransferProgress } from '../protocols/rebalance/index.js';
-import { randomBytes } from 'node:crypto';
+import type { TransferProgress } from '../protocols/rebalance/index.js';
 import type { Coordinator } from './coordinator.js';
 import type { Host } from './host.js';
 import type { Logger } from './log.js';
 import { RpcEndpoint, RpcUnavailableError } from './rpc.js';
 import { WriteWaiters } from './write-waiters.js';
+import { SNAPSHOT_CHUNK_BYTES, SnapshotSender } from './snapshot-sender.js';
+import { decodeKvRequest, decodeOpReply, encodeKvRequest, encodeOpReply, type KvRequest, type OpReply } from './kv-frames.js';
+import { ReadTargets } from './read-targets.js';
 import {
   RETRYABLE_STORE_ERRORS,
   StoreError,
@@ -135,10 +137,6 @@ export interface StoreServiceOptions {
   rebalanceRateBps?: number | null;
 }
 
-/** How long a broken snapshot stream is held (its storage snapshot open) for a resume, ms. */
-const SNAPSHOT_RESUME_HOLD_MS = 60_000;
-/** Bytes of one snapshot chunk (one in flight per stream: larger chunks, fewer round trips). */
-const SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024;
 /** Largest frame on the bulk protocol (forwarded large writes, snapshot chunks). */
 const BULK_FRAME_BYTES = 8 * 1024 * 1024;
 /**
@@ -216,30 +214,6 @@ interface IncomingSnapshot {
 }
 
 /** A snapshot this peer sends (see sendSnapshot). */
-interface OutgoingSnapshot {
-  reader: ShardSnapshotReader;
-  batches: AsyncIterator<ShardEntry[]>;
-  tracker: TransferTracker;
-  seqEpoch: number;
-  /** The chunk sent and not acknowledged yet (sent again on a resume unless the receiver has it). */
-  pending: { index: number; entries: Array<[string, number, number]>; payload: Uint8Array; bytes: number } | null;
-  /** A stream is running; false while held for a resume after a break. */
-  active: boolean;
-  brokeAtMs: number;
-}
-
-/** What a primary (or replica) answers a forwarded or local operation with. */
-type OpReply =
-  | { ok: true; version: number; present: boolean; value: Uint8Array | null }
-  | { ok: false; code: StoreErrorCode | 'not_primary'; message: string; current?: { version: number; present: boolean } };
-
-interface KvRequest {
-  op: 'put' | 'delete' | 'get';
-  key: string;
-  ifVersion?: number;
-  consistency?: ReadConsistency;
-  value?: Uint8Array;
-}
 
 const textEncoder = new TextEncoder();
 
@@ -256,13 +230,12 @@ export class StoreService implements KvApi {
   private nextRequestId = 1;
   private readonly incoming = new Map<number, IncomingSnapshot>();
   /** Snapshots being sent, by `shard:to`, and broken ones held for a resume. */
-  private readonly outgoing = new Map<string, OutgoingSnapshot>();
+  private readonly snapshots: SnapshotSender;
   /** Coordinator: snapshot transfers the primaries report in their renewals, by `shard:to`. */
   private readonly reportedTransfers = new Map<string, { from: string; atMs: number; bytesDone: number; bytesTotal: number | null; rateBps: number; resumes: number }>();
   /** Copies of removed replicas waiting out REMOVED_COPY_GRACE_MS before they are deleted. */
   private readonly pendingDeletes = new Map<number, NodeJS.Timeout>();
   /** Shared by every snapshot this peer sends (--rebalance-rate). */
-  private readonly rebalanceBucket: TokenBucket;
   /** Small forwarded operations (STORE_PROTOCOL_ID). */
   private readonly rpc: RpcEndpoint;
   /** Large forwarded writes and snapshots (STORE_BULK_PROTOCOL_ID). */
@@ -296,21 +269,12 @@ export class StoreService implements KvApi {
   private drainWanted: boolean | null = null;
   /** Status updates (draining / active) the coordinator has proposed and not seen committed. */
   private readonly drainUpdates = new Set<string>();
-  // Read policies.
-  private roundRobin = 0;
-  private readonly latencyEwma = new Map<string, number>();
+  private readonly readTargets: ReadTargets;
   readonly counters = {
     forwarded: 0,
     served: 0,
     leaseRenewals: 0,
     leaseFailures: 0,
-    snapshotsSent: 0,
-    snapshotBytesSent: 0,
-    /** Streams that went on from the last acknowledged chunk after a break, and the bytes not sent again. */
-    snapshotsResumed: 0,
-    snapshotBytesResumed: 0,
-    /** Seconds spent sending completed snapshots (shoal_store_move_seconds_total). */
-    moveSecondsTotal: 0,
     /** Copies of removed replicas deleted after the grace period. */
     copiesDeleted: 0,
     catchUpBytesReceived: 0,
@@ -329,9 +293,18 @@ export class StoreService implements KvApi {
     private readonly shardStore: ShardStore,
   ) {
     this.self = opts.host.peerId.toString();
+    this.readTargets = new ReadTargets(opts.readPolicy);
     this.view = opts.coordinator.mapView();
     this.capacityNow = opts.capacity;
-    this.rebalanceBucket = new TokenBucket(this.now(), opts.rebalanceRateBps ?? null);
+    this.snapshots = new SnapshotSender({
+      self: this.self,
+      shardStore,
+      request: (to, frame, timeoutMs) => this.bulkRpc.request(to, frame, { timeoutMs }),
+      rateBps: opts.rebalanceRateBps ?? null,
+      log: opts.log,
+      now: () => this.now(),
+      stopped: () => this.stopped,
+    });
     this.controller = new ShardController({ leaseMs: opts.leaseMs });
     this.rpc = new RpcEndpoint({
       host: opts.host,
@@ -574,7 +547,7 @@ export class StoreService implements KvApi {
       await this.shardStore.persistReady(slot.shard, rd, { sync });
     }
     for (const m of rd.messages) this.outbox.push(m);
-    for (const s of rd.snapshots) void this.sendSnapshot(s.shard, s.to, s.epoch);
+    for (const s of rd.snapshots) void this.snapshots.send(s.shard, s.to, s.epoch);
     if (rd.coordinatorRequests.length > 0) {
       this.pendingRequests.push(...rd.coordinatorRequests);
       if (this.pendingRequests.length > 1024) this.pendingRequests.splice(0, this.pendingRequests.length - 1024);
@@ -730,113 +703,9 @@ export class StoreService implements KvApi {
   // Snapshots: primary → replica over the bulk RPC, in numbered, checksummed chunks, one in
   // flight (the acknowledgement is the flow control), resumable (protocols/rebalance/transfer.ts).
 
-  private async sendSnapshot(shard: number, to: string, epoch: number): Promise<void> {
-    const key = `${shard}:${to}`;
-    let out = this.outgoing.get(key);
-    if (out?.active === true) return;
-    const now = this.now();
-    if (out !== undefined && now - out.brokeAtMs > SNAPSHOT_RESUME_HOLD_MS) {
-      this.outgoing.delete(key);
-      await out.reader.close().catch(() => {});
-      out = undefined;
-    }
-    let fresh = false;
-    if (out === undefined) {
-      // A rate-limited stream goes in chunks of about a quarter second of its rate, so its
-      // progress shows and a resume loses little; else in chunks of 4 MiB.
-      const rate = this.rebalanceBucket.bytesPerSecond;
-      const batchBytes = rate === null ? SNAPSHOT_CHUNK_BYTES : Math.max(64 * 1024, Math.min(SNAPSHOT_CHUNK_BYTES, Math.floor(rate / 4)));
-      const reader = await this.shardStore.snapshotData(shard, { batchBytes });
-      const total = await this.shardStore.approximateDataBytes(shard).catch(() => null);
-      const id = randomBytes(12).toString('hex');
-      out = {
-        reader,
-        batches: reader.batches[Symbol.asyncIterator](),
-        tracker: new TransferTracker(shard, this.self, to, id, reader.seq, this.now(), total),
-        seqEpoch: reader.epoch,
-        pending: null,
-        active: true,
-        brokeAtMs: 0,
-      };
-      this.outgoing.set(key, out);
-      fresh = true;
-    }
-    out.active = true;
-    const o = out;
-    try {
-      const t = o.tracker;
-      const begin = { shard, epoch, from: this.self, seq: t.seq, seqEpoch: o.seqEpoch, id: t.id };
-      const reply = decodeFrame(await this.bulkRpc.request(to, encodeFrame(FrameKind.snapBegin, begin), { timeoutMs: 10_000 })).header;
-      const have = typeof reply.have === 'number' ? reply.have : 0;
-      if (!fresh) {
-        const d = decideResume(t.ackedChunks, o.pending !== null, have);
-        if (d.kind === 'restart') {
-          this.opts.log.info('snapshot starts over', { shard, to, reason: d.reason });
-          this.outgoing.delete(key);
-          await o.reader.close().catch(() => {});
-          return await this.sendSnapshot(shard, to, epoch);
-        }
-        const skipped = d.kind === 'skip-pending' ? o.pending!.bytes : 0;
-        if (d.kind === 'skip-pending') {
-          t.acknowledged(this.now(), o.pending!.index, o.pending!.bytes);
-          o.pending = null;
-        }
-        t.resumed(this.now(), skipped);
-        this.counters.snapshotsResumed++;
-        this.counters.snapshotBytesResumed += t.bytesDone;
-        this.opts.log.info('snapshot resumed', { shard, to, chunk: t.ackedChunks, bytes: t.bytesDone });
-      }
-      for (;;) {
-        if (this.stopped) throw new Error('stopping');
-        if (o.pending === null) {
-          const r = await o.batches.next();
-          if (r.done === true) break;
-          const index: Array<[string, number, number]> = [];
-          const parts: Uint8Array[] = [];
-          let bytes = 0;
-          for (const e of r.value) {
-            index.push([e.key, e.version, e.value === null ? -1 : e.value.length]);
-            if (e.value !== null) parts.push(e.value);
-            bytes += e.key.length + (e.value?.length ?? 0);
-          }
-          const payload = Buffer.concat(parts);
-          o.pending = { index: t.ackedChunks, entries: index, payload, bytes };
-        }
-        const p = o.pending;
-        const wait = this.rebalanceBucket.reserve(this.now(), p.payload.byteLength);
-        if (wait > 0) await sleep(wait);
-        const header = { shard, id: t.id, chunk: p.index, crc: crc32(p.payload), entries: p.entries };
-        await this.bulkRpc.request(to, encodeFrame(FrameKind.snapChunk, header, p.payload), { timeoutMs: 30_000 });
-        t.acknowledged(this.now(), p.index, p.bytes);
-        this.counters.snapshotBytesSent += p.payload.byteLength;
-        o.pending = null;
-      }
-      await this.bulkRpc.request(to, encodeFrame(FrameKind.snapEnd, { shard, id: t.id }), { timeoutMs: 30_000 });
-      this.counters.snapshotsSent++;
-      this.counters.moveSecondsTotal += (this.now() - t.startedAtMs) / 1000;
-      this.outgoing.delete(key);
-      await o.reader.close().catch(() => {});
-      this.opts.log.info('snapshot sent', { shard, to, seq: t.seq, chunks: t.ackedChunks, bytes: t.bytesDone });
-    } catch (err) {
-      // Kept for SNAPSHOT_RESUME_HOLD_MS: the core asks again (snapshotRetryMs) and the stream
-      // goes on from the last acknowledged chunk if the receiver still holds it.
-      o.active = false;
-      o.brokeAtMs = this.now();
-      this.opts.log.warn('snapshot interrupted', { shard, to, chunk: o.tracker.ackedChunks, err });
-      const timer = setTimeout(() => {
-        if (this.outgoing.get(key) === o && !o.active && this.now() - o.brokeAtMs >= SNAPSHOT_RESUME_HOLD_MS) {
-          this.outgoing.delete(key);
-          void o.reader.close().catch(() => {});
-        }
-      }, SNAPSHOT_RESUME_HOLD_MS + 100);
-      timer.unref();
-    }
-  }
-
   /** Snapshot transfers this peer is sending (or holding for a resume), for `/v1/moves`. */
   transfers(): TransferProgress[] {
-    const now = this.now();
-    return [...this.outgoing.values()].map((o) => ({ ...o.tracker.progress(now), active: o.active }));
+    return this.snapshots.transfers();
   }
 
   private async onSnapBegin(from: string, h: Record<string, unknown>): Promise<Uint8Array> {
@@ -979,7 +848,7 @@ export class StoreService implements KvApi {
     const requests = this.pendingRequests.splice(0);
     const progress: ReplicaProgress[] = [...this.slots.values()].filter((s) => !s.removed).map((s) => s.core.progress());
     // Snapshot transfers this peer sends: the coordinator shows their bytes, rate and ETA in /v1/moves.
-    const transfers = this.outgoing.size === 0 ? undefined : this.transfers().slice(0, MAX_REPORTED_TRANSFERS).map((t) => [t.shard, t.to, t.bytesDone, t.bytesTotal ?? -1, t.rateBps, t.resumes]);
+    const transfers = this.snapshots.size === 0 ? undefined : this.transfers().slice(0, MAX_REPORTED_TRANSFERS).map((t) => [t.shard, t.to, t.bytesDone, t.bytesTotal ?? -1, t.rateBps, t.resumes]);
     const header = {
       mapVersion: this.view.version,
       capacity: this.capacityNow,
@@ -1144,8 +1013,7 @@ export class StoreService implements KvApi {
         if (a.inSync.includes(to)) continue;
         const w = watch.get(`${shard}:${to}`);
         // Bytes of a snapshot in flight: from the primary's renewal (coordinator), or our own transfer.
-        const own = this.outgoing.get(`${shard}:${to}`);
-        const rep = own !== undefined ? own.tracker.progress(this.now()) : this.reportedTransfers.get(`${shard}:${to}`);
+        const rep = this.snapshots.progressOf(shard, to) ?? this.reportedTransfers.get(`${shard}:${to}`);
         const bytes =
           rep === undefined
             ? { bytesDone: null, bytesTotal: null, rateBps: null, etaMs: null, resumes: null }
@@ -1212,7 +1080,7 @@ export class StoreService implements KvApi {
     // retryable `unavailable`.
     if (!Object.hasOwn(this.view.members, from)) {
       this.counters.requestsRejected++;
-      if (f.kind === FrameKind.kv) return this.encodeReply({ ok: false, code: 'unavailable', message: `${from} is not a member of the cluster map here` });
+      if (f.kind === FrameKind.kv) return encodeOpReply({ ok: false, code: 'unavailable', message: `${from} is not a member of the cluster map here` });
       throw new InvalidMessageError(`${from} is not a member of the cluster map`);
     }
     // Each kind on its own protocol: leases alone; snapshots only with the bulk traffic.
@@ -1223,10 +1091,10 @@ export class StoreService implements KvApi {
         return encodeFrame(FrameKind.reply, this.grantLease(from, f.header));
       case FrameKind.kv: {
         // A peer's request is checked against the protocol's limit; ours were checked by validateKey.
-        const req = this.decodeKvRequest(f);
+        const req = decodeKvRequest(f);
         const problem = keyProblem(req.key, MAX_KEY_BYTES);
-        if (problem !== null) return this.encodeReply({ ok: false, code: 'invalid_key', message: problem });
-        return this.encodeReply(await this.serveLocal(req));
+        if (problem !== null) return encodeOpReply({ ok: false, code: 'invalid_key', message: problem });
+        return encodeOpReply(await this.serveLocal(req));
       }
       case FrameKind.snapBegin:
         return this.onSnapBegin(from, f.header);
@@ -1237,46 +1105,6 @@ export class StoreService implements KvApi {
       default:
         throw new InvalidMessageError(`frame.kind: ${f.kind} is not a request`);
     }
-  }
-
-  private decodeKvRequest(f: Frame): KvRequest {
-    const h = f.header;
-    const op = h.op;
-    if (op !== 'put' && op !== 'delete' && op !== 'get') throw new InvalidMessageError('op: must be put, delete or get');
-    const key = str(h, 'key', MAX_KEY_BYTES);
-    const req: KvRequest = { op, key };
-    const ifVersion = optInt(h, 'ifVersion');
-    if (ifVersion !== undefined) req.ifVersion = ifVersion;
-    if (h.consistency !== undefined) {
-      if (h.consistency !== 'strong' && h.consistency !== 'any') throw new InvalidMessageError('consistency: must be strong or any');
-      req.consistency = h.consistency;
-    }
-    if (op === 'put') {
-      if (f.payload.length > MAX_VALUE_BYTES) throw new InvalidMessageError('value: too large');
-      req.value = f.payload;
-    }
-    return req;
-  }
-
-  private encodeReply(r: OpReply): Uint8Array {
-    if (r.ok) return encodeFrame(FrameKind.reply, { ok: true, version: r.version, present: r.present }, r.value ?? new Uint8Array(0));
-    return encodeFrame(FrameKind.reply, { ok: false, code: r.code, message: r.message, current: r.current });
-  }
-
-  private decodeReply(bytes: Uint8Array): OpReply {
-    const f = decodeFrame(bytes);
-    const h = f.header;
-    if (h.ok === true) {
-      const present = h.present === true;
-      return { ok: true, version: int(h, 'version'), present, value: present ? f.payload : null };
-    }
-    const code = str(h, 'code', 64) as StoreErrorCode | 'not_primary';
-    const reply: OpReply = { ok: false, code, message: str(h, 'message', 4096) };
-    if (h.current !== undefined) {
-      const c = obj(h.current, 'current');
-      reply.current = { version: int(c, 'version'), present: c.present === true };
-    }
-    return reply;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -1431,15 +1259,12 @@ export class StoreService implements KvApi {
           req.consistency === 'any' && req.op === 'get' ? null : { shard, target, ac: new AbortController(), timer: null };
         if (watch !== null) this.forwards.add(watch);
         try {
-          const header: Record<string, unknown> = { op: req.op, key: req.key };
-          if (req.ifVersion !== undefined) header.ifVersion = req.ifVersion;
-          if (req.consistency !== undefined) header.consistency = req.consistency;
           const endpoint = req.value !== undefined && req.value.length >= BULK_VALUE_BYTES ? this.bulkRpc : this.rpc;
-          const bytes = await endpoint.request(target, encodeFrame(FrameKind.kv, header, req.value), {
+          const bytes = await endpoint.request(target, encodeKvRequest(req), {
             timeoutMs: FORWARD_TIMEOUT_MS,
             ...(watch === null ? {} : { signal: watch.ac.signal }),
           });
-          reply = this.decodeReply(bytes);
+          reply = decodeOpReply(bytes);
         } catch (err) {
           const notSent = err instanceof RpcUnavailableError && err.notSent;
           const superseded = watch?.ac.signal.aborted === true;
@@ -1458,7 +1283,7 @@ export class StoreService implements KvApi {
           }
         }
       }
-      this.observeLatency(target, this.now() - started);
+      this.readTargets.observe(target, this.now() - started);
       if (reply.ok) return reply;
       last = reply;
       if (reply.code === 'not_primary' || reply.code === 'unavailable' || reply.code === 'stopping') continue;
@@ -1478,47 +1303,7 @@ export class StoreService implements KvApi {
     const shard = shardOf(req.key, settings.shardCount);
     const a: ShardAssignment | undefined = this.view.shards[shard];
     if (a === undefined) return null;
-    return { shard, target: this.targetIn(a, req) };
-  }
-
-  /** The primary, or for `any` reads one in-sync replica by the read policy. */
-  private targetIn(a: ShardAssignment, req: KvRequest): string | null {
-    if (req.op !== 'get' || req.consistency !== 'any') return a.primary;
-    const candidates = a.inSync.filter((id) => this.view.members[id]?.status === 'active');
-    if (candidates.length === 0) return a.primary;
-    switch (this.opts.readPolicy) {
-      case 'round-robin':
-        return candidates[this.roundRobin++ % candidates.length]!;
-      case 'random':
-        return candidates[Math.floor(Math.random() * candidates.length)]!;
-      case 'weighted': {
-        const weights = candidates.map((id) => this.view.members[id]?.capacity ?? 1);
-        let x = Math.random() * weights.reduce((s, w) => s + w, 0);
-        for (const [k, id] of candidates.entries()) {
-          x -= weights[k]!;
-          if (x <= 0) return id;
-        }
-        return candidates[candidates.length - 1]!;
-      }
-      case 'least-latency': {
-        // Unmeasured peers first (so each gets a sample), then the lowest EWMA.
-        let best = candidates[0]!;
-        let bestMs = this.latencyEwma.get(best) ?? -1;
-        for (const id of candidates) {
-          const ms = this.latencyEwma.get(id) ?? -1;
-          if (ms < bestMs) {
-            best = id;
-            bestMs = ms;
-          }
-        }
-        return best;
-      }
-    }
-  }
-
-  private observeLatency(peer: string, ms: number): void {
-    const prev = this.latencyEwma.get(peer);
-    this.latencyEwma.set(peer, prev === undefined ? ms : prev * 0.8 + ms * 0.2);
+    return { shard, target: this.readTargets.pick(a, this.view.members, req.op === 'get' && req.consistency === 'any') };
   }
 
   // -------------------------------------------------------------------------------------------
@@ -1612,7 +1397,7 @@ export class StoreService implements KvApi {
     }
     const catchUps = this.catchUps();
     return {
-      counters: { ...this.counters },
+      counters: { ...this.counters, ...this.snapshots.counters },
       catchUps: catchUps === null ? null : { active: catchUps.active.length, abandoned: catchUps.abandoned.length, abandonedTotal: catchUps.abandonedTotal },
       movesInFlight: this.movesInFlight(),
       leaseValid: now < this.leaseUntil,

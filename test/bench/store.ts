@@ -547,10 +547,17 @@ async function shoalTable(sync: boolean): Promise<TableResults> {
   }
 }
 
+/** CPU of the servers (all peers or members) per operation, µs: busy cores × 1e6 / ops per second. */
+function cpuPerOpUs(r: CellResult | undefined): number | undefined {
+  if (r === undefined || !(r.opsPerS > 0)) return undefined;
+  return (r.serverCpu.reduce((a, b) => a + b, 0) * 1e6) / r.opsPerS;
+}
+
 function logCell(tag: string, op: string, conc: number, size: number, r: CellResult): void {
   log(
     `${tag} ${op} c=${conc} ${sizeName(size)}: ${fmt(r.opsPerS)}/s p50 ${fmt(r.p50, 2)} ms p99 ${fmt(r.p99, 2)} ms` +
-      ` | cpu peers ${r.serverCpu.map((c) => fmt(c, 2)).join('/')} client ${fmt(r.clientCpu, 2)} machine ${fmt(r.machineBusy, 2)} cores${r.note ? ` | ${r.note}` : ''}`,
+      ` | cpu peers ${r.serverCpu.map((c) => fmt(c, 2)).join('/')} client ${fmt(r.clientCpu, 2)} machine ${fmt(r.machineBusy, 2)} cores` +
+      ` | ${fmt(cpuPerOpUs(r))} µs of server CPU per op${r.note ? ` | ${r.note}` : ''}`,
   );
 }
 
@@ -834,7 +841,7 @@ function cellTable(title: string, shoal: TableResults | null, etcd: EtcdResults 
   const idle = shoal?.cells.get('idle');
   if (idle) {
     const other = idle.machineBusy - idle.clientCpu - idle.serverCpu.reduce((a, b) => a + b, 0);
-    rows.push(['idle (no requests)', '', '', '', idle.serverCpu.map((c) => fmt(c, 2)).join('/'), fmt(idle.clientCpu, 2), fmt(idle.machineBusy, 2), fmt(other, 2), '', '', '', '', '', '', '', '']);
+    rows.push(['idle (no requests)', '', '', '', idle.serverCpu.map((c) => fmt(c, 2)).join('/'), fmt(idle.clientCpu, 2), fmt(idle.machineBusy, 2), fmt(other, 2), '', '', '', '', '', '', '', '', '', '']);
   }
   for (const op of ['put', 'get'] as const) {
     for (const size of SIZES) {
@@ -851,12 +858,14 @@ function cellTable(title: string, shoal: TableResults | null, etcd: EtcdResults 
           fmt(s?.machineBusy, 2),
           fmt(s ? s.machineBusy - s.clientCpu - s.serverCpu.reduce((a, b) => a + b, 0) : undefined, 2),
           String(s?.errors ?? '—'),
+          fmt(cpuPerOpUs(s)),
           fmt(e?.opsPerS),
           fmt(e?.p50, 2),
           fmt(e?.p99, 2),
           fmt(e?.serverCpu[0], 2),
           fmt(e?.clientCpu, 2),
           fmt(e ? e.machineBusy - e.clientCpu - (e.serverCpu[0] ?? 0) : undefined, 2),
+          fmt(cpuPerOpUs(e)),
           s && e ? `${(s.opsPerS / e.opsPerS).toFixed(2)}×` : '—',
         ]);
       }
@@ -876,6 +885,8 @@ function cellTable(title: string, shoal: TableResults | null, etcd: EtcdResults 
         fmt(s.machineBusy, 2),
         fmt(s.machineBusy - s.clientCpu - s.serverCpu.reduce((a, b) => a + b, 0), 2),
         String(s.errors),
+        fmt(cpuPerOpUs(s)),
+        '',
         '',
         '',
         '',
@@ -888,7 +899,7 @@ function cellTable(title: string, shoal: TableResults | null, etcd: EtcdResults 
   }
   printTable(
     title,
-    ['cell', 'shoal ops/s', 'p50 ms', 'p99 ms', 'cpu p0/p1/p2', 'client cpu', 'machine', 'other', 'errors', 'etcd ops/s', 'p50 ms', 'p99 ms', 'etcd cpu', 'client', 'other', 'ops Shoal/etcd'],
+    ['cell', 'shoal ops/s', 'p50 ms', 'p99 ms', 'cpu p0/p1/p2', 'client cpu', 'machine', 'other', 'errors', 'µs cpu/op', 'etcd ops/s', 'p50 ms', 'p99 ms', 'etcd cpu', 'client', 'other', 'µs cpu/op', 'ops Shoal/etcd'],
     rows,
   );
 }
@@ -989,7 +1000,7 @@ async function main(): Promise<void> {
   }
 
   cellTable(
-    'Shoal (default durability) and etcd (WAL fsync on), per cell. CPU in cores: per peer, the bench client, the whole machine, and "other" = machine - peers - client (load this run did not cause); etcd cpu is the sum of its 3 members, then its client and "other"',
+    'Shoal (default durability) and etcd (WAL fsync on), per cell. CPU in cores: per peer, the bench client, the whole machine, and "other" = machine - peers - client (load this run did not cause); etcd cpu is the sum of its 3 members, then its client and "other"; µs cpu/op = busy CPU of the servers per operation (all peers, or all etcd members), idle load included',
     shoal,
     etcd,
   );

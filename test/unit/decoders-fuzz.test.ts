@@ -17,6 +17,7 @@ import { decodeConfChange, encodeConfChange } from '../../protocols/raft/conf-ch
 import type { RaftMessage } from '../../protocols/raft/types.js';
 import { decodeRpcFrame, encodeErrorFrame, encodeOkFrame, encodeRequestFrame } from '../../node/rpc-codec.js';
 import { decodeFrame, encodeFrame, FrameKind } from '../../node/store-wire.js';
+import { decodeKvRequest, decodeOpReply, encodeKvRequest, encodeOpReply } from '../../node/kv-frames.js';
 import { parseTaskSubmission } from '../../protocols/scheduler/task-spec.js';
 
 const RUNS = Number(process.env.SHOAL_FUZZ_RUNS ?? 300);
@@ -95,6 +96,27 @@ const DECODERS: Decoder[] = [
     ],
     errors: ['InvalidMessageError'],
   },
+  {
+    name: 'forwarded kv request',
+    decode: (b) => decodeKvRequest(decodeFrame(b)),
+    seeds: [
+      encodeKvRequest({ op: 'put', key: 'k', value: bytes('value'), ifVersion: 3 }),
+      encodeKvRequest({ op: 'get', key: 'x/y', consistency: 'any' }),
+      encodeKvRequest({ op: 'delete', key: 'gone' }),
+    ],
+    errors: ['InvalidMessageError'],
+  },
+  {
+    name: 'forwarded kv reply',
+    decode: decodeOpReply,
+    seeds: [
+      encodeOpReply({ ok: true, version: 4, present: true, value: bytes('v') }),
+      encodeOpReply({ ok: true, version: 2, present: false, value: null }),
+      encodeOpReply({ ok: false, code: 'version_mismatch', message: 'at 3, not 2', current: { version: 3, present: true } }),
+      encodeOpReply({ ok: false, code: 'not_primary', message: 'try p2' }),
+    ],
+    errors: ['InvalidMessageError'],
+  },
 ];
 
 function decodesOrRefuses(d: Decoder, b: Uint8Array): void {
@@ -111,6 +133,27 @@ const mutation = fc.record({
   extra: fc.uint8Array({ maxLength: 16 }),
   flips: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 6 }),
   seed: fc.nat(),
+});
+
+describe('forwarded kv frames', () => {
+  it('round-trip requests and replies', () => {
+    const put = { op: 'put' as const, key: 'k', value: bytes('value'), ifVersion: 3 };
+    assert.deepEqual(decodeKvRequest(decodeFrame(encodeKvRequest(put))), put);
+    const get = { op: 'get' as const, key: 'k', consistency: 'any' as const };
+    assert.deepEqual(decodeKvRequest(decodeFrame(encodeKvRequest(get))), get);
+    const ok = { ok: true as const, version: 4, present: true, value: bytes('v') };
+    assert.deepEqual(decodeOpReply(encodeOpReply(ok)), ok);
+    const mismatch = { ok: false as const, code: 'version_mismatch' as const, message: 'm', current: { version: 3, present: false } };
+    assert.deepEqual(decodeOpReply(encodeOpReply(mismatch)), mismatch);
+  });
+
+  it('refuse an error code the store does not know, and a frame of the wrong kind, naming the field', () => {
+    const bad = encodeFrame(FrameKind.reply, { ok: false, code: 'pwned', message: 'x' });
+    assert.throws(() => decodeOpReply(bad), (e: Error) => e.name === 'InvalidMessageError' && /^code: unknown error code "pwned"/.test(e.message));
+    assert.throws(() => decodeOpReply(encodeKvRequest({ op: 'get', key: 'k' })), (e: Error) => e.name === 'InvalidMessageError' && /^frame.kind/.test(e.message));
+    assert.throws(() => decodeKvRequest(decodeFrame(encodeOpReply({ ok: true, version: 1, present: false, value: null }))), /frame.kind/);
+    assert.throws(() => decodeKvRequest(decodeFrame(encodeFrame(FrameKind.kv, { op: 'put', key: 'k', consistency: 'maybe' }))), /^InvalidMessageError: consistency/);
+  });
 });
 
 describe('decoders under fuzzing (fast-check)', () => {
