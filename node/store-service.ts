@@ -29,7 +29,7 @@ import type {
   WriteOp,
   WriteResult,
 } from '../protocols/replication/types.js';
-import { ShardController, type CatchUpReport } from '../protocols/shard-control/index.js';
+import type { CatchUpReport } from '../protocols/shard-control/index.js';
 import type { KvStore } from '../storage/kv-store.js';
 import { InvalidShardInputError, ShardStore, type ShardEntry, type ShardSnapshotWriter } from '../storage/shard-store.js';
 import { crc32 } from '../storage/checksum.js';
@@ -42,6 +42,7 @@ import { WriteWaiters } from './write-waiters.js';
 import { SNAPSHOT_CHUNK_BYTES, SnapshotSender } from './snapshot-sender.js';
 import { decodeKvRequest, decodeOpReply, encodeKvRequest, encodeOpReply, type KvRequest, type OpReply } from './kv-frames.js';
 import { ReadTargets } from './read-targets.js';
+import { MAX_REPORTED_TRANSFERS, ShardControlService } from './shard-control-service.js';
 import {
   RETRYABLE_STORE_ERRORS,
   StoreError,
@@ -145,8 +146,6 @@ const BULK_FRAME_BYTES = 8 * 1024 * 1024;
  * from the old copy instead of a full snapshot.
  */
 const REMOVED_COPY_GRACE_MS = 30_000;
-/** Most snapshot transfers a renewal reports. */
-const MAX_REPORTED_TRANSFERS = 256;
 
 /** How often each peer renews its lease, ms (DESIGN §3: ~100 ms). */
 const LEASE_RENEW_MS = 100;
@@ -231,8 +230,6 @@ export class StoreService implements KvApi {
   private readonly incoming = new Map<number, IncomingSnapshot>();
   /** Snapshots being sent, by `shard:to`, and broken ones held for a resume. */
   private readonly snapshots: SnapshotSender;
-  /** Coordinator: snapshot transfers the primaries report in their renewals, by `shard:to`. */
-  private readonly reportedTransfers = new Map<string, { from: string; atMs: number; bytesDone: number; bytesTotal: number | null; rateBps: number; resumes: number }>();
   /** Copies of removed replicas waiting out REMOVED_COPY_GRACE_MS before they are deleted. */
   private readonly pendingDeletes = new Map<number, NodeJS.Timeout>();
   /** Shared by every snapshot this peer sends (--rebalance-rate). */
@@ -257,18 +254,12 @@ export class StoreService implements KvApi {
   private releasing = false;
   private lastRenewAt = 0;
   private pendingRequests: InSyncChangeRequest[] = [];
-  // Coordinator side.
-  private readonly controller: ShardController;
-  private wasLeader = false;
-  private planning = false;
-  private readonly capacityUpdates = new Set<string>();
-  private readonly reportedCapacity = new Map<string, number>();
+  /** The coordinator's side of leases and shard control (idle unless this peer leads). */
+  private readonly control: ShardControlService;
   /** This peer's capacity as reported in renewals (--capacity, or `shoal capacity N` at run time). */
   private capacityNow: number;
   /** Whether this peer asks to be drained (true), to stop draining (false), or says nothing (null). */
   private drainWanted: boolean | null = null;
-  /** Status updates (draining / active) the coordinator has proposed and not seen committed. */
-  private readonly drainUpdates = new Set<string>();
   private readonly readTargets: ReadTargets;
   readonly counters = {
     forwarded: 0,
@@ -279,7 +270,6 @@ export class StoreService implements KvApi {
     copiesDeleted: 0,
     catchUpBytesReceived: 0,
     snapshotsInstalled: 0,
-    assignmentsProposed: 0,
     /** Replication messages dropped for exceeding the frame limit (should stay 0). */
     replicationRefused: 0,
     /** Replication messages the committed map does not back (sender not a replica or not the primary, epoch never reached). */
@@ -305,7 +295,13 @@ export class StoreService implements KvApi {
       now: () => this.now(),
       stopped: () => this.stopped,
     });
-    this.controller = new ShardController({ leaseMs: opts.leaseMs });
+    this.control = new ShardControlService({
+      coordinator: opts.coordinator,
+      leaseMs: opts.leaseMs,
+      log: opts.log,
+      now: () => this.now(),
+      view: () => this.view,
+    });
     this.rpc = new RpcEndpoint({
       host: opts.host,
       protocol: STORE_PROTOCOL_ID,
@@ -370,7 +366,7 @@ export class StoreService implements KvApi {
     this.onMapChange();
     this.timers.push(setInterval(() => this.tick(), TICK_MS));
     this.timers.push(setInterval(() => void this.renewLease(), LEASE_RENEW_MS));
-    this.timers.push(setInterval(() => this.control(), CONTROL_MS));
+    this.timers.push(setInterval(() => this.control.control(), CONTROL_MS));
     // Copies left on disk by replicas removed before the last stop: deleted after the grace
     // period unless the map lists this peer for them again by then.
     for (const shard of this.shardStore.shards()) if (!this.slots.has(shard)) this.scheduleDelete(shard);
@@ -379,6 +375,7 @@ export class StoreService implements KvApi {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.control.stop();
     for (const t of this.timers) clearInterval(t);
     for (const t of this.pendingDeletes.values()) clearTimeout(t);
     this.pendingDeletes.clear();
@@ -401,7 +398,7 @@ export class StoreService implements KvApi {
     this.view = this.opts.coordinator.mapView();
     const now = this.now();
     for (const id of this.heardAt.keys()) if (!Object.hasOwn(this.view.members, id)) this.heardAt.delete(id);
-    if (this.opts.coordinator.isLeader) this.controller.observe(now, this.view);
+    this.control.observe(now, this.view);
     const minInSync = effectiveMinInSync(this.view);
     this.view.shards.forEach((a, shard) => {
       const slot = this.slots.get(shard);
@@ -828,7 +825,7 @@ export class StoreService implements KvApi {
     if (leader === null) return;
     const header = { release: true, mapVersion: this.view.version, capacity: this.capacityNow, progress: [], requests: [] };
     try {
-      if (leader === this.self) this.grantLease(this.self, header);
+      if (leader === this.self) this.control.grantLease(this.self, header);
       else await this.leaseRpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs });
       this.opts.log.info('lease released', { coordinator: leader });
     } catch (err) {
@@ -861,7 +858,7 @@ export class StoreService implements KvApi {
     try {
       let reply: Record<string, unknown>;
       if (leader === this.self) {
-        reply = this.grantLease(this.self, header);
+        reply = this.control.grantLease(this.self, header);
       } else {
         const bytes = await this.leaseRpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs: Math.max(50, this.opts.leaseMs) });
         reply = decodeFrame(bytes).header;
@@ -883,83 +880,7 @@ export class StoreService implements KvApi {
   }
 
   // -------------------------------------------------------------------------------------------
-  // Leases and shard control: the coordinator's side.
-
-  private grantLease(from: string, h: Record<string, unknown>): Record<string, unknown> {
-    if (!this.opts.coordinator.isLeader) throw Object.assign(new Error('not the coordinator'), { code: 'not_leader' });
-    const now = this.now();
-    this.checkLeader(now);
-    const progress = arr(h, 'progress', 1024).map((p, k) => {
-      const o = obj(p, `progress[${k}]`);
-      return { shard: int(o, 'shard', 0, 1023), epoch: int(o, 'epoch'), lastSeq: int(o, 'lastSeq'), lastEpoch: int(o, 'lastEpoch'), commitSeq: int(o, 'commitSeq') };
-    });
-    const requests = arr(h, 'requests', 4096).map((r, k): InSyncChangeRequest => {
-      const o = obj(r, `requests[${k}]`);
-      const kind = o.kind;
-      if (kind !== 'shrink-in-sync' && kind !== 'expand-in-sync' && kind !== 'renew-epoch') throw new InvalidMessageError(`requests[${k}].kind: unknown`);
-      const req = { kind, shard: int(o, 'shard', 0, 1023), from: str(o, 'from', 128), replica: str(o, 'replica', 128), epoch: int(o, 'epoch') } as InSyncChangeRequest;
-      if (req.from !== from) throw new InvalidMessageError(`requests[${k}].from: not the sender`);
-      return req;
-    });
-    if (h.release === true) {
-      this.controller.release(now, from);
-      setImmediate(() => this.control());
-      return { leaseMs: this.opts.leaseMs, mapVersion: this.view.version };
-    }
-    this.controller.renew(now, from, progress, requests);
-    this.noteTransfers(now, from, h.transfers);
-    // --capacity takes effect when a peer joins (the map starts members at 1) or restarts with a
-    // new value; an operator's PUT /v1/cluster/members/{id} overrides it until then.
-    const capacity = h.capacity;
-    const member = this.view.members[from];
-    const prev = this.reportedCapacity.get(from);
-    if (typeof capacity === 'number') this.reportedCapacity.set(from, capacity);
-    const wanted = prev === undefined ? member?.capacity === 1 && capacity !== 1 : prev !== capacity;
-    if (typeof capacity === 'number' && member !== undefined && wanted && member.capacity !== capacity && !this.capacityUpdates.has(from)) {
-      this.capacityUpdates.add(from);
-      this.opts.coordinator
-        .propose({ type: 'update-member', peerId: from, capacity })
-        .catch((err: unknown) => {
-          this.reportedCapacity.delete(from);
-          this.opts.log.warn('capacity update not applied', { peer: from, capacity, err });
-        })
-        .finally(() => this.capacityUpdates.delete(from));
-    }
-    // `shoal drain` on that peer: its status goes to draining (the controller then moves its
-    // replicas to the active members) or back to active.
-    if (typeof h.drain === 'boolean' && member !== undefined && !this.drainUpdates.has(from)) {
-      const status = h.drain ? (member.status === 'active' ? 'draining' : null) : member.status === 'draining' ? 'active' : null;
-      if (status !== null) {
-        this.drainUpdates.add(from);
-        this.opts.coordinator
-          .propose({ type: 'update-member', peerId: from, status })
-          .then(() => this.opts.log.info(status === 'draining' ? 'draining a peer: moving its replicas away' : 'drain cancelled', { peer: from }))
-          .catch((err: unknown) => this.opts.log.warn('drain status not applied', { peer: from, status, err }))
-          .finally(() => this.drainUpdates.delete(from));
-      }
-    }
-    if (requests.length > 0) setImmediate(() => this.control());
-    return { leaseMs: this.opts.leaseMs, mapVersion: this.view.version };
-  }
-
-  /** Coordinator: the snapshot transfers a primary reported in its renewal (bounded, checked, shown in /v1/moves). */
-  private noteTransfers(now: number, from: string, raw: unknown): void {
-    const before = new Map<string, number>();
-    for (const [k, t] of this.reportedTransfers) {
-      if (t.from === from) before.set(k, t.bytesDone);
-      if (t.from === from || now - t.atMs > 5000) this.reportedTransfers.delete(k);
-    }
-    if (raw === undefined) return;
-    const list = arr({ transfers: raw }, 'transfers', MAX_REPORTED_TRANSFERS);
-    for (const [k, row] of list.entries()) {
-      if (!Array.isArray(row) || row.length !== 6 || !row.every((v, i) => (i === 1 ? typeof v === 'string' && v.length <= 128 : typeof v === 'number' && Number.isFinite(v)))) {
-        throw new InvalidMessageError(`transfers[${k}]: must be [shard, to, bytesDone, bytesTotal, rateBps, resumes]`);
-      }
-      const [shard, to, bytesDone, bytesTotal, rateBps, resumes] = row as [number, string, number, number, number, number];
-      this.reportedTransfers.set(`${shard}:${to}`, { from, atMs: now, bytesDone, bytesTotal: bytesTotal < 0 ? null : bytesTotal, rateBps, resumes });
-      if (bytesDone > (before.get(`${shard}:${to}`) ?? 0)) this.controller.transferProgress(now, shard, to);
-    }
-  }
+  // Drains, capacity and moves.
 
   /** Ask the coordinator to drain this peer (move every replica it holds to others), or to stop. */
   setDraining(on: boolean): void {
@@ -1013,7 +934,7 @@ export class StoreService implements KvApi {
         if (a.inSync.includes(to)) continue;
         const w = watch.get(`${shard}:${to}`);
         // Bytes of a snapshot in flight: from the primary's renewal (coordinator), or our own transfer.
-        const rep = this.snapshots.progressOf(shard, to) ?? this.reportedTransfers.get(`${shard}:${to}`);
+        const rep = this.snapshots.progressOf(shard, to) ?? this.control.reportedTransfer(shard, to);
         const bytes =
           rep === undefined
             ? { bytesDone: null, bytesTotal: null, rateBps: null, etaMs: null, resumes: null }
@@ -1039,36 +960,6 @@ export class StoreService implements KvApi {
     return out;
   }
 
-  private checkLeader(now: number): void {
-    const leader = this.opts.coordinator.isLeader;
-    if (leader && !this.wasLeader) {
-      this.controller.becameLeader(now);
-      this.reportedCapacity.clear();
-      this.controller.observe(now, this.view);
-      this.opts.log.info('shard controller active', { leaseMs: this.opts.leaseMs });
-    }
-    this.wasLeader = leader;
-  }
-
-  private control(): void {
-    if (this.stopped) return;
-    const now = this.now();
-    this.checkLeader(now);
-    if (!this.wasLeader || this.planning) return;
-    const plan = this.controller.plan(now, this.view);
-    if (plan === null) return;
-    this.planning = true;
-    this.counters.assignmentsProposed++;
-    this.opts.log.info('shard assignment proposed', { shards: plan.cmd.updates.length, reasons: plan.reasons.slice(0, 8) });
-    for (const reason of plan.reasons) if (reason.includes('abandon the catch-up')) this.opts.log.warn('catch-up abandoned', { reason });
-    this.opts.coordinator
-      .propose(plan.cmd)
-      .catch((err: unknown) => this.opts.log.info('shard assignment not applied', { err }))
-      .finally(() => {
-        this.planning = false;
-      });
-  }
-
   // -------------------------------------------------------------------------------------------
   // The store RPC: requests from other peers.
 
@@ -1088,7 +979,7 @@ export class StoreService implements KvApi {
     if (!allowed) throw new InvalidMessageError(`frame.kind: ${f.kind} is not accepted on the ${via} protocol`);
     switch (f.kind) {
       case FrameKind.lease:
-        return encodeFrame(FrameKind.reply, this.grantLease(from, f.header));
+        return encodeFrame(FrameKind.reply, this.control.grantLease(from, f.header));
       case FrameKind.kv: {
         // A peer's request is checked against the protocol's limit; ours were checked by validateKey.
         const req = decodeKvRequest(f);
@@ -1353,7 +1244,7 @@ export class StoreService implements KvApi {
 
   /** Catch-ups under way and abandoned ones, as the shard controller sees them; null unless this peer is the coordinator. */
   catchUps(): CatchUpReport | null {
-    return this.wasLeader && this.opts.coordinator.isLeader ? this.controller.catchUpReport(this.now()) : null;
+    return this.control.catchUps();
   }
 
   summary(): ShardSummary | null {
@@ -1397,7 +1288,7 @@ export class StoreService implements KvApi {
     }
     const catchUps = this.catchUps();
     return {
-      counters: { ...this.counters, ...this.snapshots.counters },
+      counters: { ...this.counters, ...this.snapshots.counters, ...this.control.counters },
       catchUps: catchUps === null ? null : { active: catchUps.active.length, abandoned: catchUps.abandoned.length, abandonedTotal: catchUps.abandonedTotal },
       movesInFlight: this.movesInFlight(),
       leaseValid: now < this.leaseUntil,

@@ -18,6 +18,7 @@ import type { RaftMessage } from '../../protocols/raft/types.js';
 import { decodeRpcFrame, encodeErrorFrame, encodeOkFrame, encodeRequestFrame } from '../../node/rpc-codec.js';
 import { decodeFrame, encodeFrame, FrameKind } from '../../node/store-wire.js';
 import { decodeKvRequest, decodeOpReply, encodeKvRequest, encodeOpReply } from '../../node/kv-frames.js';
+import { decodeRenewal } from '../../node/shard-control-service.js';
 import { parseTaskSubmission } from '../../protocols/scheduler/task-spec.js';
 
 const RUNS = Number(process.env.SHOAL_FUZZ_RUNS ?? 300);
@@ -103,6 +104,20 @@ const DECODERS: Decoder[] = [
       encodeKvRequest({ op: 'put', key: 'k', value: bytes('value'), ifVersion: 3 }),
       encodeKvRequest({ op: 'get', key: 'x/y', consistency: 'any' }),
       encodeKvRequest({ op: 'delete', key: 'gone' }),
+    ],
+    errors: ['InvalidMessageError'],
+  },
+  {
+    name: 'lease renewal (progress and primary requests)',
+    decode: (b) => decodeRenewal(PEER, decodeFrame(b).header),
+    seeds: [
+      encodeFrame(FrameKind.lease, {
+        progress: [{ shard: 3, epoch: 4, lastSeq: 10, lastEpoch: 4, commitSeq: 9 }],
+        requests: [
+          { kind: 'shrink-in-sync', shard: 3, from: PEER, replica: OTHER, epoch: 4 },
+          { kind: 'renew-epoch', shard: 5, from: PEER, replica: PEER, epoch: 2 },
+        ],
+      }),
     ],
     errors: ['InvalidMessageError'],
   },
