@@ -561,6 +561,73 @@ describe('replication core', () => {
     assert.equal(net.shell('r1').durable.appliedEpoch, 2, 'the new group is of the fresh epoch');
   });
 
+  it('pipelined: a group the primary sent but never persisted is dropped at its fresh epoch after a restart, never acknowledged', () => {
+    const net = new Net(ALL);
+    const a: ShardAssignment = { replicas: ALL, primary: 'r1', inSync: ALL, epoch: 1 };
+    net.assign(a);
+    net.lease('r1');
+    net.deliver();
+    net.tick(20);
+    net.deliver();
+    const r1 = net.shell('r1');
+    r1.sendEarly = true;
+    r1.answerEarly = true;
+    r1.ioDelayMs = 50; // r1's own writes take 50 ms: its appends leave before its persist completes
+    const lost = net.write('r1', { kind: 'put', key: 'a', value: bytes('never acknowledged') });
+    assert.equal(r1.durable.log.length, 0, 'r1 has not persisted group 1 yet');
+    net.deliver();
+    for (const id of ['r2', 'r3']) assert.deepEqual(net.logOf(id), [[1, 1, 1]], `${id} persisted group 1 before r1 did`);
+    assert.equal(net.answers.has(lost), false, 'not committed: r1 has not persisted it');
+    // r1 crashes before its write completes, and is back at once, still primary at epoch 1.
+    r1.crash();
+    r1.ioDelayMs = 0;
+    r1.start(net.nowMs);
+    net.lease('r1');
+    assert.deepEqual(net.logOf('r1'), []);
+    assert.throws(() => net.write('r1', { kind: 'put', key: 'a', value: bytes('x') }), (e: Error & { reason?: string }) => e.reason === 'restarted');
+    net.tick(10);
+    assert.ok(net.requests.some((r) => r.kind === 'renew-epoch' && r.epoch === 1));
+    net.assign({ ...a, epoch: 2 });
+    net.lease('r1');
+    net.deliver();
+    const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('the real group 1') });
+    net.deliver();
+    net.tick(20);
+    net.deliver();
+    assert.deepEqual(net.result(w), { applied: true, version: 1, seq: 1 });
+    for (const id of ALL) {
+      assert.deepEqual(net.logOf(id).filter(([seq]) => seq === 1), [[1, 2, 1]], `${id}: group 1 is epoch 2's`);
+      assert.equal(new TextDecoder().decode(net.shell(id).durable.data.get('a')?.value ?? new Uint8Array()), 'the real group 1', id);
+    }
+  });
+
+  it('answers at commit, before the apply; a strong read meanwhile sees the committed write', () => {
+    const net = new Net(ALL);
+    net.assign({ replicas: ALL, primary: 'r1', inSync: ALL, epoch: 1 });
+    net.lease('r1');
+    net.deliver();
+    net.tick(20);
+    net.deliver();
+    const r1 = net.shell('r1');
+    r1.sendEarly = true;
+    r1.answerEarly = true;
+    const first = net.write('r1', { kind: 'put', key: 'k', value: bytes('v1') });
+    net.deliver();
+    assert.equal(net.result(first).applied, true);
+    r1.ioDelayMs = 50; // from now on each of r1's storage writes takes 50 ms
+    const w = net.write('r1', { kind: 'put', key: 'k', value: bytes('v2') });
+    net.deliver(); // both backups persist group 2 and acknowledge; r1's own write still runs
+    assert.equal(net.answers.has(w), false, 'not committed before r1 persisted it');
+    net.tick(50); // r1's log write completes: committed; the apply is the next 50 ms write
+    net.deliver();
+    assert.equal(net.result(w).applied, true, 'answered at commit');
+    assert.equal(new TextDecoder().decode(r1.durable.data.get('k')!.value!), 'v1', 'not applied at r1 yet');
+    const read = r1.strongRead(net.nowMs, 'k');
+    assert.equal(read.fromLog, true);
+    assert.equal(new TextDecoder().decode(read.value.value!), 'v2');
+    assert.equal(read.value.version, 2);
+  });
+
   it('validates its configuration with ConfigError naming the field', () => {
     const err = assertThrowsNamed(() => resolveReplicationConfig({ maxGroupsInFlight: 0 }), 'ConfigError');
     assert.equal((err as Error & { field: string }).field, 'maxGroupsInFlight');
