@@ -475,14 +475,20 @@ export class StoreService implements KvApi {
   // The Ready loop.
 
   private afterInput(slot: ShardSlot): void {
-    if (!this.stopped && !slot.removed) {
-      // The primary's appends go out in parallel with its own write, and answers at commit
-      // (ReplicaCore.takeEarlyMessages, takeAnswers): neither waits for the shard's Ready in progress.
-      for (const m of slot.core.takeEarlyMessages()) this.outbox.push(m);
-      const answers = slot.core.takeAnswers();
-      if (answers.length > 0) this.waiters.deliver(answers);
-    }
+    this.takeUnblocked(slot);
     if (slot.core.hasReady() || slot.core.role === 'removed') this.kick(slot);
+  }
+
+  /**
+   * The primary's appends go out in parallel with its own write, and answers at commit
+   * (ReplicaCore.takeEarlyMessages, takeAnswers): neither waits for the shard's Ready in progress.
+   * Called after every input and after every advance (which commits and seals groups too).
+   */
+  private takeUnblocked(slot: ShardSlot): void {
+    if (this.stopped || slot.removed) return;
+    for (const m of slot.core.takeEarlyMessages()) this.outbox.push(m);
+    const answers = slot.core.takeAnswers();
+    if (answers.length > 0) this.waiters.deliver(answers);
   }
 
 
@@ -551,6 +557,7 @@ export class StoreService implements KvApi {
       void this.renewLease(true);
     }
     core.advance(this.now(), rd);
+    this.takeUnblocked(slot);
   }
 
   private async removeShard(slot: ShardSlot): Promise<void> {
@@ -1018,7 +1025,7 @@ export class StoreService implements KvApi {
       if (pending !== null) {
         // Committed, answered, not yet applied here.
         return pending.kind === 'put'
-          ? { ok: true, version: pending.version, present: true, value: pending.value }
+          ? { ok: true, version: pending.version, present: true, value: pending.value.slice() } // the log's bytes stay the log's
           : { ok: true, version: pending.version, present: false, value: null };
       }
       const r = await this.shardStore.readValue(shard, req.key);

@@ -613,9 +613,11 @@ export class ReplicaCore {
     this.unstable = [];
     this.truncateAfterSeq = undefined;
     this.trimThroughSeq = undefined;
+    // Appends in this Ready (held, or early ones the shell did not take) leave after its persist:
+    // later appends must wait for it too, or they would overtake them.
+    this.readyHoldsAppend = this.appendHeld || this.early.length > 0;
     this.messages = [];
     this.early = [];
-    this.readyHoldsAppend = this.appendHeld;
     this.appendHeld = false;
     this.snapshots = [];
     this.answers = [];

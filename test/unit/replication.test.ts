@@ -601,6 +601,28 @@ describe('replication core', () => {
     }
   });
 
+  it('pipelined: an append never overtakes one that waits in a Ready for the persist', () => {
+    const net = new Net(ALL, { maxGroupsInFlight: 4 });
+    net.assign({ replicas: ALL, primary: 'r1', inSync: ALL, epoch: 1 });
+    net.lease('r1');
+    net.deliver();
+    net.tick(20);
+    net.deliver();
+    // A shell that does not take early appends: they go in the next Ready, sent after its persist.
+    net.shell('r1').ioDelayMs = 50;
+    const w1 = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    assert.equal(net.queue.length, 0, 'group 1 waits for the persist of its Ready');
+    const w2 = net.write('r1', { kind: 'put', key: 'b', value: bytes('2') });
+    assert.deepEqual(net.core('r1').takeEarlyMessages(), [], 'group 2 may not leave before group 1');
+    for (let k = 0; k < 6; k++) {
+      net.tick(50);
+      net.deliver();
+    }
+    assert.deepEqual(net.result(w1), { applied: true, version: 1, seq: 1 });
+    assert.deepEqual(net.result(w2), { applied: true, version: 1, seq: 2 });
+    for (const id of ['r2', 'r3']) assert.deepEqual(net.logOf(id), [[1, 1, 1], [2, 1, 1]], id);
+  });
+
   it('answers at commit, before the apply; a strong read meanwhile sees the committed write', () => {
     const net = new Net(ALL);
     net.assign({ replicas: ALL, primary: 'r1', inSync: ALL, epoch: 1 });
