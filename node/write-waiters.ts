@@ -3,7 +3,7 @@
  * of the store service (node/store-service.ts), kept apart.
  *
  * A write waits at most `timeoutMs` for its answer, then fails `indeterminate` (it may or may not
- * have been applied). Deadlines are checked on the store's tick (`expire`, every 10 ms) rather
+ * have been applied). Deadlines are checked on the store's tick (`expire`, every 20 ms) rather
  * than with a timer per write: at thousands of writes a second the timers were a measurable
  * share of the peer's CPU. Every write waits the same time and the clock is monotonic, so the
  * waiters in insertion order are in deadline order, and `expire` looks only at the expired ones.

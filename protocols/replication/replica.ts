@@ -194,6 +194,8 @@ interface HandedOverGroup {
 
 /** How long a handed-over write waits for its outcome before it is answered `indeterminate`, ms. */
 export const HANDED_OVER_OUTCOME_MS = 3000;
+/** Most committed, unapplied groups a strong read looks through (see read). */
+const READ_SCAN_MAX_GROUPS = 64;
 /** Most handed-over groups kept waiting; beyond, `indeterminate` at once. */
 const MAX_HANDED_OVER_GROUPS = 1024;
 
@@ -510,6 +512,9 @@ export class ReplicaCore {
       const ps = this.primary!;
       if (!ps.fresh) throw new NotPrimaryError(this.id, this.epochValue, 'restarted');
       if (this.commitSeq < ps.reconcileSeq) throw new NotPrimaryError(this.id, this.epochValue, 'reconciling');
+      // A long unapplied tail (a new primary's reconciliation tail, a slow disk) would make every
+      // read scan it: such reads wait (retry) until the applies catch up, as before pipelining.
+      if (this.commitSeq - this.appliedSeq > READ_SCAN_MAX_GROUPS) throw new NotPrimaryError(this.id, this.epochValue, 'reconciling');
       for (let seq = Math.min(this.commitSeq, this.log.lastSeq); seq > this.appliedSeq; seq--) {
         const g = this.log.get(seq);
         assertReplication(g !== undefined, `committed group ${seq} is not applied and not in the log`);
