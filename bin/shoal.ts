@@ -75,7 +75,7 @@ Options:
                             from the data dir or --swarm-key; repeatable; retried with backoff
                             until one answers (default: none, start a new cluster)
   --data-dir DIR            identity and data (default ${DEFAULT_PEER_OPTIONS.dataDir})
-  --http HOST:PORT|off      HTTP API address; port 0 picks a free port (default ${DEFAULT_PEER_OPTIONS.http})
+  --http HOST:PORT|off      HTTP API and dashboard (at /); port 0 picks a free port (default ${DEFAULT_PEER_OPTIONS.http})
   --http-allowed-host NAME  a host name the HTTP API answers to besides IP addresses and
                             localhost (repeatable); requests naming any other Host get 421
   --http-token-file FILE    bearer token (16+ visible characters) every HTTP request except
@@ -495,6 +495,7 @@ async function cmdStart(argv: string[]): Promise<number> {
     `shoal peer ${peer.peerId}`,
     ...peer.addrs.map((a) => `  join with: ${a}`),
     `  http: ${peer.httpAddress ?? 'off'}`,
+    ...(peer.httpAddress !== null ? [`  dashboard: http://${peer.httpAddress}/`] : []),
     peer.joinToken !== null ? `  join token: ${peer.joinToken}` : '  insecure: open network, no cluster key',
   ];
   process.stdout.write(lines.join('\n') + '\n');

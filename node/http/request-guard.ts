@@ -11,12 +11,14 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
+import { isDashboardAssetPath } from './dashboard.js';
 
 export interface GuardOptions {
   /** Host names (lower case, without port) accepted besides IP literals and `localhost`. */
   allowedHosts: readonly string[];
   /**
-   * When set (`--http-token-file`), every request except `GET`/`HEAD /healthz` must carry
+   * When set (`--http-token-file`), every request except `GET`/`HEAD` of `/healthz` and of the
+   * dashboard's static files (`/`, `/dashboard/*`) must carry
    * `Authorization: Bearer <token>`; otherwise 401.
    */
   bearerToken?: string | null;
@@ -89,7 +91,9 @@ export function checkRequest(
     };
   }
   const token = opts.bearerToken ?? null;
-  if (token !== null && !(path === '/healthz' && (method === 'GET' || method === 'HEAD')) && !bearerMatches(headers.authorization, token)) {
+  // /healthz and the dashboard's static files (no cluster data in them) need no token.
+  const open = (method === 'GET' || method === 'HEAD') && (path === '/healthz' || isDashboardAssetPath(path));
+  if (token !== null && !open && !bearerMatches(headers.authorization, token)) {
     return {
       status: 401,
       code: 'unauthorized',

@@ -10,6 +10,7 @@ import type { ClusterMapView } from '../../protocols/cluster-map/types.js';
 import type { StoreLimits } from '../store-api.js';
 import type { DrainStatus, MoveInfo } from '../store-service.js';
 import { ClientGoneError, HttpError } from './http-error.js';
+import { DASHBOARD_HEADERS, dashboardSnapshot, loadDashboardAssets, PhiHistory } from './dashboard.js';
 import {
   handleKvDelete,
   handleKvGet,
@@ -273,7 +274,36 @@ export async function startHttpServer(
 
   /** Requests refused before routing (Host, Origin, content type: see request-guard.ts). */
   let refused = 0;
+
+  // The dashboard (node/http/dashboard.ts): its files, and each member's phi sampled every second.
+  const assets = loadDashboardAssets();
+  if (typeof assets === 'string') log.warn('dashboard unavailable', { reason: assets });
+  const phiHistory = new PhiHistory();
+  const phiSampler = setInterval(() => {
+    try {
+      const st = handlers.status();
+      if (st !== null) phiHistory.record(st.members);
+    } catch (err) {
+      log.debug('phi sample failed', { err });
+    }
+  }, 1000);
+  phiSampler.unref();
+  const serveAsset: Handler = (req, s) => {
+    const { path } = splitRequestTarget(req.url);
+    if (typeof assets === 'string') throw new HttpError(503, 'dashboard_unavailable', assets);
+    const a = assets.get(path === '/index.html' ? '/' : path);
+    if (a === undefined) throw new HttpError(404, 'not_found', `no dashboard file ${path}`);
+    s.writeHead(200, { ...DASHBOARD_HEADERS, 'content-type': a.type, 'content-length': a.body.length });
+    s.end(req.method === 'HEAD' ? undefined : a.body);
+  };
+
   const routes: Array<{ pattern: RegExp; methods: Record<string, Handler> }> = [
+    { pattern: /^\/(?:index\.html)?$/, methods: { GET: serveAsset, HEAD: serveAsset } },
+    { pattern: /^\/dashboard\/[^/]+$/, methods: { GET: serveAsset, HEAD: serveAsset } },
+    {
+      pattern: /^\/v1\/dashboard$/,
+      methods: { GET: (_q, s) => sendJson(s, 200, notStarting(dashboardSnapshot(handlers, phiHistory)), { 'cache-control': 'no-store' }) },
+    },
     { pattern: /^\/v1\/status$/, methods: { GET: (_q, s) => sendJson(s, 200, notStarting(handlers.status())) } },
     {
       pattern: /^\/healthz$/,
@@ -477,6 +507,7 @@ export async function startHttpServer(
     address: `${shownHost}:${addr.port}`,
     close: () =>
       new Promise<void>((resolve) => {
+        clearInterval(phiSampler);
         server.close(() => resolve());
         server.closeAllConnections();
       }),

@@ -65,6 +65,15 @@ describe('HTTP request guard: bearer token', () => {
     assert.equal(check('HEAD', '/healthz'), null);
   });
 
+  it('the dashboard\'s static files load without the token; its data (/v1/dashboard) needs it', () => {
+    for (const p of ['/', '/index.html', '/dashboard/dashboard.js', '/dashboard/dashboard.css']) {
+      assert.equal(check('GET', p), null, `GET ${p}`);
+      assert.equal(check('HEAD', p), null, `HEAD ${p}`);
+      assert.equal(check('POST', p), 401, `POST ${p}`);
+    }
+    for (const p of ['/v1/dashboard', '/dashboard/../v1/status', '/dashboard/a/b', '/dashboardx']) assert.equal(check('GET', p), 401, `GET ${p}`);
+  });
+
   it('without a configured token, no Authorization is needed', () => {
     assert.equal(checkRequest('GET', '/v1/status', { host }, { allowedHosts: [] }), null);
   });
