@@ -134,11 +134,11 @@ describe('dashboard: a real browser shows the cluster', function () {
       assert.equal(await page.locator('#ring path[data-shard]').count(), 8, 'the ring has one segment per shard');
       assert.match((await page.textContent('#card-writable')) ?? '', /^8 \/ 8$/);
 
-      // Data to move: 12 MiB in 256 KiB values, about 1.5 MiB per shard; a joining peer gets
-      // most shards, each sent at 1 MB/s, so its moves last seconds.
+      // Data to move: 16 MiB in 256 KiB values, about 2 MiB per shard; a joining peer gets
+      // most shards, each sender at 1 MB/s after a 1 MiB burst, so its moves last seconds.
       const load = await loadLargeValues({
         targets: c.peers.map((p) => p.httpAddress),
-        totalBytes: 12 * 1024 * 1024,
+        totalBytes: 16 * 1024 * 1024,
         valueBytes: 256 * 1024,
         clients: 4,
         keyPrefix: 'dash-',
