@@ -149,7 +149,9 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     const incarnation = await nextIncarnation(meta);
     const host = await createHost({ privateKey: key, listen: opts.listen, swarmKey });
     const peerId = host.peerId.toString();
-    const log = (deps.log ?? createLogger(opts.logLevel)).child({ peer: peerId });
+    const base = (deps.log ?? createLogger(opts.logLevel)).child({ peer: peerId });
+    // Every service's lines name it; the peer's own (start, leave, stop) say `peer`.
+    const log = base.child({ component: 'peer' });
     try {
       await host.start();
     } catch (err) {
@@ -200,7 +202,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
             return proposeOverHttp(peer.coordinator, { type: 'update-member', peerId, capacity: change.capacity });
           },
         },
-        log,
+        base.child({ component: 'http' }),
         { allowedHosts: opts.httpAllowedHosts, bearerToken: httpToken },
       ).catch((err: Error & { code?: string }) => {
         const inUse = err.code === 'EADDRINUSE';
@@ -219,7 +221,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
       config: membershipConfig,
       tickIntervalMs: membershipConfig.tickIntervalMs,
       load,
-      log,
+      log: base.child({ component: 'membership' }),
     });
     membership.start();
     cleanup.push(() => membership.stop());
@@ -234,7 +236,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
       raft: opts.raft,
       sync: true,
       clusterSettings: opts.cluster,
-      log,
+      log: base.child({ component: 'coordinator' }),
     });
     await coordinator.start();
     cleanup.push(() => coordinator.stop());
@@ -243,7 +245,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
       host,
       coordinator,
       store,
-      log,
+      log: base.child({ component: 'store' }),
       sync: opts.sync,
       capacity: opts.capacity,
       readPolicy: opts.readPolicy,
@@ -256,7 +258,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     await kv.start();
     cleanup.push(() => kv.stop());
     const taskRes = TaskService.defaults();
-    const tasks = new TaskService({ host, coordinator, kv, log: log.child({ component: 'tasks' }), slotsPerCapacity: opts.taskSlots ?? taskRes.slotsPerCapacity, memMb: taskRes.memMb });
+    const tasks = new TaskService({ host, coordinator, kv, log: base.child({ component: 'tasks' }), slotsPerCapacity: opts.taskSlots ?? taskRes.slotsPerCapacity, memMb: taskRes.memMb });
     await tasks.start();
     cleanup.push(() => tasks.stop());
     let joinTokenNow: string | null = null;
@@ -275,7 +277,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
         dir: opts.autoscale.dir ?? join(opts.dataDir, 'autoscaled'),
         sampleMs: 2000,
       },
-      { coordinator, membership, tasks, log: log.child({ component: 'autoscaler' }), joinToken: () => joinTokenNow },
+      { coordinator, membership, tasks, log: base.child({ component: 'autoscaler' }), joinToken: () => joinTokenNow },
     );
     autoscale.start();
     cleanup.push(async () => autoscale.stop());
@@ -285,7 +287,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
       Object.entries(coordinator.mapView().members)
         .filter(([id, m]) => id !== self && m.status !== 'left')
         .flatMap(([, m]) => m.addrs);
-    const joiner = new Joiner(host, keyPlan.joinAddrs, mapAddrs, opts.joinBackoffMaxMs, log);
+    const joiner = new Joiner(host, keyPlan.joinAddrs, mapAddrs, opts.joinBackoffMaxMs, base.child({ component: 'join' }));
     joiner.start();
     cleanup.push(() => joiner.stop());
 

@@ -511,10 +511,10 @@ export class RpcEndpoint {
     out.queue.end();
     if (kind === 'reset') {
       this.counters.streamsReset++;
-      this.log.warn('rpc answer stream reset: bad frame', { peer: out.peer, err: cause });
+      this.log.warn('rpc answer stream reset: bad frame', { remote: out.peer, err: cause });
     } else if (kind === 'failed') {
       this.counters.streamsFailed++;
-      this.log.debug('rpc stream failed', { peer: out.peer, pending: out.pending.size, err: cause ?? err });
+      this.log.debug('rpc stream failed', { remote: out.peer, pending: out.pending.size, err: cause ?? err });
     }
     if (kind !== 'done') out.stream?.abort(err);
     for (const p of [...out.pending.values()]) {

@@ -113,7 +113,7 @@ export class ShardControlService {
         .propose({ type: 'update-member', peerId: from, capacity })
         .catch((err: unknown) => {
           this.reportedCapacity.delete(from);
-          log.warn('capacity update not applied', { peer: from, capacity, err });
+          log.warn('capacity update not applied', { member: from, capacity, err });
         })
         .finally(() => this.capacityUpdates.delete(from));
     }
@@ -125,8 +125,8 @@ export class ShardControlService {
         this.drainUpdates.add(from);
         coordinator
           .propose({ type: 'update-member', peerId: from, status })
-          .then(() => log.info(status === 'draining' ? 'draining a peer: moving its replicas away' : 'drain cancelled', { peer: from }))
-          .catch((err: unknown) => log.warn('drain status not applied', { peer: from, status, err }))
+          .then(() => log.info(status === 'draining' ? 'draining a peer: moving its replicas away' : 'drain cancelled', { member: from }))
+          .catch((err: unknown) => log.warn('drain status not applied', { member: from, status, err }))
           .finally(() => this.drainUpdates.delete(from));
       }
     }

@@ -291,14 +291,14 @@ export class StoreService implements KvApi {
       shardStore,
       request: (to, frame, timeoutMs) => this.bulkRpc.request(to, frame, { timeoutMs }),
       rateBps: opts.rebalanceRateBps ?? null,
-      log: opts.log,
+      log: opts.log.child({ component: 'snapshots' }),
       now: () => this.now(),
       stopped: () => this.stopped,
     });
     this.control = new ShardControlService({
       coordinator: opts.coordinator,
       leaseMs: opts.leaseMs,
-      log: opts.log,
+      log: opts.log.child({ component: 'shard-control' }),
       now: () => this.now(),
       view: () => this.view,
     });

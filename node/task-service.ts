@@ -308,7 +308,7 @@ export class TaskService {
           const memMb = Number(m.memMb);
           if (!(cpu > 0 && cpu <= 4096 && memMb >= 0 && memMb <= 1e8)) throw new TaskError('invalid_task', 'bad worker report');
           this.lastReport.set(from, performance.now());
-          if (this.deadWorkers.delete(from)) this.opts.log.info('task worker back', { peer: from });
+          if (this.deadWorkers.delete(from)) this.opts.log.info('task worker back', { worker: from });
           sched.upsertWorker({ id: from, types, cpu, memMb });
           return { ok: true };
         }
@@ -595,7 +595,7 @@ export class TaskService {
             if ((err as Error).name === 'RpcUnavailableError' && !this.deadWorkers.has(d.worker)) {
               this.deadWorkers.add(d.worker);
               more.push(...sched.workerDead(now, d.worker));
-              this.opts.log.warn('task worker unreachable: its tasks go elsewhere', { peer: d.worker });
+              this.opts.log.warn('task worker unreachable: its tasks go elsewhere', { worker: d.worker });
             }
             if (more.length > 0) await this.apply(more);
           });
