@@ -8,14 +8,14 @@ import type { KvStore } from '../storage/kv-store.js';
 import { openDiskStore } from '../storage/level-store.js';
 import { validatePeerOptions, type PeerOptions } from './config.js';
 import { createHost, fullAddrs, type Host } from './host.js';
-import { HttpError, startHttpServer, type HttpServer, type StoreMetrics } from './http/server.js';
+import { DEFAULT_HTTP_SERVER_LIMITS, HttpError, startHttpServer, type HttpServer } from './http/server.js';
+import { PeerMetrics, type PeerCounters, type StoreMetrics } from './metrics.js';
 import { loadOrCreatePrivateKey, nextIncarnation } from './identity.js';
 import { LoadSampler } from './load-sampler.js';
 import { createLogger, type Logger } from './log.js';
-import { MembershipService, type MembershipCounters } from './membership-service.js';
+import { MembershipService } from './membership-service.js';
 import { Coordinator, type CoordinatorStatus } from './coordinator.js';
 import type { ClusterCommand } from '../protocols/cluster-map/types.js';
-import type { RaftCounters } from './http/server.js';
 import { PeerStartError } from './errors.js';
 import { publishJoinToken, resolveClusterKey } from './cluster-key.js';
 import { isValidHttpToken } from './http/request-guard.js';
@@ -166,6 +166,8 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
     }
     cleanup.push(() => host.stop());
 
+    // This peer's registry (/metrics) and the histograms the services observe into.
+    const metrics = new PeerMetrics();
     // Bind the HTTP port before anything is written for the cluster, so a port in use fails fast.
     let peer: PeerImpl | null = null;
     let http: HttpServer | null = null;
@@ -204,6 +206,8 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
         },
         base.child({ component: 'http' }),
         { allowedHosts: opts.httpAllowedHosts, bearerToken: httpToken },
+        DEFAULT_HTTP_SERVER_LIMITS,
+        metrics,
       ).catch((err: Error & { code?: string }) => {
         const inUse = err.code === 'EADDRINUSE';
         throw new PeerStartError(inUse ? 'ADDRESS_IN_USE' : 'HTTP', `cannot serve HTTP on ${opts.http}: ${err.message}`);
@@ -254,6 +258,7 @@ export async function createPeer(options: Partial<PeerOptions> = {}, deps: { log
       limits: { maxKeyBytes: opts.maxKeyBytes, maxValueBytes: opts.maxValueBytes },
       rebalanceRateBps: opts.rebalanceRate,
       replication: { logRetainGroups: opts.logRetainGroups },
+      metrics,
     });
     await kv.start();
     cleanup.push(() => kv.stop());
@@ -357,8 +362,13 @@ class PeerImpl implements Peer {
     return [...this.coordinator.healthProblems(HEALTH_NO_COORDINATOR_MS), ...this.kv.healthProblems(HEALTH_SHARD_MISSING_MS)];
   }
 
-  get counters(): { membership: MembershipCounters; raft: RaftCounters; store: StoreMetrics } {
-    return { membership: this.membership.counters, raft: { ...this.coordinator.channelCounters, ...this.coordinator.counters }, store: this.kv.metrics() };
+  get counters(): PeerCounters & { store: StoreMetrics } {
+    return {
+      membership: this.membership.counters,
+      raft: { ...this.coordinator.channelCounters, ...this.coordinator.counters },
+      store: this.kv.metrics(),
+      libp2pConnections: this.host.getConnections().length,
+    };
   }
 
   get addrs(): string[] {

@@ -43,6 +43,8 @@ export interface SnapshotSenderOptions {
   log: Logger;
   now(): number;
   stopped(): boolean;
+  /** Called with the duration of each completed send, seconds (shoal_move_duration_seconds). */
+  onMoveDone?(seconds: number): void;
 }
 
 export class SnapshotSender {
@@ -170,7 +172,9 @@ export class SnapshotSender {
       }
       await this.opts.request(to, encodeFrame(FrameKind.snapEnd, { shard, id: t.id }), 30_000);
       this.counters.snapshotsSent++;
-      this.counters.moveSecondsTotal += (now() - t.startedAtMs) / 1000;
+      const seconds = (now() - t.startedAtMs) / 1000;
+      this.counters.moveSecondsTotal += seconds;
+      this.opts.onMoveDone?.(seconds);
       this.outgoing.delete(key);
       await o.reader.close().catch(() => {});
       log.info('snapshot sent', { shard, to, seq: t.seq, chunks: t.ackedChunks, bytes: t.bytesDone });

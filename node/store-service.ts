@@ -76,7 +76,7 @@ import {
 import { ReplicationOutbox, splitBatch } from './replication-outbox.js';
 import { groupBytes } from '../protocols/replication/log.js';
 import { StreamChannel } from './stream-channel.js';
-import type { StoreMetrics } from './http/server.js';
+import type { PeerMetrics, StoreMetrics } from './metrics.js';
 
 /** Where a drain of this peer stands (GET /v1/drain). */
 export interface DrainStatus {
@@ -136,6 +136,8 @@ export interface StoreServiceOptions {
   replication?: Partial<ReplicationConfig>;
   /** Bytes per second all snapshot transfers of this peer share (--rebalance-rate); null or absent: unlimited. */
   rebalanceRateBps?: number | null;
+  /** Histograms of this peer's registry (write and move durations); absent: not observed. */
+  metrics?: Pick<PeerMetrics, 'replicationWriteDuration' | 'moveDuration'>;
 }
 
 /** Largest frame on the bulk protocol (forwarded large writes, snapshot chunks). */
@@ -294,6 +296,7 @@ export class StoreService implements KvApi {
       log: opts.log.child({ component: 'snapshots' }),
       now: () => this.now(),
       stopped: () => this.stopped,
+      onMoveDone: (seconds) => opts.metrics?.moveDuration.observe(seconds),
     });
     this.control = new ShardControlService({
       coordinator: opts.coordinator,
@@ -1064,6 +1067,14 @@ export class StoreService implements KvApi {
       }
       // The core answers later (takeAnswers or a Ready), never inside write().
       const answer = this.waiters.wait(requestId, now);
+      const histogram = this.opts.metrics?.replicationWriteDuration;
+      if (histogram !== undefined) {
+        // Applied writes only: a refused compare-and-set is answered without replicating anything.
+        answer.then(
+          (r) => r.applied && histogram.observe((this.now() - now) / 1000),
+          () => {},
+        );
+      }
       this.afterInput(slot);
       return answer;
     }

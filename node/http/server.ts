@@ -2,8 +2,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { parseHostPort } from '../config.js';
 import type { Logger } from '../log.js';
-import type { MembershipCounters } from '../membership-service.js';
-import type { ChannelCounters } from '../stream-channel.js';
+import { PeerMetrics, type HttpOp, type PeerCounters } from '../metrics.js';
+import { performance } from 'node:perf_hooks';
 import { checkRequest, type GuardOptions } from './request-guard.js';
 import type { PeerStatus } from '../peer.js';
 import type { ClusterMapView } from '../../protocols/cluster-map/types.js';
@@ -33,7 +33,7 @@ export interface HttpHandlers {
   status(): PeerStatus | null;
   /** What keeps the peer from doing its part (empty: healthy), or null while it starts. /healthz answers 503 with them. */
   health?(): string[] | null;
-  counters(): { membership: MembershipCounters; raft: RaftCounters; store?: StoreMetrics } | null;
+  counters(): PeerCounters | null;
   clusterMap(): ClusterMapView | null;
   /** Start a graceful stop of this peer (hand over, announce left, exit); returns at once. */
   leave(): void;
@@ -103,126 +103,14 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
   res.end(text);
 }
 
-type MetricType = 'counter' | 'gauge';
-
-/** One Prometheus metric family: HELP, TYPE and its samples (label string → value). */
-function family(name: string, type: MetricType, help: string, samples: Array<[string, number]>): string[] {
-  return [`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...samples.map(([labels, v]) => `${name}${labels} ${v}`)];
-}
-
-/** The Raft channel's counters and the frames refused for the sender's role (Coordinator.counters). */
-export type RaftCounters = ChannelCounters & { rejected: number };
-
-/** What the store reports to /metrics (see StoreService.metrics). */
-export interface StoreMetrics {
-  counters: Record<
-    | 'forwarded'
-    | 'served'
-    | 'leaseRenewals'
-    | 'leaseFailures'
-    | 'snapshotsSent'
-    | 'snapshotBytesSent'
-    | 'snapshotsResumed'
-    | 'snapshotBytesResumed'
-    | 'moveSecondsTotal'
-    | 'copiesDeleted'
-    | 'catchUpBytesReceived'
-    | 'snapshotsInstalled'
-    | 'assignmentsProposed'
-    | 'replicationRefused'
-    | 'replicationRejected'
-    | 'requestsRejected',
-    number
-  >;
-  leaseValid: boolean;
-  primaries: number;
-  replicas: number;
-  serving: number;
-  replication: ChannelCounters;
-  /** The shard controller's catch-ups (coordinator only; null elsewhere). */
-  catchUps: { active: number; abandoned: number; abandonedTotal: number } | null;
-  /** Replicas being filled cluster-wide, from this peer's map. */
-  movesInFlight: number;
-}
-
-function storeLines(st: StoreMetrics): string[] {
-  const c = st.counters;
-  return [
-    ...family('shoal_store_requests_forwarded_total', 'counter', 'Client operations this peer forwarded to another peer.', [['', c.forwarded]]),
-    ...family('shoal_store_requests_served_total', 'counter', 'Operations served by a replica on this peer.', [['', c.served]]),
-    ...family('shoal_store_lease_renewals_total', 'counter', 'Lease renewals granted by the coordinator.', [['', c.leaseRenewals]]),
-    ...family('shoal_store_lease_failures_total', 'counter', 'Lease renewals that failed.', [['', c.leaseFailures]]),
-    ...family('shoal_store_lease_valid', 'gauge', '1 while this peer holds a valid primary lease.', [['', st.leaseValid ? 1 : 0]]),
-    ...family('shoal_store_snapshots_sent_total', 'counter', 'Shard snapshots sent to catching-up replicas.', [['', c.snapshotsSent]]),
-    ...family('shoal_store_snapshot_bytes_sent_total', 'counter', 'Value bytes this peer sent in shard snapshots (data moved to new replicas).', [['', c.snapshotBytesSent]]),
-    ...family('shoal_store_catchup_bytes_received_total', 'counter', 'Op-log bytes this peer received for replicas not yet in sync (data moved to it through catch-up).', [['', c.catchUpBytesReceived]]),
-    ...family('shoal_store_snapshots_resumed_total', 'counter', 'Snapshot streams that went on from the last acknowledged chunk after a break or a restart of the receiver.', [['', c.snapshotsResumed]]),
-    ...family('shoal_store_snapshot_bytes_resumed_total', 'counter', 'Snapshot bytes already at the receiver when a stream went on (not sent again).', [['', c.snapshotBytesResumed]]),
-    ...family('shoal_store_move_seconds_total', 'counter', 'Seconds spent sending completed snapshots (with shoal_store_snapshots_sent_total: the mean move duration).', [['', c.moveSecondsTotal]]),
-    ...family('shoal_store_copies_deleted_total', 'counter', 'Data of removed replicas deleted after the grace period (30 s).', [['', c.copiesDeleted]]),
-    ...family('shoal_store_moves_in_flight', 'gauge', 'Replicas being filled (not yet in sync), cluster-wide, from this peer\'s map.', [['', st.movesInFlight]]),
-    ...family('shoal_store_snapshots_installed_total', 'counter', 'Shard snapshots installed here.', [['', c.snapshotsInstalled]]),
-    ...family('shoal_store_assignments_proposed_total', 'counter', 'Shard assignment commands proposed (coordinator).', [['', c.assignmentsProposed]]),
-    ...family('shoal_store_replicas', 'gauge', 'Shard replicas held here, by role.', [
-      ['{role="primary"}', st.primaries],
-      ['{role="any"}', st.replicas],
-    ]),
-    ...family('shoal_store_primaries_serving', 'gauge', 'Shards this peer serves as primary right now (lease valid, reconciled or not).', [['', st.serving]]),
-    ...family('shoal_replication_frames_sent_total', 'counter', 'Replication frames sent (each batches the messages of one event-loop turn).', [['', st.replication.framesSent]]),
-    ...family('shoal_replication_frames_received_total', 'counter', 'Replication frames received.', [['', st.replication.framesReceived]]),
-    ...family('shoal_replication_frames_dropped_total', 'counter', 'Replication frames dropped (queue full or peer unreachable).', [['', st.replication.framesDropped]]),
-    ...family('shoal_replication_streams_reset_total', 'counter', 'Inbound replication streams reset for a bad frame.', [['', st.replication.streamsReset]]),
-    ...(st.catchUps === null
-      ? []
-      : [
-          ...family('shoal_store_catchups_active', 'gauge', 'Replicas catching up, as the coordinator sees them (coordinator only).', [['', st.catchUps.active]]),
-          ...family('shoal_store_catchups_backing_off', 'gauge', 'Abandoned catch-ups waiting to be retried (coordinator only).', [['', st.catchUps.abandoned]]),
-          ...family('shoal_store_catchups_abandoned_total', 'counter', 'Catch-ups abandoned for making no progress (coordinator only).', [['', st.catchUps.abandonedTotal]]),
-        ]),
-    ...family('shoal_replication_messages_rejected_total', 'counter', 'Replication messages the committed cluster map does not back (sender not a replica or not the primary, epoch never reached).', [['', c.replicationRejected]]),
-    ...family('shoal_store_requests_rejected_total', 'counter', 'Store, lease and snapshot requests refused for the sender\'s role in the cluster map.', [['', c.requestsRejected]]),
-    ...family('shoal_replication_messages_refused_total', 'counter', 'Replication messages dropped for exceeding the frame limit (should stay 0).', [['', c.replicationRefused]]),
-    ...family('shoal_replication_frames_refused_total', 'counter', 'Replication frames refused before sending for exceeding the frame limit.', [['', st.replication.framesRefused]]),
-  ];
-}
-
-function metricsText(
-  { membership: m, raft, store }: { membership: MembershipCounters; raft: RaftCounters; store?: StoreMetrics },
-  status: PeerStatus,
-): string {
-  const byState = new Map<string, number>();
-  for (const mem of status.members) byState.set(mem.state, (byState.get(mem.state) ?? 0) + 1);
-  const states = ['alive', 'suspect', 'dead', 'left'];
-  const lines = [
-    ...family('shoal_membership_messages_received_total', 'counter', 'Membership messages accepted from the topic.', [['', m.received]]),
-    ...family('shoal_membership_messages_rejected_total', 'counter', 'Membership messages dropped as malformed or forged.', [['', m.rejected]]),
-    ...family('shoal_membership_messages_published_total', 'counter', 'Membership messages published.', [['', m.published]]),
-    ...family(
-      'shoal_member_transitions_total',
-      'counter',
-      'Transitions of other members into a state, as this peer saw them.',
-      Object.entries(m.transitions).map(([state, n]) => [`{to="${state}"}`, n]),
-    ),
-    ...family('shoal_members', 'gauge', 'Members in the local table by state.', states.map((st) => [`{state="${st}"}`, byState.get(st) ?? 0])),
-    ...family('shoal_raft_frames_sent_total', 'counter', 'Raft messages sent.', [['', raft.framesSent]]),
-    ...family('shoal_raft_frames_received_total', 'counter', 'Raft messages received.', [['', raft.framesReceived]]),
-    ...family('shoal_raft_frames_dropped_total', 'counter', 'Raft messages dropped (queue full or peer unreachable).', [['', raft.framesDropped]]),
-    ...family('shoal_raft_streams_reset_total', 'counter', 'Inbound raft streams reset for a bad frame.', [['', raft.streamsReset]]),
-    ...family('shoal_raft_frames_rejected_total', 'counter', 'Raft frames refused: sender outside the Raft configuration, term far ahead, or a snapshot that does not restore.', [['', raft.rejected]]),
-    ...family('shoal_raft_frames_refused_total', 'counter', 'Raft frames refused before sending for exceeding the frame limit.', [['', raft.framesRefused]]),
-    ...family('shoal_raft_term', 'gauge', 'Current Raft term.', [['', status.term]]),
-    ...family('shoal_raft_commit_index', 'gauge', 'Raft commit index.', [['', status.commitIndex]]),
-    ...family('shoal_raft_is_leader', 'gauge', '1 on the coordinator.', [['', status.role === 'leader' ? 1 : 0]]),
-    ...(store === undefined ? [] : storeLines(store)),
-  ];
-  return lines.join('\n') + '\n';
-}
+export type { RaftCounters, StoreMetrics } from '../metrics.js';
 
 /**
  * A handler; `params` holds the raw (still percent-encoded) captured path segments. Thrown
  * HttpErrors and StoreErrors become JSON errors.
  */
 type Handler = (req: IncomingMessage, res: ServerResponse, params: string[]) => void | Promise<void>;
+type Route = { pattern: RegExp; methods: Record<string, Handler> };
 
 /** Largest JSON request body, bytes. */
 const MAX_JSON_BODY_BYTES = 64 * 1024;
@@ -259,21 +147,21 @@ export async function startHttpServer(
   log: Logger,
   guard: GuardOptions = { allowedHosts: [] },
   limits: HttpServerLimits = DEFAULT_HTTP_SERVER_LIMITS,
+  metrics: PeerMetrics = new PeerMetrics(),
 ): Promise<HttpServer> {
   const { host, port } = parseHostPort(hostPort, 'http');
   const bodyBudget: BodyBudget = { maxBytes: limits.maxBodyBytesInFlight, usedBytes: 0 };
   const kvDeps: KvRouteDeps = { kv: () => handlers.kv(), limits: () => handlers.limits(), bodyBudget };
-  /** Answered KV requests by operation and status, for /metrics. */
-  const kvRequests = new Map<string, number>();
-  const countKv = (res: ServerResponse, op: string): void => {
-    res.once('finish', () => {
-      const k = `{op="${op}",status="${res.statusCode}"}`;
-      kvRequests.set(k, (kvRequests.get(k) ?? 0) + 1);
-    });
+  // The key is the rest of the path (raw `/` kept, `%2F` decoded); `/v1/kv` and `/v1/kv/` name the empty key (400).
+  const kvRoute: Route = {
+    pattern: /^\/v1\/kv(?:\/.*)?$/s,
+    methods: {
+      GET: (q, s) => handleKvGet(q, s, kvDeps),
+      HEAD: (q, s) => handleKvGet(q, s, kvDeps),
+      PUT: (q, s) => handleKvPut(q, s, kvDeps),
+      DELETE: (q, s) => handleKvDelete(q, s, kvDeps),
+    },
   };
-
-  /** Requests refused before routing (Host, Origin, content type: see request-guard.ts). */
-  let refused = 0;
 
   // The dashboard (node/http/dashboard.ts): its files, and each member's phi sampled every second.
   const assets = loadDashboardAssets();
@@ -297,7 +185,8 @@ export async function startHttpServer(
     s.end(req.method === 'HEAD' ? undefined : a.body);
   };
 
-  const routes: Array<{ pattern: RegExp; methods: Record<string, Handler> }> = [
+  const kvOps: Record<string, HttpOp> = { GET: 'get', HEAD: 'get', PUT: 'put', DELETE: 'delete' };
+  const routes: Route[] = [
     { pattern: /^\/(?:index\.html)?$/, methods: { GET: serveAsset, HEAD: serveAsset } },
     { pattern: /^\/dashboard\/[^/]+$/, methods: { GET: serveAsset, HEAD: serveAsset } },
     {
@@ -318,16 +207,13 @@ export async function startHttpServer(
     {
       pattern: /^\/metrics$/,
       methods: {
-        GET: (_q, s) => {
-          const text =
-            metricsText(notStarting(handlers.counters()), notStarting(handlers.status())) +
-            family('shoal_http_kv_requests_total', 'counter', 'Key-value requests answered, by operation and HTTP status.', [...kvRequests].sort()).join('\n') +
-            '\n' +
-            family('shoal_http_body_bytes_in_flight', 'gauge', 'Bytes of request bodies this server holds now (bounded: beyond the budget, 503 overloaded).', [['', bodyBudget.usedBytes]]).join('\n') +
-            '\n' +
-            family('shoal_http_requests_refused_total', 'counter', 'HTTP requests refused before routing: Host not this peer, a foreign Origin on a state change, /v1/leave without JSON.', [['', refused]]).join('\n') +
-            '\n';
-          s.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+        GET: async (_q, s) => {
+          const text = await metrics.render({
+            counters: notStarting(handlers.counters()),
+            status: notStarting(handlers.status()),
+            bodyBytesInFlight: bodyBudget.usedBytes,
+          });
+          s.writeHead(200, { 'content-type': metrics.contentType, 'content-length': Buffer.byteLength(text) });
           s.end(text);
         },
       },
@@ -426,20 +312,19 @@ export async function startHttpServer(
         },
       },
     },
-    // The key is the rest of the path (raw `/` kept, `%2F` decoded); `/v1/kv` and `/v1/kv/` name the empty key (400).
-    {
-      pattern: /^\/v1\/kv(?:\/.*)?$/s,
-      methods: {
-        GET: (q, s) => (countKv(s, 'get'), handleKvGet(q, s, kvDeps)),
-        HEAD: (q, s) => (countKv(s, 'get'), handleKvGet(q, s, kvDeps)),
-        PUT: (q, s) => (countKv(s, 'put'), handleKvPut(q, s, kvDeps)),
-        DELETE: (q, s) => (countKv(s, 'delete'), handleKvDelete(q, s, kvDeps)),
-      },
-    },
+    kvRoute,
     { pattern: /^\/v1\/shards$/, methods: { GET: (q, s) => handleShards(q, s, kvDeps) } },
   ];
 
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const startedMs = performance.now();
+    /** The key-value operation once the request is routed to one; `other` for every other request. */
+    let op: HttpOp = 'other';
+    res.once('finish', () => {
+      const status = res.statusCode;
+      metrics.httpRequestDuration.observe({ op, status: `${Math.floor(status / 100)}xx` }, (performance.now() - startedMs) / 1000);
+      if (op !== 'other') metrics.httpKvRequests.inc({ op, status: String(status) });
+    });
     const fail = (err: unknown): void => {
       if (err instanceof ClientGoneError || res.destroyed || req.socket.destroyed) {
         // Nobody is left to answer.
@@ -461,7 +346,7 @@ export async function startHttpServer(
       const { path } = splitRequestTarget(req.url);
       const refusal = checkRequest(req.method ?? '', path, req.headers, guard);
       if (refusal !== null) {
-        refused++;
+        metrics.httpRequestsRefused.inc();
         return sendError(res, refusal.status, refusal.code, refusal.message, refusal.status === 401 ? { 'www-authenticate': 'Bearer realm="shoal"' } : {});
       }
       let match: RegExpExecArray | null = null;
@@ -473,6 +358,7 @@ export async function startHttpServer(
           allow: Object.keys(route.methods).join(', '),
         });
       }
+      if (route === kvRoute) op = kvOps[req.method ?? ''] ?? 'other';
       const params = (match as RegExpExecArray).slice(1);
       Promise.resolve()
         .then(() => handler(req, res, params))

@@ -99,6 +99,20 @@ describe('store: bulk moves resume after a restart and survive a dead source', f
         },
         { timeoutMs: 60_000, intervalMs: 250 },
       );
+      // Each completed snapshot send is one observation of the move histogram.
+      await waitFor(
+        'a completed move in shoal_move_duration_seconds',
+        async () => {
+          let n = 0;
+          for (const p of c.peers.slice(0, 3)) {
+            const count = await metricSum(p.httpAddress, 'shoal_move_duration_seconds_count');
+            assert.equal(count, await metricSum(p.httpAddress, 'shoal_store_snapshots_sent_total'), 'one observation per snapshot sent');
+            n += count;
+          }
+          return n > 0;
+        },
+        { timeoutMs: 60_000, intervalMs: 250 },
+      );
 
       // 2. The source of a move dies mid-move.
       const hit = await waitFor(

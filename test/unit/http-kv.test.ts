@@ -286,6 +286,7 @@ describe('HTTP key-value routes (fake store)', function () {
     assert.equal(r.headers.get('retry-after'), '1');
     await expectError(r, 503, 'starting');
     await expectError(await fetch(`http://${server.address}/v1/shards`), 503, 'starting');
+    await expectError(await fetch(`http://${server.address}/metrics`), 503, 'starting');
     await expectError(await fetch(`http://${server.address}/v1/kv/k`, { method: 'PUT', body: 'x' }), 503, 'starting');
     await expectError(await fetch(`http://${server.address}/v1/kv/${'k'.repeat(17)}`), 400, 'invalid_key');
   });
