@@ -226,7 +226,7 @@ export class StoreService implements KvApi {
   private readonly self: string;
   private readonly slots = new Map<number, ShardSlot>();
   private readonly opening = new Map<number, Promise<ShardSlot | null>>();
-  private readonly waiters = new WriteWaiters(WRITE_ANSWER_TIMEOUT_MS);
+  private readonly waiters: WriteWaiters;
   private readonly forwards = new Set<ForwardWatch>();
   private nextRequestId = 1;
   private readonly incoming = new Map<number, IncomingSnapshot>();
@@ -288,6 +288,11 @@ export class StoreService implements KvApi {
     this.readTargets = new ReadTargets(opts.readPolicy);
     this.view = opts.coordinator.mapView();
     this.capacityNow = opts.capacity;
+    const writeDuration = opts.metrics?.replicationWriteDuration;
+    this.waiters = new WriteWaiters(
+      WRITE_ANSWER_TIMEOUT_MS,
+      writeDuration === undefined ? null : { now: () => this.now(), applied: (ms) => writeDuration.observe(ms / 1000) },
+    );
     this.snapshots = new SnapshotSender({
       self: this.self,
       shardStore,
@@ -1067,14 +1072,6 @@ export class StoreService implements KvApi {
       }
       // The core answers later (takeAnswers or a Ready), never inside write().
       const answer = this.waiters.wait(requestId, now);
-      const histogram = this.opts.metrics?.replicationWriteDuration;
-      if (histogram !== undefined) {
-        // Applied writes only: a refused compare-and-set is answered without replicating anything.
-        answer.then(
-          (r) => r.applied && histogram.observe((this.now() - now) / 1000),
-          () => {},
-        );
-      }
       this.afterInput(slot);
       return answer;
     }

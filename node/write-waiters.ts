@@ -14,14 +14,25 @@ import { StoreError } from './store-api.js';
 interface Waiter {
   resolve: (r: WriteResult) => void;
   reject: (e: Error) => void;
+  acceptedMs: number;
   deadlineMs: number;
+}
+
+/** Told how long each applied write waited for its answer (shoal_replication_write_duration_seconds). */
+export interface WriteTimer {
+  /** The same monotonic clock `wait` is given. */
+  now(): number;
+  applied(waitedMs: number): void;
 }
 
 export class WriteWaiters {
   private readonly waiting = new Map<number, Waiter>();
   private lastDeadlineMs = Number.NEGATIVE_INFINITY;
 
-  constructor(private readonly timeoutMs: number) {
+  constructor(
+    private readonly timeoutMs: number,
+    private readonly timer: WriteTimer | null = null,
+  ) {
     if (!(timeoutMs > 0)) throw new RangeError(`timeoutMs must be positive, got ${timeoutMs}`);
   }
 
@@ -36,18 +47,24 @@ export class WriteWaiters {
     const deadlineMs = Math.max(nowMs + this.timeoutMs, this.lastDeadlineMs);
     this.lastDeadlineMs = deadlineMs;
     return new Promise<WriteResult>((resolve, reject) => {
-      this.waiting.set(requestId, { resolve, reject, deadlineMs });
+      this.waiting.set(requestId, { resolve, reject, acceptedMs: nowMs, deadlineMs });
     });
   }
 
-  /** Settles the waiters these answers are for (answers nobody waits for any more are dropped). */
+  /**
+   * Settles the waiters these answers are for (answers nobody waits for any more are dropped),
+   * timing the applied ones (a refused compare-and-set replicated nothing).
+   */
   deliver(answers: readonly WriteAnswer[]): void {
+    const nowMs = this.timer === null || answers.length === 0 ? 0 : this.timer.now();
     for (const a of answers) {
       const w = this.waiting.get(a.requestId);
       if (w === undefined) continue;
       this.waiting.delete(a.requestId);
-      if (a.ok) w.resolve(a.result);
-      else w.reject(a.error);
+      if (a.ok) {
+        if (a.result.applied) this.timer?.applied(nowMs - w.acceptedMs);
+        w.resolve(a.result);
+      } else w.reject(a.error);
     }
   }
 

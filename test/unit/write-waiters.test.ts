@@ -26,6 +26,25 @@ describe('WriteWaiters', () => {
     assert.equal(w.size, 1);
   });
 
+  it('times each applied write from its acceptance to its answer; refused and failed writes are not timed', async () => {
+    let clock = 100;
+    const timed: number[] = [];
+    const w = new WriteWaiters(1000, { now: () => clock, applied: (ms) => timed.push(ms) });
+    const a = w.wait(1, 100);
+    const b = w.wait(2, 110);
+    const c = w.wait(3, 120);
+    clock = 135;
+    w.deliver([
+      { requestId: 1, ok: true, result: { applied: true, version: 1, seq: 1 } },
+      { requestId: 2, ok: true, result: { applied: false, current: { version: 4, present: true } } },
+      { requestId: 3, ok: false, error: new NotPrimaryError('p2', 4, 'not-primary') },
+    ]);
+    assert.deepEqual(timed, [35]);
+    assert.deepEqual(await outcome(a), { applied: true, version: 1, seq: 1 });
+    assert.deepEqual(await outcome(b), { applied: false, current: { version: 4, present: true } });
+    assert.match(String(await outcome(c)), /^NotPrimaryError/);
+  });
+
   it('fails a write indeterminate once its deadline has passed on the tick, not before, and only the expired ones', async () => {
     const w = new WriteWaiters(1000);
     const early = w.wait(1, 0);
