@@ -84,9 +84,11 @@ export const DASHBOARD_HEADERS: Readonly<Record<string, string>> = Object.freeze
   'cache-control': 'no-cache',
 });
 
-/** True for the paths the static assets live at (served without the bearer token). */
+/** The paths the static assets live at (served without the bearer token); the whole path is captured. */
+export const DASHBOARD_ASSET_PATH = /^(\/|\/index\.html|\/dashboard\/[a-z.]{1,32})$/;
+
 export function isDashboardAssetPath(path: string): boolean {
-  return path === '/' || path === '/index.html' || /^\/dashboard\/[a-z.]{1,32}$/.test(path);
+  return DASHBOARD_ASSET_PATH.test(path);
 }
 
 /** What `/v1/dashboard` answers: everything the page shows, from this peer's view. */

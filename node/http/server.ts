@@ -10,7 +10,7 @@ import type { ClusterMapView } from '../../protocols/cluster-map/types.js';
 import type { StoreLimits } from '../store-api.js';
 import type { DrainStatus, MoveInfo } from '../store-service.js';
 import { ClientGoneError, HttpError } from './http-error.js';
-import { DASHBOARD_HEADERS, dashboardSnapshot, loadDashboardAssets, PhiHistory } from './dashboard.js';
+import { DASHBOARD_ASSET_PATH, DASHBOARD_HEADERS, dashboardSnapshot, loadDashboardAssets, PhiHistory } from './dashboard.js';
 import {
   handleKvDelete,
   handleKvGet,
@@ -176,8 +176,7 @@ export async function startHttpServer(
     }
   }, 1000);
   phiSampler.unref();
-  const serveAsset: Handler = (req, s) => {
-    const { path } = splitRequestTarget(req.url);
+  const serveAsset: Handler = (req, s, [path = '/']) => {
     if (typeof assets === 'string') throw new HttpError(503, 'dashboard_unavailable', assets);
     const a = assets.get(path === '/index.html' ? '/' : path);
     if (a === undefined) throw new HttpError(404, 'not_found', `no dashboard file ${path}`);
@@ -187,8 +186,7 @@ export async function startHttpServer(
 
   const kvOps: Record<string, HttpOp> = { GET: 'get', HEAD: 'get', PUT: 'put', DELETE: 'delete' };
   const routes: Route[] = [
-    { pattern: /^\/(?:index\.html)?$/, methods: { GET: serveAsset, HEAD: serveAsset } },
-    { pattern: /^\/dashboard\/[^/]+$/, methods: { GET: serveAsset, HEAD: serveAsset } },
+    { pattern: DASHBOARD_ASSET_PATH, methods: { GET: serveAsset, HEAD: serveAsset } },
     {
       pattern: /^\/v1\/dashboard$/,
       methods: { GET: (_q, s) => sendJson(s, 200, notStarting(dashboardSnapshot(handlers, phiHistory)), { 'cache-control': 'no-store' }) },

@@ -111,11 +111,14 @@ function drawRing(s, colour) {
   svg.append(h('svg:text', { x: 0, y: -4, 'text-anchor': 'middle', fill: '#dce6f0', 'font-size': 16 }, writable));
   svg.append(h('svg:text', { x: 0, y: 12, 'text-anchor': 'middle', fill: '#8aa0b6', 'font-size': 8 }, 'writable shards'));
   $('ring-note').textContent = `${n} shards, R = ${s.shards?.replicationFactor ?? '–'}`;
-  $('legend').replaceChildren(
-    ...[...colour].map(([id, c]) => h('span', { title: id }, h('span', { class: 'swatch', style: null, 'data-colour': c }), short(id))),
-  );
-  // Colours through the DOM API (the CSP forbids inline style attributes).
-  for (const sw of $('legend').querySelectorAll('.swatch')) sw.style.background = sw.dataset.colour;
+  $('legend').replaceChildren(...[...colour].map(([id, c]) => h('span', { title: id }, swatch(c), short(id))));
+}
+
+/** A colour square; the colour set through the DOM API (the CSP forbids inline style attributes). */
+function swatch(colour) {
+  const sw = h('span', { class: 'swatch' });
+  sw.style.background = colour;
+  return sw;
 }
 
 function sparkline(values) {
@@ -136,12 +139,10 @@ function drawMembers(s, colour) {
   const rows = [...s.members]
     .sort((a, b) => a.peerId.localeCompare(b.peerId))
     .map((m) => {
-      const sw = h('span', { class: 'swatch' });
-      sw.style.background = colour.get(m.peerId) ?? '#3a4656';
       // The committed map's status (draining, ...) when it says more than the gossiped state.
       const status = m.mapStatus !== null && m.mapStatus !== 'active' && m.mapStatus !== m.state ? ` (${m.mapStatus})` : '';
       return h('tr', { 'data-peer': m.peerId, 'data-state': m.state },
-        h('td', {}, sw),
+        h('td', {}, swatch(colour.get(m.peerId) ?? '#3a4656')),
         h('td', { title: m.peerId }, h('code', {}, short(m.peerId)), m.self ? h('span', { class: 'muted' }, ' this peer') : null,
           s.raft.coordinator === m.peerId ? h('span', { class: 'muted' }, ' ★ coordinator') : null),
         h('td', {}, h('span', { class: `state state-${m.state}` }, m.state + status)),
