@@ -3,6 +3,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { pushable, type Pushable } from 'it-pushable';
 import * as lp from 'it-length-prefixed';
 import { pipe } from 'it-pipe';
+import { coalesceFrames } from './coalesce.js';
 import type { Host } from './host.js';
 import type { Logger } from './log.js';
 
@@ -141,21 +142,22 @@ export class StreamChannel {
   private openOutbound(to: string): Outbound {
     const out: Outbound = { queue: pushable<Uint8Array>(), queued: 0, queuedBytes: 0 };
     this.outbound.set(to, out);
-    const counted = async function* (this: StreamChannel, source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-      for await (const f of source) {
-        out.queued--;
-        out.queuedBytes -= f.length;
-        this.counters.framesSent++;
-        yield f;
-      }
-    }.bind(this);
+    // One chunk per frame, prefix included, and every frame already queued in the same chunk
+    // (coalesceFrames): it-length-prefixed's encoder yields the prefix and the frame as two
+    // chunks, and each chunk costs a Yamux frame, a Noise message and a socket write of its own.
+    const taken = (f: Uint8Array): Uint8Array => {
+      out.queued--;
+      out.queuedBytes -= f.length;
+      this.counters.framesSent++;
+      return f;
+    };
     void (async () => {
       let stream: Stream | undefined;
       try {
         stream = await this.opts.host.dialProtocol(peerIdFromString(to), this.opts.protocol, {
           signal: AbortSignal.timeout(this.opts.dialTimeoutMs),
         });
-        await pipe(out.queue, counted, (src) => lp.encode(src, { maxDataLength: this.maxFrameBytes }), stream.sink);
+        await pipe(coalesceFrames(out.queue, taken), stream.sink);
       } catch (err) {
         if (!this.stopped) this.opts.log.debug('outbound stream ended', { protocol: this.opts.protocol, to, err });
         stream?.abort(err as Error);
