@@ -6,17 +6,14 @@ import { open, readFile, writeFile } from 'node:fs/promises';
 import { join as joinPath } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { DEFAULT_PEER_OPTIONS, parseHostPort, validateJoinAddr, validateListenAddr, type PeerOptions } from '../node/config.js';
+import { startOptionsFromFlags, startOptionsHelp, startParseOptions } from '../node/start-options.js';
 import { ConfigError, PeerStartError } from '../node/errors.js';
 // peer.js and swarm-key.js pull in libp2p (half a second to load): imported where used, so
 // client commands (get, put, status, ...) start fast.
 import type { Peer } from '../node/peer.js';
 import { decodeJoinToken, looksLikeJoinToken } from '../node/join-token.js';
-import { LOG_LEVELS } from '../node/log.js';
-import { DEFAULT_MEMBERSHIP_CONFIG } from '../protocols/membership/config.js';
-import { DEFAULT_RAFT_CONFIG } from '../protocols/raft/config.js';
 import type { PeerStatus } from '../node/peer.js';
 import { READ_CONSISTENCIES } from '../node/store-api.js';
-import { READ_POLICIES, type ReadPolicy } from '../node/store-api.js';
 import { runDemo } from './demo.js';
 import { isFinishedState, type TaskState } from '../protocols/scheduler/index.js';
 import { isValidHttpToken } from '../node/http/request-guard.js';
@@ -34,7 +31,6 @@ class RuntimeFailure extends Error {
 
 const EXIT_RUNTIME = 1;
 const EXIT_USAGE = 2;
-const m = DEFAULT_MEMBERSHIP_CONFIG;
 
 const MAIN_HELP = `shoal: a peer-to-peer cluster for Node.js
 
@@ -67,73 +63,7 @@ Secure by default: the first peer of a cluster generates the cluster key (DATA_D
 and prints a join token; other peers join with --join TOKEN. Peers without the key cannot
 connect. Every peer keeps the key in its data dir and prints a token of its own.
 
-Options:
-  --listen MULTIADDR        address to listen on, repeatable; /tcp/0 picks a free port
-                            (default ${DEFAULT_PEER_OPTIONS.listen[0]})
-  --join TOKEN|MULTIADDR    the join token a member printed (SHOAL-1-...: key and addresses),
-                            or a member's full address with /p2p/<peer id> when the key comes
-                            from the data dir or --swarm-key; repeatable; retried with backoff
-                            until one answers (default: none, start a new cluster)
-  --data-dir DIR            identity and data (default ${DEFAULT_PEER_OPTIONS.dataDir})
-  --http HOST:PORT|off      HTTP API and dashboard (at /); port 0 picks a free port (default ${DEFAULT_PEER_OPTIONS.http})
-  --http-allowed-host NAME  a host name the HTTP API answers to besides IP addresses and
-                            localhost (repeatable); requests naming any other Host get 421
-  --http-token-file FILE    bearer token (16+ visible characters) every HTTP request except
-                            GET /healthz must carry; required to serve HTTP beyond loopback
-  --swarm-key FILE          cluster key from 'shoal keygen' instead of a generated one or a
-                            join token; peers without it cannot connect
-  --insecure                open network: no cluster key, and HTTP beyond loopback without a
-                            token. Only for trusted networks (default: secure)
-  --log-level LEVEL         debug, info, warn, error or silent (default ${DEFAULT_PEER_OPTIONS.logLevel})
-  --heartbeat-interval-ms N heartbeat period (default ${m.heartbeatIntervalMs})
-  --phi-threshold N         phi at which a member becomes suspect (default ${m.phiThreshold})
-  --acceptable-pause-ms N   heartbeat pause tolerated before phi rises (default ${m.acceptableHeartbeatPauseMs})
-  --min-std-deviation-ms N  floor of the inter-arrival standard deviation (default ${m.minStdDeviationMs})
-  --suspicion-timeout-ms N  how long a member stays suspect before it is dead (default ${m.suspicionTimeoutMs})
-  --voters N                Raft voters the coordinator keeps; the other peers are learners
-                            (default ${DEFAULT_PEER_OPTIONS.voters}; 5 survives two failures)
-  --replace-voter-after-ms N a voter dead this long is replaced by a live learner
-                            (default ${DEFAULT_PEER_OPTIONS.replaceVoterAfterMs})
-  --election-timeout-ms N   minimum Raft election timeout; the actual one is random in [N, 2N)
-                            (default ${DEFAULT_RAFT_CONFIG.electionTicks * DEFAULT_RAFT_CONFIG.tickIntervalMs})
-
-Store options:
-  --capacity N              relative capacity; placement gives this peer a proportional share
-                            of shard replicas (default ${DEFAULT_PEER_OPTIONS.capacity})
-  --sync                    fsync every group commit: acknowledged writes survive power loss.
-                            Without it a write is in the OS buffers of every in-sync replica
-                            before it is acknowledged, which survives any process crash.
-  --read-policy POLICY      replica for consistency=any reads: round-robin, random, weighted
-                            (by capacity) or least-latency (default ${DEFAULT_PEER_OPTIONS.readPolicy})
-  --lease-ms N              primary lease granted while this peer is the coordinator
-                            (default ${DEFAULT_PEER_OPTIONS.leaseMs}); failover takes about this long
-  --request-timeout-ms N    how long an operation waits for a serving primary (default ${DEFAULT_PEER_OPTIONS.requestTimeoutMs})
-  --max-key-bytes N         largest key in UTF-8 bytes, up to 1024 (default ${DEFAULT_PEER_OPTIONS.maxKeyBytes})
-  --max-value-bytes N       largest value in bytes, up to 1048576 (default ${DEFAULT_PEER_OPTIONS.maxValueBytes})
-  --rebalance-rate MB/S     bandwidth all snapshot transfers from this peer share when data
-                            moves (a join, drain, leave or capacity change); default unlimited
-  --stop-drain-ms N         on SIGTERM, move this peer's replicas to the others for up to N ms
-                            before leaving (default 300000; 0: leave at once, as SIGINT does)
-  --task-slots N            CPU cores tasks may hold at once on this peer at capacity 1
-                            (default: its CPU count); it offers N x its capacity
-  --autoscale MODE          off (default), dry-run (log decisions only), exec (run
-                            --autoscale-exec CMD with {count}), local (start and stop shoal
-                            processes on this machine); acts while this peer is coordinator
-  --autoscale-dry-run       the same as --autoscale dry-run
-  --autoscale-min N, --autoscale-max N   peers to keep between (default 3 and 9)
-  --autoscale-target F      utilization to size for, 0..1 (default 0.6)
-  --autoscale-up-window-ms N, --autoscale-down-window-ms N, --autoscale-cooldown-ms N
-                            stabilisation windows and cool-down (default 10000, 300000, 30000)
-  --autoscale-dir DIR       local: where started peers keep data (default DATA_DIR/autoscaled)
-  --log-retain-groups N     op-log groups a shard keeps for backups that fall behind; further
-                            behind, a replica gets a snapshot (default ${DEFAULT_PEER_OPTIONS.logRetainGroups})
-
-New-cluster options (read only by the peer that starts a cluster, i.e. without --join):
-  --shards N                number of shards, a power of two from 8 to 1024 (default 64)
-  --replication-factor N    replicas per shard (default 3)
-  --min-in-sync N           writes are refused while fewer replicas are in sync (default 2)
-  -h, --help                this help
-
+${startOptionsHelp()}
 Logs are JSON lines on stderr; the peer id, its addresses and its join token are printed
 on stdout. The token is a secret: anyone holding it can join the cluster.
 `;
@@ -302,192 +232,32 @@ function intFlag(value: string | undefined, flag: string): number | undefined {
 }
 
 async function cmdStart(argv: string[]): Promise<number> {
-  const { values } = parse({
-    args: argv,
-    strict: true,
-    options: {
-      listen: { type: 'string', multiple: true },
-      join: { type: 'string', multiple: true },
-      'data-dir': { type: 'string' },
-      http: { type: 'string' },
-      'http-allowed-host': { type: 'string', multiple: true },
-      'swarm-key': { type: 'string' },
-      insecure: { type: 'boolean' },
-      'http-token-file': { type: 'string' },
-      'log-level': { type: 'string' },
-      'heartbeat-interval-ms': { type: 'string' },
-      'phi-threshold': { type: 'string' },
-      'acceptable-pause-ms': { type: 'string' },
-      'min-std-deviation-ms': { type: 'string' },
-      'suspicion-timeout-ms': { type: 'string' },
-      voters: { type: 'string' },
-      'replace-voter-after-ms': { type: 'string' },
-      'election-timeout-ms': { type: 'string' },
-      capacity: { type: 'string' },
-      sync: { type: 'boolean' },
-      'read-policy': { type: 'string' },
-      'lease-ms': { type: 'string' },
-      'request-timeout-ms': { type: 'string' },
-      'max-key-bytes': { type: 'string' },
-      'max-value-bytes': { type: 'string' },
-      'rebalance-rate': { type: 'string' },
-      'log-retain-groups': { type: 'string' },
-      'stop-drain-ms': { type: 'string' },
-      'task-slots': { type: 'string' },
-      autoscale: { type: 'string' },
-      'autoscale-dry-run': { type: 'boolean' },
-      'autoscale-min': { type: 'string' },
-      'autoscale-max': { type: 'string' },
-      'autoscale-target': { type: 'string' },
-      'autoscale-exec': { type: 'string' },
-      'autoscale-dir': { type: 'string' },
-      'autoscale-up-window-ms': { type: 'string' },
-      'autoscale-down-window-ms': { type: 'string' },
-      'autoscale-cooldown-ms': { type: 'string' },
-      shards: { type: 'string' },
-      'replication-factor': { type: 'string' },
-      'min-in-sync': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
+  const { values } = parse({ args: argv, strict: true, options: startParseOptions() });
   if (values.help === true) {
     process.stdout.write(START_HELP);
     return 0;
   }
   // Check addresses here so the error names the flag the user typed.
-  for (const a of values.listen ?? []) validateListenAddr(a, '--listen');
-  for (const a of values.join ?? []) {
+  for (const a of (values.listen as string[] | undefined) ?? []) validateListenAddr(a, '--listen');
+  for (const a of (values.join as string[] | undefined) ?? []) {
     if (looksLikeJoinToken(a)) decodeJoinToken(a, '--join');
     else validateJoinAddr(a, '--join');
   }
-  if (values.http !== undefined && values.http !== 'off') parseHostPort(values.http, '--http');
-  const logLevel = values['log-level'];
-  if (logLevel !== undefined && !(LOG_LEVELS as readonly string[]).includes(logLevel)) {
-    throw new UsageError(`--log-level: expected one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
+  const http = values.http as string | undefined;
+  if (http !== undefined && http !== 'off') parseHostPort(http, '--http');
+  for (const h of (values['http-allowed-host'] as string[] | undefined) ?? []) {
+    if (!/^[a-z0-9.-]{1,253}$/.test(h.trim().toLowerCase())) throw new UsageError(`--http-allowed-host: expected a host name without port, got ${JSON.stringify(h)}`);
   }
-
-  const membership: PeerOptions['membership'] = {};
-  const setNum = (key: keyof typeof m, flag: string, v: string | undefined): void => {
-    const n = intFlag(v, flag);
-    if (n !== undefined) (membership as Record<string, number>)[key] = n;
-  };
-  setNum('heartbeatIntervalMs', '--heartbeat-interval-ms', values['heartbeat-interval-ms']);
-  setNum('phiThreshold', '--phi-threshold', values['phi-threshold']);
-  setNum('acceptableHeartbeatPauseMs', '--acceptable-pause-ms', values['acceptable-pause-ms']);
-  setNum('minStdDeviationMs', '--min-std-deviation-ms', values['min-std-deviation-ms']);
-  setNum('suspicionTimeoutMs', '--suspicion-timeout-ms', values['suspicion-timeout-ms']);
-
-  const options: Partial<PeerOptions> = { membership };
-  const allowedHosts = (values['http-allowed-host'] ?? []).map((h) => h.trim().toLowerCase());
-  for (const h of allowedHosts) {
-    if (!/^[a-z0-9.-]{1,253}$/.test(h)) throw new UsageError(`--http-allowed-host: expected a host name without port, got ${JSON.stringify(h)}`);
-  }
-  if (allowedHosts.length > 0) options.httpAllowedHosts = allowedHosts;
-  const voters = intFlag(values.voters, '--voters');
-  if (voters !== undefined) {
-    if (!Number.isInteger(voters) || voters > 9) throw new UsageError(`--voters: expected an integer from 1 to 9, got ${values.voters}`);
-    options.voters = voters;
-  }
-  const replaceAfter = intFlag(values['replace-voter-after-ms'], '--replace-voter-after-ms');
-  if (replaceAfter !== undefined) {
-    if (replaceAfter < 1000) throw new UsageError('--replace-voter-after-ms: must be at least 1000');
-    options.replaceVoterAfterMs = replaceAfter;
-  }
-  const election = intFlag(values['election-timeout-ms'], '--election-timeout-ms');
-  if (election !== undefined) {
-    const tick = DEFAULT_RAFT_CONFIG.tickIntervalMs;
-    if (!Number.isInteger(election / tick) || election / tick < 2) {
-      throw new UsageError(`--election-timeout-ms: must be a multiple of ${tick} and at least ${2 * tick}`);
-    }
-    options.raft = { electionTicks: election / tick };
-  }
-  const capacity = intFlag(values.capacity, '--capacity');
-  if (capacity !== undefined) {
-    if (capacity > 1024) throw new UsageError(`--capacity: expected a positive number up to 1024, got ${values.capacity}`);
-    options.capacity = capacity;
-  }
-  if (values.sync === true) options.sync = true;
-  const readPolicy = values['read-policy'];
-  if (readPolicy !== undefined) {
-    if (!(READ_POLICIES as readonly string[]).includes(readPolicy)) {
-      throw new UsageError(`--read-policy: expected one of ${READ_POLICIES.join(', ')}, got ${JSON.stringify(readPolicy)}`);
-    }
-    options.readPolicy = readPolicy as ReadPolicy;
-  }
-  const wholeFlag = (flag: string, v: string | undefined, min: number, max: number): number | undefined => {
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isInteger(n) || n < min || n > max) throw new UsageError(`${flag}: expected an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
-    return n;
-  };
-  const leaseMs = wholeFlag('--lease-ms', values['lease-ms'], 100, 60_000);
-  if (leaseMs !== undefined) options.leaseMs = leaseMs;
-  const requestTimeoutMs = wholeFlag('--request-timeout-ms', values['request-timeout-ms'], 100, 600_000);
-  if (requestTimeoutMs !== undefined) options.requestTimeoutMs = requestTimeoutMs;
-  const maxKeyBytes = wholeFlag('--max-key-bytes', values['max-key-bytes'], 1, 1024);
-  if (maxKeyBytes !== undefined) options.maxKeyBytes = maxKeyBytes;
-  const maxValueBytes = wholeFlag('--max-value-bytes', values['max-value-bytes'], 0, 1024 * 1024);
-  if (maxValueBytes !== undefined) options.maxValueBytes = maxValueBytes;
-  const rate = values['rebalance-rate'];
-  if (rate !== undefined && rate !== 'unlimited') {
-    const mb = Number(rate);
-    if (rate.trim() === '' || !Number.isFinite(mb) || mb < 0.01 || mb > 100_000) {
-      throw new UsageError(`--rebalance-rate: expected megabytes per second from 0.01 to 100000, or "unlimited", got ${JSON.stringify(rate)}`);
-    }
-    options.rebalanceRate = Math.round(mb * 1024 * 1024);
-  }
-  const mode = values['autoscale-dry-run'] === true ? 'dry-run' : (values.autoscale ?? 'off');
-  if (!['off', 'dry-run', 'exec', 'local'].includes(mode)) throw new UsageError(`--autoscale: expected off, dry-run, exec or local, got ${JSON.stringify(mode)}`);
-  if (mode === 'exec' && values['autoscale-exec'] === undefined) throw new UsageError('--autoscale exec needs --autoscale-exec COMMAND');
-  const asMin = wholeFlag('--autoscale-min', values['autoscale-min'], 1, 1000) ?? DEFAULT_PEER_OPTIONS.autoscale.minPeers;
-  const asMax = wholeFlag('--autoscale-max', values['autoscale-max'], 1, 1000) ?? Math.max(asMin, DEFAULT_PEER_OPTIONS.autoscale.maxPeers);
-  if (asMax < asMin) throw new UsageError(`--autoscale-max: must be at least --autoscale-min (${asMin})`);
-  let target = DEFAULT_PEER_OPTIONS.autoscale.targetUtilization;
-  if (values['autoscale-target'] !== undefined) {
-    target = Number(values['autoscale-target']);
-    if (!(target > 0 && target <= 1)) throw new UsageError(`--autoscale-target: expected a fraction in (0, 1], got ${JSON.stringify(values['autoscale-target'])}`);
-  }
-  const upW = wholeFlag('--autoscale-up-window-ms', values['autoscale-up-window-ms'], 0, 3_600_000);
-  const downW = wholeFlag('--autoscale-down-window-ms', values['autoscale-down-window-ms'], 0, 3_600_000);
-  const cool = wholeFlag('--autoscale-cooldown-ms', values['autoscale-cooldown-ms'], 0, 3_600_000);
-  options.autoscale = {
-    mode: mode as 'off' | 'dry-run' | 'exec' | 'local',
-    minPeers: asMin,
-    maxPeers: asMax,
-    targetUtilization: target,
-    ...(upW !== undefined ? { scaleUpWindowMs: upW } : {}),
-    ...(downW !== undefined ? { scaleDownWindowMs: downW } : {}),
-    ...(cool !== undefined ? { cooldownMs: cool } : {}),
-    execCommand: values['autoscale-exec'] ?? null,
-    dir: values['autoscale-dir'] ?? null,
-  };
-  const taskSlots = wholeFlag('--task-slots', values['task-slots'], 1, 4096);
-  if (taskSlots !== undefined) options.taskSlots = taskSlots;
-  const stopDrainMs = wholeFlag('--stop-drain-ms', values['stop-drain-ms'], 0, 86_400_000) ?? 300_000;
-  const retain = wholeFlag('--log-retain-groups', values['log-retain-groups'], 0, 1_000_000);
-  if (retain !== undefined) options.logRetainGroups = retain;
-  const cluster: NonNullable<PeerOptions['cluster']> = {};
-  const shardCount = wholeFlag('--shards', values.shards, 8, 1024);
-  if (shardCount !== undefined) {
-    if ((shardCount & (shardCount - 1)) !== 0) throw new UsageError(`--shards: expected a power of two from 8 to 1024, got ${shardCount}`);
-    cluster.shardCount = shardCount;
-  }
-  const rf = wholeFlag('--replication-factor', values['replication-factor'], 1, 16);
-  if (rf !== undefined) cluster.replicationFactor = rf;
-  const minInSync = wholeFlag('--min-in-sync', values['min-in-sync'], 1, 16);
-  if (minInSync !== undefined) {
-    if (minInSync > (rf ?? 3)) throw new UsageError(`--min-in-sync: must not exceed the replication factor (${rf ?? 3})`);
-    cluster.minInSync = minInSync;
-  }
-  options.cluster = cluster;
-  if (values.listen !== undefined) options.listen = values.listen;
-  if (values.join !== undefined) options.join = values.join;
-  if (values['data-dir'] !== undefined) options.dataDir = values['data-dir'];
-  if (values.http !== undefined) options.http = values.http;
-  if (values['swarm-key'] !== undefined) options.swarmKeyFile = values['swarm-key'];
-  if (values.insecure === true) options.insecure = true;
-  if (values['http-token-file'] !== undefined) options.httpTokenFile = values['http-token-file'];
-  if (values['log-level'] !== undefined) options.logLevel = values['log-level'] as PeerOptions['logLevel'];
+  // Every other flag: read, checked and placed by its row of node/start-options.ts.
+  const { stopDrainMs = 300_000, ...fields } = startOptionsFromFlags(values) as { stopDrainMs?: number } & Record<string, unknown>;
+  const options = fields as Partial<PeerOptions>;
+  options.membership ??= {};
+  options.cluster ??= {};
+  const auto = (fields.autoscale ?? {}) as Partial<PeerOptions['autoscale']>;
+  const minPeers = auto.minPeers ?? DEFAULT_PEER_OPTIONS.autoscale.minPeers;
+  const maxPeers = auto.maxPeers ?? Math.max(minPeers, DEFAULT_PEER_OPTIONS.autoscale.maxPeers);
+  if (maxPeers < minPeers) throw new UsageError(`--autoscale-max: must be at least --autoscale-min (${minPeers})`);
+  options.autoscale = { ...DEFAULT_PEER_OPTIONS.autoscale, ...auto, minPeers, maxPeers };
 
   const { createPeer } = await import('../node/peer.js');
   const peer = await createPeer(options);

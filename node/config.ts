@@ -9,6 +9,7 @@ import type { ClusterSettings } from '../protocols/cluster-map/types.js';
 import { MAX_KEY_BYTES, MAX_VALUE_BYTES } from '../protocols/replication/config.js';
 import { READ_POLICIES, type ReadPolicy } from './store-api.js';
 import { decodeJoinToken, looksLikeJoinToken } from './join-token.js';
+import { checkOwnedFields } from './start-options.js';
 
 export { ConfigError };
 
@@ -206,39 +207,18 @@ export function validatePeerOptions(partial: Partial<PeerOptions>): PeerOptions 
   if (!Number.isFinite(o.joinBackoffMaxMs) || o.joinBackoffMaxMs < 100) {
     throw new ConfigError('joinBackoffMaxMs', 'must be a number >= 100');
   }
-  if (!Number.isInteger(o.voters) || o.voters < 1 || o.voters > 9) throw new ConfigError('voters', 'must be an integer from 1 to 9');
-  if (!Number.isFinite(o.replaceVoterAfterMs) || o.replaceVoterAfterMs < 1000) {
-    throw new ConfigError('replaceVoterAfterMs', 'must be a number >= 1000');
-  }
   validateMembershipConfig(o.membership);
   resolveRaftConfig(o.raft);
-  if (typeof o.capacity !== 'number' || !Number.isFinite(o.capacity) || o.capacity <= 0 || o.capacity > 1024) {
-    throw new ConfigError('capacity', 'must be a positive number up to 1024');
-  }
   if (typeof o.sync !== 'boolean') throw new ConfigError('sync', 'must be true or false');
+  // Bounds of the numeric fields a `shoal start` flag sets: written once, in node/start-options.ts.
+  checkOwnedFields(o);
   if (!READ_POLICIES.includes(o.readPolicy)) throw new ConfigError('readPolicy', `must be one of ${READ_POLICIES.join(', ')}`);
-  if (!Number.isInteger(o.leaseMs) || o.leaseMs < 100 || o.leaseMs > 60_000) throw new ConfigError('leaseMs', 'must be an integer from 100 to 60000');
-  if (!Number.isInteger(o.requestTimeoutMs) || o.requestTimeoutMs < 100 || o.requestTimeoutMs > 600_000) {
-    throw new ConfigError('requestTimeoutMs', 'must be an integer from 100 to 600000');
-  }
-  if (!Number.isInteger(o.maxKeyBytes) || o.maxKeyBytes < 1 || o.maxKeyBytes > MAX_KEY_BYTES) {
-    throw new ConfigError('maxKeyBytes', `must be an integer from 1 to ${MAX_KEY_BYTES}`);
-  }
-  if (!Number.isInteger(o.maxValueBytes) || o.maxValueBytes < 0 || o.maxValueBytes > MAX_VALUE_BYTES) {
-    throw new ConfigError('maxValueBytes', `must be an integer from 0 to ${MAX_VALUE_BYTES}`);
-  }
   if (o.rebalanceRate !== null && !(typeof o.rebalanceRate === 'number' && Number.isFinite(o.rebalanceRate) && o.rebalanceRate >= 1024)) {
     throw new ConfigError('rebalanceRate', 'must be null (unlimited) or at least 1024 bytes per second');
   }
   const a = o.autoscale;
   if (typeof a !== 'object' || a === null || !['off', 'dry-run', 'exec', 'local'].includes(a.mode)) throw new ConfigError('autoscale.mode', 'must be off, dry-run, exec or local');
   if (a.mode === 'exec' && (typeof a.execCommand !== 'string' || a.execCommand.trim() === '')) throw new ConfigError('autoscale.execCommand', 'the exec provider needs a command');
-  if (o.taskSlots !== null && !(Number.isInteger(o.taskSlots) && o.taskSlots >= 1 && o.taskSlots <= 4096)) {
-    throw new ConfigError('taskSlots', 'must be null (the CPU count) or an integer from 1 to 4096');
-  }
-  if (!Number.isInteger(o.logRetainGroups) || o.logRetainGroups < 0 || o.logRetainGroups > 1_000_000) {
-    throw new ConfigError('logRetainGroups', 'must be an integer from 0 to 1000000');
-  }
   if (typeof o.cluster !== 'object' || o.cluster === null) throw new ConfigError('cluster', 'must be an object');
   for (const key of Object.keys(o.cluster)) {
     if (!(key in DEFAULT_CLUSTER_SETTINGS)) throw new ConfigError(`cluster.${key}`, 'unknown setting');
