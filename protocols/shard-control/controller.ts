@@ -35,7 +35,9 @@
  *
  * 1. In-sync change requests of the shard's primary at the current epoch, while its lease is not
  *    expired: shrink removes an in-sync backup, expand adds a replica that is not dead or gone.
- *    Every valid request of that epoch goes into one change. Stale requests are dropped.
+ *    Every valid request of that epoch goes into one change. Stale requests are dropped. A
+ *    restarted primary's renew-epoch is granted only if no in-sync backup reported more of the
+ *    log; otherwise the shard is vacated without it in the in-sync set (rule 2 then promotes).
  * 2. Promotion, only when the current primary X cannot be serving: X's lease expired (whatever
  *    its member status), or X is null and the shard was vacated by V whose lease has expired or
  *    at least `leaseMs` ago (a shard found without primary at `becameLeader` counts as vacated
@@ -526,7 +528,13 @@ export class ShardController {
     for (const r of list) {
       if (r.epoch !== a.epoch || r.from !== a.primary) continue;
       if (r.kind === 'renew-epoch') {
-        // The primary restarted: a new epoch, nothing else (see protocols/replication/replica.ts).
+        // The primary restarted: a new epoch, nothing else (see protocols/replication/replica.ts)
+        // — unless it came back with less than an in-sync backup holds (a log torn by a crash of
+        // the machine, not just of the process): renewed, it would reconcile the backups down to
+        // its shorter log and lose acknowledged writes. Then the shard is vacated for a backup.
+        const ahead = this.aheadOfRestartedPrimary(shard, a);
+        if (ahead === 'wait') continue;
+        if (ahead !== null) return ahead;
         done.push('renew the epoch after a restart');
       } else if (r.kind === 'shrink-in-sync') {
         if (r.replica === a.primary || !inSync.has(r.replica)) continue;
@@ -542,6 +550,35 @@ export class ShardController {
     return {
       assignment: { replicas: [...a.replicas], primary: a.primary, inSync: inReplicaOrder(a.replicas, inSync), epoch: a.epoch + 1 },
       reason: `${done.join(', ')} (asked by primary ${a.primary})`,
+    };
+  }
+
+  /**
+   * For a primary asking for a fresh epoch after a restart: null when no in-sync backup reported
+   * more of the log than it did (the renewal is safe); 'wait' while an in-sync backup has reported
+   * nothing yet (decided on its next renewal); else a change that vacates the shard and leaves the
+   * restarted primary out of the in-sync set (it catches up as a backup). Rule 2 then promotes the
+   * in-sync replica with the most log once the vacating primary's lease has run out, as for any
+   * vacancy.
+   */
+  private aheadOfRestartedPrimary(shard: number, a: ShardAssignment): Change | 'wait' | null {
+    const p = a.primary!;
+    const rankOf = (id: string): [number, number] | null => {
+      const q = this.progress.get(id)?.get(shard);
+      return q === undefined || q.lastEpoch > a.epoch ? null : [q.lastEpoch, q.lastSeq];
+    };
+    const own = rankOf(p);
+    const others = a.inSync.filter((id) => id !== p);
+    if (own === null || others.some((id) => rankOf(id) === null)) return 'wait';
+    const ahead = others.filter((id) => {
+      const r = rankOf(id)!;
+      return r[0] > own[0] || (r[0] === own[0] && r[1] > own[1]);
+    });
+    if (ahead.length === 0) return null;
+    const r = rankOf(ahead[0]!)!;
+    return {
+      assignment: { replicas: [...a.replicas], primary: null, inSync: without(a.inSync, [p]), epoch: a.epoch + 1 },
+      reason: `vacate: primary ${p} restarted with its log at ${own[0]}/${own[1]}, behind in-sync ${ahead[0]}'s ${r[0]}/${r[1]}`,
     };
   }
 

@@ -489,9 +489,41 @@ describe('shard controller', () => {
       w.renew(b1, [renew(b1, b1, 1)]); // not the primary
       w.renew(p, [renew(p, b1, 1), renew(p, p, 0)]); // on behalf of another, stale
       assert.equal(w.plan(), null);
+      w.renew(b2);
       w.renew(p, [renew(p, p, 1)]);
       assert.deepEqual(update(w.step(), 0), { replicas: [p, b1, b2], primary: p, inSync: [p, b1, b2], epoch: 2 });
       assert.equal(w.plan(), null, 'applied once');
+    });
+
+    it('does not renew a restarted primary whose log is behind an in-sync backup\'s (a torn log): vacated, the backup with most promoted', () => {
+      const w = assignedWorld(['a', 'b', 'c']);
+      const [p, b1, b2] = w.shards[0]!.replicas as [string, string, string];
+      const renew: InSyncChangeRequest = { kind: 'renew-epoch', shard: 0, from: p, replica: p, epoch: 1 };
+      // Before every in-sync backup has reported, nothing is decided.
+      w.renew(b1, [], [progressOf(0, 1, 40)]);
+      w.renew(p, [renew], [progressOf(0, 1, 30)]);
+      assert.equal(w.plan(), null, 'b2 has not reported yet');
+      // b2 holds the most: the shard is vacated and p leaves the in-sync set to catch up...
+      w.renew(b2, [], [progressOf(0, 1, 41)]);
+      w.renew(p, [renew], [progressOf(0, 1, 30)]);
+      assert.deepEqual(update(w.step(), 0), { replicas: [p, b1, b2], primary: null, inSync: [b1, b2], epoch: 2 });
+      // ...and once p's lease has run out, the in-sync replica with the most log is promoted.
+      for (let t = 0; t < 3; t++) {
+        w.advance(LEASE_MS / 2);
+        w.renew(b1, [], [progressOf(0, 1, 40)]);
+        w.renew(b2, [], [progressOf(0, 1, 41)]);
+        w.renew(p, [], [progressOf(0, 1, 30)]);
+      }
+      assert.deepEqual(update(w.step(), 0), { replicas: [p, b1, b2], primary: b2, inSync: [b1, b2], epoch: 3 });
+    });
+
+    it('renews a restarted primary that holds as much as every in-sync backup', () => {
+      const w = assignedWorld(['a', 'b', 'c']);
+      const [q, c1, c2] = w.shards[0]!.replicas as [string, string, string];
+      w.renew(c1, [], [progressOf(0, 1, 30)]);
+      w.renew(c2, [], [progressOf(0, 1, 29)]);
+      w.renew(q, [{ kind: 'renew-epoch', shard: 0, from: q, replica: q, epoch: 1 }], [progressOf(0, 1, 30)]);
+      assert.deepEqual(update(w.step(), 0), { replicas: [q, c1, c2], primary: q, inSync: [q, c1, c2], epoch: 2 });
     });
 
     it('ignores requests at another epoch, from a backup, or on behalf of another peer', () => {
