@@ -602,19 +602,25 @@ export class ShardController {
     if (candidates.length === 0) candidates = leased.filter((id) => memberOf(ctx.map, id)?.status === 'draining');
     const target = ctx.target?.[shard];
     if (target !== undefined && candidates.some((id) => target.includes(id))) candidates = candidates.filter((id) => target.includes(id));
-    // A shard vacated for balance goes to the replica it was vacated for (every in-sync replica
-    // holds every acknowledged write; any of them is safe).
-    const preferred = x === null ? this.balancingTo.get(shard) : undefined;
-    if (preferred !== undefined && candidates.includes(preferred)) candidates = [preferred];
-    let best: string | null = null;
-    let bestRank: [number, number] = [-Infinity, -Infinity];
-    for (const id of candidates) {
+    const rankOf = (id: string): [number, number] => {
       // Highest (lastEpoch, lastSeq); missing progress ranks lowest; ties by order in `replicas`.
       const p = this.progress.get(id)?.get(shard);
       // A position the map cannot back (an epoch beyond the shard's: no replica can hold groups
       // of an epoch the map never granted) is a lie or a bug: it ranks as missing.
       const backed = p !== undefined && p.lastEpoch <= a.epoch && p.epoch <= a.epoch;
-      const rank: [number, number] = !backed ? [-1, -1] : [p.lastEpoch, p.lastSeq];
+      return !backed ? [-1, -1] : [p.lastEpoch, p.lastSeq];
+    };
+    const below = (r: [number, number], s: [number, number]): boolean => r[0] < s[0] || (r[0] === s[0] && r[1] < s[1]);
+    // A shard vacated for balance goes to the replica it was vacated for, unless another
+    // candidate reported more of the log: every in-sync replica should hold every acknowledged
+    // write, but one whose machine lost unsynced writes (a torn log) and came back before anyone
+    // noticed does not, and as primary it would cut the others down to its log.
+    const preferred = x === null ? this.balancingTo.get(shard) : undefined;
+    if (preferred !== undefined && candidates.includes(preferred) && !candidates.some((id) => below(rankOf(preferred), rankOf(id)))) candidates = [preferred];
+    let best: string | null = null;
+    let bestRank: [number, number] = [-Infinity, -Infinity];
+    for (const id of candidates) {
+      const rank = rankOf(id);
       const better =
         best === null ||
         rank[0] > bestRank[0] ||

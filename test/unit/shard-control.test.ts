@@ -614,6 +614,33 @@ describe('shard controller', () => {
       assert.ok(vacated, 'a quiet shard is balanced');
     });
 
+    it('promotes the replica a shard was vacated for only if no other in-sync candidate reported more of the log', () => {
+      const members = ['a', 'b', 'c'];
+      const goal = target(members);
+      const k = goal.findIndex((t) => t[0] !== 'a');
+      const preferred = goal[k]![0]!;
+      const shards = goal.map((replicas) => ({ replicas, primary: 'a', inSync: [...replicas], epoch: 1 }));
+      const w = new World({ members, shards });
+      let vacated: ShardAssignment | undefined;
+      for (let t = 0; t < 5000 && vacated === undefined; t += 100) {
+        w.advance(100);
+        for (const id of members) w.renew(id, [], [progressOf(k, 1, 9)]);
+        const u = update(w.step(), k);
+        if (u?.primary === null) vacated = u;
+      }
+      assert.ok(vacated !== undefined, 'the quiet shard is vacated for its preferred replica');
+      // The preferred replica comes back from a torn log with less than the others reported.
+      let promoted: ShardAssignment | undefined;
+      for (let t = 0; t < 3000 && promoted === undefined; t += 50) {
+        w.advance(50);
+        for (const id of members) w.renew(id, [], [progressOf(k, 2, id === preferred ? 4 : 9)]);
+        const u = update(w.step(), k);
+        if (u?.primary !== undefined && u.primary !== null) promoted = u;
+      }
+      assert.ok(promoted !== undefined, 'someone is promoted');
+      assert.notEqual(promoted.primary, preferred, 'not the preferred replica, which holds less');
+    });
+
     it('does not balance while a replica is catching up', () => {
       const members = ['a', 'b', 'c'];
       const goal = target(members);
