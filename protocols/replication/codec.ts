@@ -170,7 +170,7 @@ function decodeBody(o: WireObject, type: ReplicationMessageType, path: string, p
       return { type, ...base, epochStartSeq, prevSeq, prevEpoch, groups, commitSeq };
     }
     case 'append-ack':
-      return { type, ...base, matchSeq: readCount(o, 'matchSeq', path) };
+      return { type, ...base, matchSeq: readCount(o, 'matchSeq', path), commitSeq: readCount(o, 'commitSeq', path) };
     case 'catch-up':
       return { type, ...base, afterSeq: readCount(o, 'afterSeq', path) };
     case 'snapshot': {

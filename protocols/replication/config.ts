@@ -43,6 +43,15 @@ export interface ReplicationConfig {
    */
   heartbeatIntervalMs: number;
   /**
+   * The heartbeat interval for a replica with nothing to learn: in sync, holding our whole log,
+   * and known (from its acknowledgements) to know our commit point, while no write waits. Such a
+   * heartbeat repairs nothing, so an idle shard need not send ten a second to each replica (with
+   * 64 shards that traffic was most of an idle peer's CPU). Any write, a lagging or catching-up
+   * replica, or an unacknowledged commit point brings back `heartbeatIntervalMs` at once.
+   * Default 1000; at least `heartbeatIntervalMs`.
+   */
+  idleHeartbeatIntervalMs: number;
+  /**
    * A replica that is not in-sync (or sees a gap) and has heard nothing useful from the primary
    * asks it for catch-up this often. Default 200: cheap, and a restarted replica rejoins quickly.
    */
@@ -128,6 +137,7 @@ export const DEFAULT_REPLICATION_CONFIG: Readonly<ReplicationConfig> = Object.fr
   ackTimeoutMs: 500,
   slowAckTimeoutMs: 5000,
   heartbeatIntervalMs: 50,
+  idleHeartbeatIntervalMs: 1000,
   catchUpRetryMs: 200,
   coordinatorRetryMs: 300,
   snapshotRetryMs: 2000,
@@ -161,6 +171,10 @@ export function validateReplicationConfig(config: ReplicationConfig): void {
   requireInteger('heartbeatIntervalMs', config.heartbeatIntervalMs, 1, 600_000);
   if (config.heartbeatIntervalMs >= config.ackTimeoutMs) {
     throw new ConfigError('heartbeatIntervalMs', 'must be smaller than ackTimeoutMs (a lost append must be resent before the timeout)');
+  }
+  requireInteger('idleHeartbeatIntervalMs', config.idleHeartbeatIntervalMs, 1, 600_000);
+  if (config.idleHeartbeatIntervalMs < config.heartbeatIntervalMs) {
+    throw new ConfigError('idleHeartbeatIntervalMs', 'must be at least heartbeatIntervalMs');
   }
   requireInteger('catchUpRetryMs', config.catchUpRetryMs, 1, 600_000);
   requireInteger('coordinatorRetryMs', config.coordinatorRetryMs, 1, 600_000);

@@ -166,6 +166,8 @@ interface FollowerProgress {
    * set when data leaves with nothing in flight and whenever an ack advances matchSeq.
    */
   inflightSinceMs: number;
+  /** The highest commit point it acknowledged knowing (see `isIdle`). */
+  knownCommitSeq: number;
 }
 
 /** A write resolved at the primary and queued for the next group. */
@@ -546,7 +548,7 @@ export class ReplicaCore {
     if (this.primaryHint === null) this.primaryHint = meta.from;
     if (this.primaryHint !== meta.from) return false;
     const ack = (matchSeq: number): void =>
-      this.send({ type: 'append-ack', shard: this.shard, epoch: this.epochValue, from: this.id, to: meta.from, matchSeq });
+      this.send({ type: 'append-ack', shard: this.shard, epoch: this.epochValue, from: this.id, to: meta.from, matchSeq, commitSeq: this.commitSeq });
     if (meta.seq <= this.commitSeq) {
       // Not needed: our committed prefix matches the primary's log.
       ack(this.commitSeq);
@@ -778,6 +780,7 @@ export class ReplicaCore {
         lastDataSentAtMs: Number.NEGATIVE_INFINITY,
         probeDataSeq: 0,
         inflightSinceMs: Number.NEGATIVE_INFINITY,
+        knownCommitSeq: 0,
       });
     }
   }
@@ -911,7 +914,8 @@ export class ReplicaCore {
         this.fillWindow(f, nowMs);
         continue;
       }
-      if (nowMs - f.lastSentAtMs < this.config.heartbeatIntervalMs) continue;
+      const interval = this.isIdle(f) ? this.config.idleHeartbeatIntervalMs : this.config.heartbeatIntervalMs;
+      if (nowMs - f.lastSentAtMs < interval) continue;
       this.sendAppend(f, nowMs, true);
     }
     if (!serving) return;
@@ -930,6 +934,25 @@ export class ReplicaCore {
     }
     for (const key of [...ps.requestSentAtMs.keys()]) if (!wanted.has(key)) ps.requestSentAtMs.delete(key);
     for (const [key, req] of wanted) this.emitRequest(nowMs, key, req);
+  }
+
+  /**
+   * Nothing a heartbeat could tell `f`: it is in sync, holds our whole log (everything committed)
+   * and has acknowledged knowing our commit point, and no write waits for a group. Then it is
+   * heartbeated every `idleHeartbeatIntervalMs` only (Raft's and CockroachDB's quiescence, per
+   * replica). The first write, or anything it lacks, ends that at the next tick.
+   */
+  private isIdle(f: FollowerProgress): boolean {
+    const ps = this.primary!;
+    return (
+      !f.probing &&
+      f.snapshotFloor === null &&
+      f.matchSeq === this.log.lastSeq &&
+      this.commitSeq === this.log.lastSeq &&
+      f.knownCommitSeq >= this.commitSeq &&
+      ps.queue.length === 0 &&
+      this.assignment!.inSync.includes(f.id)
+    );
   }
 
   private emitRequest(nowMs: number, key: string, req: InSyncChangeRequest): void {
@@ -1156,6 +1179,7 @@ export class ReplicaCore {
     const f = ps.followers.get(m.from);
     if (f === undefined || m.matchSeq > this.log.lastSeq || !ps.fresh) return;
     f.lastAckAtMs = nowMs;
+    if (m.commitSeq > f.knownCommitSeq) f.knownCommitSeq = m.commitSeq;
     if (m.matchSeq > f.matchSeq) {
       f.matchSeq = m.matchSeq;
       f.inflightSinceMs = nowMs;
@@ -1250,7 +1274,7 @@ export class ReplicaCore {
     if (this.log.epochAt(matchSeq + 1) === m.epoch) matchSeq = this.log.lastSeq;
     this.commitSeq = Math.max(this.commitSeq, Math.min(m.commitSeq, matchSeq));
     if (progressed || m.groups.length === 0) this.lastProgressFromPrimaryMs = nowMs;
-    this.send({ type: 'append-ack', shard: this.shard, epoch: this.epochValue, from: this.id, to: m.from, matchSeq });
+    this.send({ type: 'append-ack', shard: this.shard, epoch: this.epochValue, from: this.id, to: m.from, matchSeq, commitSeq: this.commitSeq });
     this.drainBuffered(nowMs);
   }
 

@@ -226,6 +226,11 @@ export interface AppendMessage extends MessageBase {
 export interface AppendAckMessage extends MessageBase {
   type: 'append-ack';
   matchSeq: number;
+  /**
+   * The replica's commit point when it acknowledged: once it has the primary's, an idle primary
+   * heartbeats it only every `idleHeartbeatIntervalMs`. Pacing only; safety never rests on it.
+   */
+  commitSeq: number;
 }
 
 /**

@@ -46,7 +46,7 @@ const append: fc.Arbitrary<AppendMessage> = fc
 const message: fc.Arbitrary<ReplicationMessage> = fc.oneof(
   append,
   fc
-    .record({ shard: fc.integer({ min: 0, max: 1023 }), epoch: fc.integer({ min: 1, max: 1e6 }), from: id, to: id, matchSeq: fc.integer({ min: 0, max: 1e9 }) })
+    .record({ shard: fc.integer({ min: 0, max: 1023 }), epoch: fc.integer({ min: 1, max: 1e6 }), from: id, to: id, matchSeq: fc.integer({ min: 0, max: 1e9 }), commitSeq: fc.integer({ min: 0, max: 1e9 }) })
     .filter((r) => r.from !== r.to)
     .map((r) => ({ type: 'append-ack' as const, ...r })),
   fc

@@ -163,6 +163,42 @@ describe('replication core', () => {
     assert.deepEqual(appends.map((m) => [m.to, m.groups.map((g) => g.seq)]), [['r2', [3]], ['r3', [3]]]);
   });
 
+  it('heartbeats an idle shard\'s replicas every idleHeartbeatIntervalMs once they know the commit point, and a write ends that at once', () => {
+    const net = threeReplicas({ idleHeartbeatIntervalMs: 200 });
+    const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('1') });
+    net.deliver();
+    assert.equal(net.result(w).applied, true);
+    const heartbeatsOver = (ms: number, keep: (m: ReplicationMessage) => boolean = () => true): Map<string, number> => {
+      const sent = new Map<string, number>();
+      for (let t = 0; t < ms; t += 10) {
+        net.tick(10);
+        for (const m of net.queue) if (m.type === 'append' && m.from === 'r1') sent.set(m.to, (sent.get(m.to) ?? 0) + 1);
+        net.deliver(keep);
+      }
+      return sent;
+    };
+    // The backups learn commit point 1 from the next heartbeat and say so in their acks: from
+    // then on, a heartbeat every 200 ms instead of every 20.
+    heartbeatsOver(50);
+    const idle = heartbeatsOver(1000);
+    for (const id of ['r2', 'r3']) {
+      assert.ok((idle.get(id) ?? 0) >= 4 && (idle.get(id) ?? 0) <= 6, `${id}: ${idle.get(id)} heartbeats in 1 s while idle`);
+    }
+    // A write: appended and its commit point sent at the short interval, then idle again.
+    const w2 = net.write('r1', { kind: 'put', key: 'b', value: bytes('2') });
+    net.deliver();
+    assert.equal(net.result(w2).applied, true);
+    const after = heartbeatsOver(30);
+    for (const id of ['r2', 'r3']) assert.ok((after.get(id) ?? 0) >= 1, `${id}: the new commit point is sent within a short heartbeat`);
+    for (const id of ALL) assert.equal(net.shell(id).durable.data.get('b')?.version, 1, `${id} applied the write`);
+    // A replica whose acks are lost never shows it knows the commit point: it keeps the short interval.
+    net.write('r1', { kind: 'put', key: 'c', value: bytes('3') });
+    net.deliver((m) => !(m.type === 'append-ack' && m.from === 'r3' && m.matchSeq >= 3 && m.commitSeq >= 3));
+    const lossy = heartbeatsOver(400, (m) => !(m.type === 'append-ack' && m.from === 'r3'));
+    assert.ok((lossy.get('r3') ?? 0) >= 15, `r3 (acks lost): ${lossy.get('r3')} heartbeats in 400 ms`);
+    assert.ok((lossy.get('r2') ?? 0) <= 4, `r2 (idle): ${lossy.get('r2')} heartbeats in 400 ms`);
+  });
+
   it('answers a write only after the primary has persisted it (advance) and every in-sync replica acknowledged', () => {
     const net = threeReplicas();
     const w = net.write('r1', { kind: 'put', key: 'a', value: bytes('x') });
@@ -679,7 +715,7 @@ describe('replication codec', () => {
   it('round-trips every message type', () => {
     const messages: ReplicationMessage[] = [
       append,
-      { type: 'append-ack', shard: 1, epoch: 3, from: 'r2', to: 'r1', matchSeq: 5 },
+      { type: 'append-ack', shard: 1, epoch: 3, from: 'r2', to: 'r1', matchSeq: 5, commitSeq: 4 },
       { type: 'catch-up', shard: 1, epoch: 3, from: 'r2', to: 'r1', afterSeq: 0 },
       { type: 'snapshot', shard: 1, epoch: 3, from: 'r1', to: 'r2', seq: 9, seqEpoch: 2 },
     ];
@@ -748,11 +784,12 @@ describe('replication codec', () => {
     ['value length past the payload', mutate((o) => (o.groups[0].ops[0].len = 2)), 'message(append).groups[0].ops[0].len'],
     ['value too large', mutate((o) => (o.groups[0].ops[0].len = 1024 * 1024 + 1), new Uint8Array(1024 * 1024 + 1)), 'message(append).groups[0].ops[0].len'],
     ['payload bytes no op claims', mutate(() => {}, bytes('vv')), 'message(append)'],
-    ['a payload on an ack', wire({ v: 2, type: 'append-ack', shard: 1, epoch: 1, from: 'a', to: 'b', matchSeq: 1 }, bytes('x')), 'message(append-ack)'],
+    ['a payload on an ack', wire({ v: 2, type: 'append-ack', shard: 1, epoch: 1, from: 'a', to: 'b', matchSeq: 1, commitSeq: 0 }, bytes('x')), 'message(append-ack)'],
     ['too many ops', mutate((o) => (o.groups[0].ops = Array.from({ length: 1025 }, () => o.groups[0].ops[1]))), 'message(append).groups[0].ops'],
     ['missing commitSeq', mutate((o) => delete o.commitSeq), 'message(append).commitSeq'],
     ['epochStartSeq after an own-epoch group', mutate((o) => (o.epochStartSeq = 5)), 'message(append).groups[0].epoch'],
     ['ack without matchSeq', wire({ v: 2, type: 'append-ack', shard: 1, epoch: 1, from: 'a', to: 'b' }), 'message(append-ack).matchSeq'],
+    ['ack without commitSeq', wire({ v: 2, type: 'append-ack', shard: 1, epoch: 1, from: 'a', to: 'b', matchSeq: 1 }), 'message(append-ack).commitSeq'],
   ];
 
   for (const [what, input, path] of garbage) {
