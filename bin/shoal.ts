@@ -245,9 +245,6 @@ async function cmdStart(argv: string[]): Promise<number> {
   }
   const http = values.http as string | undefined;
   if (http !== undefined && http !== 'off') parseHostPort(http, '--http');
-  for (const h of (values['http-allowed-host'] as string[] | undefined) ?? []) {
-    if (!/^[a-z0-9.-]{1,253}$/.test(h.trim().toLowerCase())) throw new UsageError(`--http-allowed-host: expected a host name without port, got ${JSON.stringify(h)}`);
-  }
   // Every other flag: read, checked and placed by its row of node/start-options.ts.
   const { stopDrainMs = 300_000, ...fields } = startOptionsFromFlags(values) as { stopDrainMs?: number } & Record<string, unknown>;
   const options = fields as Partial<PeerOptions>;
@@ -255,8 +252,8 @@ async function cmdStart(argv: string[]): Promise<number> {
   options.cluster ??= {};
   const auto = (fields.autoscale ?? {}) as Partial<PeerOptions['autoscale']>;
   const minPeers = auto.minPeers ?? DEFAULT_PEER_OPTIONS.autoscale.minPeers;
+  // Given alone, --autoscale-min lifts the default maximum (startOptionsFromFlags checks the pair).
   const maxPeers = auto.maxPeers ?? Math.max(minPeers, DEFAULT_PEER_OPTIONS.autoscale.maxPeers);
-  if (maxPeers < minPeers) throw new UsageError(`--autoscale-max: must be at least --autoscale-min (${minPeers})`);
   options.autoscale = { ...DEFAULT_PEER_OPTIONS.autoscale, ...auto, minPeers, maxPeers };
 
   const { createPeer } = await import('../node/peer.js');

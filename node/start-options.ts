@@ -17,19 +17,16 @@ import { READ_POLICIES } from './store-api.js';
 
 export type StartSection = 'Options' | 'Failure detector and coordinator' | 'Store options' | 'Autoscaler' | 'New-cluster options (read only by the peer that starts a cluster, i.e. without --join)';
 
-/** What `shoal start` takes beyond PeerOptions. */
-export interface StartExtras {
-  /** SIGTERM drains for up to this long before leaving, ms. */
-  stopDrainMs: number;
-}
-
-/** A whole number in [min, max] read from a flag, or a positive/fractional one. */
+/**
+ * How a flag's value is read. Numeric readers: a value in [min, max] (above min with
+ * `minExclusive`); `keyword`, when given, is a word that leaves the field at its default.
+ */
 type Reader =
   | { kind: 'boolean' }
   | { kind: 'string'; multiple?: boolean }
   | { kind: 'choice'; choices: readonly string[] }
   | { kind: 'integer'; min: number; max: number; minExclusive?: boolean }
-  | { kind: 'number'; min: number; max: number; minExclusive?: boolean };
+  | { kind: 'number'; min: number; max: number; minExclusive?: boolean; keyword?: string };
 
 /**
  * The PeerOptions field a row sets, as a path (`leaseMs`, `membership.phiThreshold`,
@@ -42,11 +39,13 @@ export interface StartOption {
   arg?: string;
   section: StartSection;
   read: Reader;
-  /** Field path the value goes to; absent when `apply` does the work. */
+  /** Field path the value goes to; absent for --autoscale-dry-run (a spelling of --autoscale dry-run). */
   field?: string;
   /** validatePeerOptions checks this row's bounds on `field` for callers that skip the CLI. */
   owns?: boolean;
-  /** Turn the read value into what the field holds (units, shapes); throw a message to refuse it. */
+  /** What null in an owned field means (then null is accepted), e.g. "the CPU count". */
+  nullMeans?: string;
+  /** Turn the read value into what the field holds (units, shapes). */
   convert?: (v: number) => number | object;
   /** Extra check on the read value: a message when refused. */
   check?: (v: number) => string | null;
@@ -145,14 +144,14 @@ export const START_OPTIONS: readonly StartOption[] = Object.freeze([
     flag: 'rebalance-rate',
     arg: 'MB/S',
     section: S_STORE,
-    read: { kind: 'number', min: 0.01, max: 100_000 },
+    read: { kind: 'number', min: 0.01, max: 100_000, keyword: 'unlimited' },
     field: 'rebalanceRate',
     convert: (mb) => Math.round(mb * 1024 * 1024),
     shown: 'unlimited',
     help: 'bandwidth (MiB/s, a decimal number, or "unlimited") all snapshot transfers from this peer share when data moves (join, drain, leave, capacity change, re-replication after a death)',
   },
   { flag: 'stop-drain-ms', arg: 'N', section: S_STORE, read: int(0, 86_400_000), field: 'stopDrainMs', shown: '300000', help: "on SIGTERM, move this peer's replicas to the other peers for up to N ms before leaving; 0 leaves at once (as SIGINT does)" },
-  { flag: 'task-slots', arg: 'N', section: S_STORE, read: int(1, 4096), field: 'taskSlots', owns: true, shown: 'CPU count', help: 'CPU cores tasks may hold at once on this peer at capacity 1; it offers N x its capacity (see Tasks)' },
+  { flag: 'task-slots', arg: 'N', section: S_STORE, read: int(1, 4096), field: 'taskSlots', owns: true, nullMeans: 'the CPU count', shown: 'CPU count', help: 'CPU cores tasks may hold at once on this peer at capacity 1; it offers N x its capacity (see Tasks)' },
   { flag: 'log-retain-groups', arg: 'N', section: S_STORE, read: int(0, 1_000_000), field: 'logRetainGroups', owns: true, shown: '256', help: 'op-log groups a shard keeps for backups that fall behind (also bounded by 32 MiB); a replica further behind gets a snapshot' },
   {
     flag: 'autoscale',
@@ -202,11 +201,14 @@ function describeBounds(r: Extract<Reader, { kind: 'integer' | 'number' }>): str
   return `a number from ${r.min} to ${r.max}`;
 }
 
+function inBounds(r: Extract<Reader, { kind: 'integer' | 'number' }>, n: unknown): n is number {
+  return typeof n === 'number' && Number.isFinite(n) && (r.kind !== 'integer' || Number.isInteger(n)) && (r.minExclusive === true ? n > r.min : n >= r.min) && n <= r.max;
+}
+
 /** The value of one numeric flag, or ConfigError naming it. */
 function readNumber(o: StartOption, r: Extract<Reader, { kind: 'integer' | 'number' }>, text: string): number {
   const n = Number(text);
-  const ok = text.trim() !== '' && Number.isFinite(n) && (r.kind !== 'integer' || Number.isInteger(n)) && (r.minExclusive === true ? n > r.min : n >= r.min) && n <= r.max;
-  if (!ok) throw new ConfigError(`--${o.flag}`, `expected ${describeBounds(r)}, got ${JSON.stringify(text)}`);
+  if (text.trim() === '' || !inBounds(r, n)) throw new ConfigError(`--${o.flag}`, `expected ${describeBounds(r)}, got ${JSON.stringify(text)}`);
   const problem = o.check?.(n) ?? null;
   if (problem !== null) throw new ConfigError(`--${o.flag}`, `${problem}, got ${n}`);
   return n;
@@ -252,7 +254,7 @@ export function startOptionsFromFlags(values: Record<string, unknown>): Record<s
       if (!r.choices.includes(v as string)) throw new ConfigError(`--${o.flag}`, `expected one of ${r.choices.join(', ')}, got ${JSON.stringify(v)}`);
       value = v;
     } else {
-      if (o.flag === 'rebalance-rate' && v === 'unlimited') continue;
+      if (r.kind === 'number' && r.keyword !== undefined && v === r.keyword) continue;
       const n = readNumber(o, r, v as string);
       value = o.convert !== undefined ? o.convert(n) : n;
     }
@@ -267,7 +269,13 @@ export function startOptionsFromFlags(values: Record<string, unknown>): Record<s
   const cluster = (out.cluster ?? {}) as Record<string, unknown>;
   const rf = (cluster.replicationFactor as number | undefined) ?? DEFAULT_CLUSTER_SETTINGS.replicationFactor;
   if (typeof cluster.minInSync === 'number' && cluster.minInSync > rf) throw new ConfigError('--min-in-sync', `must not exceed the replication factor (${rf})`);
-  if (Array.isArray(out.httpAllowedHosts)) out.httpAllowedHosts = (out.httpAllowedHosts as string[]).map((h) => h.trim().toLowerCase());
+  if (Array.isArray(out.httpAllowedHosts)) {
+    out.httpAllowedHosts = (out.httpAllowedHosts as string[]).map((h) => {
+      const name = h.trim().toLowerCase();
+      if (!/^[a-z0-9.-]{1,253}$/.test(name)) throw new ConfigError('--http-allowed-host', `expected a host name without port, got ${JSON.stringify(h)}`);
+      return name;
+    });
+  }
   return out;
 }
 
@@ -281,9 +289,8 @@ export function checkOwnedFields(options: object): void {
     const r = o.read;
     if (r.kind !== 'integer' && r.kind !== 'number') continue;
     const v = getPath(options, o.field);
-    if (v === null && o.field === 'taskSlots') continue;
-    const ok = typeof v === 'number' && Number.isFinite(v) && (r.kind !== 'integer' || Number.isInteger(v)) && (r.minExclusive === true ? v > r.min : v >= r.min) && v <= r.max;
-    if (!ok) throw new ConfigError(o.field, `must be ${describeBounds(r)}${o.field === 'taskSlots' ? ' (or null: the CPU count)' : ''}, got ${String(v)}`);
+    if (v === null && o.nullMeans !== undefined) continue;
+    if (!inBounds(r, v)) throw new ConfigError(o.field, `must be ${describeBounds(r)}${o.nullMeans !== undefined ? ` (or null: ${o.nullMeans})` : ''}, got ${String(v)}`);
   }
 }
 

@@ -167,6 +167,11 @@ function inReplicaOrder(replicas: readonly string[], inSync: Iterable<string>): 
   return replicas.filter((id) => set.has(id));
 }
 
+/** (lastEpoch, lastSeq) `r` is behind `s`. */
+function rankBelow(r: readonly [number, number], s: readonly [number, number]): boolean {
+  return r[0] < s[0] || (r[0] === s[0] && r[1] < s[1]);
+}
+
 export class ShardController {
   private readonly opts: ResolvedShardControllerOptions;
   /** Null until the first becameLeader: plan does nothing before. */
@@ -563,23 +568,26 @@ export class ShardController {
    */
   private aheadOfRestartedPrimary(shard: number, a: ShardAssignment): Change | 'wait' | null {
     const p = a.primary!;
-    const rankOf = (id: string): [number, number] | null => {
-      const q = this.progress.get(id)?.get(shard);
-      return q === undefined || q.lastEpoch > a.epoch ? null : [q.lastEpoch, q.lastSeq];
-    };
-    const own = rankOf(p);
+    const own = this.logRank(p, shard, a);
     const others = a.inSync.filter((id) => id !== p);
-    if (own === null || others.some((id) => rankOf(id) === null)) return 'wait';
-    const ahead = others.filter((id) => {
-      const r = rankOf(id)!;
-      return r[0] > own[0] || (r[0] === own[0] && r[1] > own[1]);
-    });
+    if (own === null || others.some((id) => this.logRank(id, shard, a) === null)) return 'wait';
+    const ahead = others.filter((id) => rankBelow(own, this.logRank(id, shard, a)!));
     if (ahead.length === 0) return null;
-    const r = rankOf(ahead[0]!)!;
+    const r = this.logRank(ahead[0]!, shard, a)!;
     return {
       assignment: { replicas: [...a.replicas], primary: null, inSync: without(a.inSync, [p]), epoch: a.epoch + 1 },
       reason: `vacate: primary ${p} restarted with its log at ${own[0]}/${own[1]}, behind in-sync ${ahead[0]}'s ${r[0]}/${r[1]}`,
     };
+  }
+
+  /**
+   * How much of `shard`'s log `id` reported holding: (lastEpoch, lastSeq), or null when it reported
+   * nothing or a position the map cannot back (an epoch beyond the shard's: no replica can hold
+   * groups of an epoch the map never granted, so it is a lie or a bug).
+   */
+  private logRank(id: string, shard: number, a: ShardAssignment): [number, number] | null {
+    const p = this.progress.get(id)?.get(shard);
+    return p === undefined || p.lastEpoch > a.epoch || p.epoch > a.epoch ? null : [p.lastEpoch, p.lastSeq];
   }
 
   /** Rule 2: a new primary, once the current one (or the one that vacated) cannot be serving. */
@@ -602,30 +610,22 @@ export class ShardController {
     if (candidates.length === 0) candidates = leased.filter((id) => memberOf(ctx.map, id)?.status === 'draining');
     const target = ctx.target?.[shard];
     if (target !== undefined && candidates.some((id) => target.includes(id))) candidates = candidates.filter((id) => target.includes(id));
-    const rankOf = (id: string): [number, number] => {
-      // Highest (lastEpoch, lastSeq); missing progress ranks lowest; ties by order in `replicas`.
-      const p = this.progress.get(id)?.get(shard);
-      // A position the map cannot back (an epoch beyond the shard's: no replica can hold groups
-      // of an epoch the map never granted) is a lie or a bug: it ranks as missing.
-      const backed = p !== undefined && p.lastEpoch <= a.epoch && p.epoch <= a.epoch;
-      return !backed ? [-1, -1] : [p.lastEpoch, p.lastSeq];
-    };
-    const below = (r: [number, number], s: [number, number]): boolean => r[0] < s[0] || (r[0] === s[0] && r[1] < s[1]);
+    // Highest (lastEpoch, lastSeq); missing or unbacked progress ranks lowest; ties by order in `replicas`.
+    const rankOf = (id: string): [number, number] => this.logRank(id, shard, a) ?? [-1, -1];
     // A shard vacated for balance goes to the replica it was vacated for, unless another
     // candidate reported more of the log: every in-sync replica should hold every acknowledged
     // write, but one whose machine lost unsynced writes (a torn log) and came back before anyone
     // noticed does not, and as primary it would cut the others down to its log.
     const preferred = x === null ? this.balancingTo.get(shard) : undefined;
-    if (preferred !== undefined && candidates.includes(preferred) && !candidates.some((id) => below(rankOf(preferred), rankOf(id)))) candidates = [preferred];
+    if (preferred !== undefined && candidates.includes(preferred) && !candidates.some((id) => rankBelow(rankOf(preferred), rankOf(id)))) candidates = [preferred];
     let best: string | null = null;
     let bestRank: [number, number] = [-Infinity, -Infinity];
     for (const id of candidates) {
       const rank = rankOf(id);
       const better =
         best === null ||
-        rank[0] > bestRank[0] ||
-        (rank[0] === bestRank[0] && rank[1] > bestRank[1]) ||
-        (rank[0] === bestRank[0] && rank[1] === bestRank[1] && a.replicas.indexOf(id) < a.replicas.indexOf(best));
+        rankBelow(bestRank, rank) ||
+        (!rankBelow(rank, bestRank) && a.replicas.indexOf(id) < a.replicas.indexOf(best));
       if (better) {
         best = id;
         bestRank = rank;

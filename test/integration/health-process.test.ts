@@ -5,12 +5,11 @@
  * (bit flips the record checksums find).
  */
 import assert from 'node:assert/strict';
-import { readdirSync, statSync, truncateSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import { openDiskStore } from '../../storage/level-store.js';
 import { makeTempDir, ProcessPeer, removeDir, waitFor } from './harness.js';
-import { Cluster, kvPath, request } from './process-cluster.js';
+import { Cluster, kvPath, request, tearNewestLevelDbLog } from './process-cluster.js';
 
 async function health(address: string): Promise<{ status: number; problems: string[] }> {
   const res = await fetch(`http://${address}/healthz`, { signal: AbortSignal.timeout(3000) });
@@ -81,13 +80,7 @@ describe('health and torn logs', function () {
     const victim = c.peers[i]!;
     victim.signal('SIGKILL');
     await victim.waitExit();
-    const db = join(victim.dataDir, 'db');
-    const logs = readdirSync(db)
-      .filter((f) => f.endsWith('.log'))
-      .map((f) => ({ f, size: statSync(join(db, f)).size, mtimeMs: statSync(join(db, f)).mtimeMs }))
-      .sort((a, b) => b.mtimeMs - a.mtimeMs);
-    assert.ok(logs.length > 0 && logs[0]!.size > 0, 'a LevelDB log to tear');
-    truncateSync(join(db, logs[0]!.f), Math.floor(logs[0]!.size / 2));
+    tearNewestLevelDbLog(victim.dataDir);
     const again = await ProcessPeer.start(victim.dataDir, { join: [c.peers.find((p) => p !== victim)!.joinToken] });
     c.peers[i] = again;
     await servesEveryKeyWhenHealthy(again.httpAddress, keys, agent);

@@ -3,6 +3,7 @@
  * restart, wait until writable or settled, dump what every peer shows; and a bounded HTTP client.
  */
 import assert from 'node:assert/strict';
+import { readdirSync, statSync, truncateSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import type { PeerStatus } from '../../node/peer.js';
@@ -223,4 +224,18 @@ export class Cluster {
     await Promise.all([...this.peers, ...this.retired].map((p) => p.destroy()));
     await removeDir(this.dir);
   }
+}
+
+/**
+ * Cut the newest LevelDB log of a stopped peer's data dir in half, as a machine crash that lost
+ * writes the OS had not put on disk would leave it.
+ */
+export function tearNewestLevelDbLog(dataDir: string): void {
+  const db = join(dataDir, 'db');
+  const logs = readdirSync(db)
+    .filter((f) => f.endsWith('.log'))
+    .map((f) => ({ f, size: statSync(join(db, f)).size, mtimeMs: statSync(join(db, f)).mtimeMs }))
+    .sort((a, b) => b.mtimeMs - a.mtimeMs);
+  assert.ok(logs.length > 0 && logs[0]!.size > 0, 'a LevelDB log to tear');
+  truncateSync(join(db, logs[0]!.f), Math.floor(logs[0]!.size / 2));
 }

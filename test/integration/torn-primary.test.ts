@@ -8,11 +8,10 @@
  * group (no -process in its name), not in the process group, which sets the suite's length.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, statSync, truncateSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import { ProcessPeer } from './harness.js';
-import { Cluster, kvPath, request } from './process-cluster.js';
+import { Cluster, kvPath, request, tearNewestLevelDbLog } from './process-cluster.js';
 
 describe('a torn primary back within its lease', function () {
   this.timeout(300_000);
@@ -41,13 +40,7 @@ describe('a torn primary back within its lease', function () {
     assert.ok(led > 0, 'the victim leads some shards');
     victim.signal('SIGKILL');
     await victim.waitExit();
-    const db = join(victim.dataDir, 'db');
-    const logs = readdirSync(db)
-      .filter((f) => f.endsWith('.log'))
-      .map((f) => ({ f, size: statSync(join(db, f)).size, mtimeMs: statSync(join(db, f)).mtimeMs }))
-      .sort((a, b) => b.mtimeMs - a.mtimeMs);
-    assert.ok(logs.length > 0 && logs[0]!.size > 0, 'a LevelDB log to tear');
-    truncateSync(join(db, logs[0]!.f), Math.floor(logs[0]!.size / 2));
+    tearNewestLevelDbLog(victim.dataDir);
     const again = await ProcessPeer.start(victim.dataDir, { join: [other.joinToken], extraArgs: ['--lease-ms', '5000'] });
     c.peers[i] = again;
     // Once the cluster has settled (with a 5 s lease, handing primaries back to the restarted
