@@ -208,7 +208,10 @@ function inBounds(r: Extract<Reader, { kind: 'integer' | 'number' }>, n: unknown
 /** The value of one numeric flag, or ConfigError naming it. */
 function readNumber(o: StartOption, r: Extract<Reader, { kind: 'integer' | 'number' }>, text: string): number {
   const n = Number(text);
-  if (text.trim() === '' || !inBounds(r, n)) throw new ConfigError(`--${o.flag}`, `expected ${describeBounds(r)}, got ${JSON.stringify(text)}`);
+  if (text.trim() === '' || !inBounds(r, n)) {
+    const word = r.kind === 'number' && r.keyword !== undefined ? `, or "${r.keyword}"` : '';
+    throw new ConfigError(`--${o.flag}`, `expected ${describeBounds(r)}${word}, got ${JSON.stringify(text)}`);
+  }
   const problem = o.check?.(n) ?? null;
   if (problem !== null) throw new ConfigError(`--${o.flag}`, `${problem}, got ${n}`);
   return n;
