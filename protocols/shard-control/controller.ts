@@ -569,14 +569,14 @@ export class ShardController {
   private aheadOfRestartedPrimary(shard: number, a: ShardAssignment): Change | 'wait' | null {
     const p = a.primary!;
     const own = this.logRank(p, shard, a);
-    const others = a.inSync.filter((id) => id !== p);
-    if (own === null || others.some((id) => this.logRank(id, shard, a) === null)) return 'wait';
-    const ahead = others.filter((id) => rankBelow(own, this.logRank(id, shard, a)!));
-    if (ahead.length === 0) return null;
-    const r = this.logRank(ahead[0]!, shard, a)!;
+    const others = a.inSync.filter((id) => id !== p).map((id) => ({ id, rank: this.logRank(id, shard, a) }));
+    if (own === null || others.some((o) => o.rank === null)) return 'wait';
+    const ahead = others.find((o) => rankBelow(own, o.rank!));
+    if (ahead === undefined) return null;
+    const r = ahead.rank!;
     return {
       assignment: { replicas: [...a.replicas], primary: null, inSync: without(a.inSync, [p]), epoch: a.epoch + 1 },
-      reason: `vacate: primary ${p} restarted with its log at ${own[0]}/${own[1]}, behind in-sync ${ahead[0]}'s ${r[0]}/${r[1]}`,
+      reason: `vacate: primary ${p} restarted with its log at ${own[0]}/${own[1]}, behind in-sync ${ahead.id}'s ${r[0]}/${r[1]}`,
     };
   }
 
