@@ -10,6 +10,7 @@ import { tcp } from '@libp2p/tcp';
 import { createLibp2p } from 'libp2p';
 import type { Identify } from '@libp2p/identify';
 import type { Ping } from '@libp2p/ping';
+import { installYamuxWindowThreshold } from './yamux-window.js';
 
 export type HostServices = {
   identify: Identify;
@@ -43,6 +44,7 @@ export function clusterPrologue(swarmKey: Uint8Array): Uint8Array {
  * ping and gossipsub. Started by `createPeer`, not here.
  */
 export async function createHost(opts: HostOptions): Promise<Host> {
+  installYamuxWindowThreshold();
   const node = await createLibp2p({
     start: false,
     privateKey: opts.privateKey,
