@@ -1,8 +1,10 @@
 /**
  * The store's shell (DESIGN §3): one ReplicaCore per shard this peer holds, driven by timers,
- * libp2p streams and the shard storage; client operations routed to the shard's primary; leases
- * renewed with the coordinator; and, on the coordinator, the lease table and the ShardController
- * that turns membership, leases and progress into shard assignments.
+ * libp2p streams and the shard storage; client operations routed to the shard's primary. Its
+ * other concerns live in modules of their own and are wired up here: lease renewals
+ * (lease-client.ts), snapshots received (snapshot-receiver.ts) and sent (snapshot-sender.ts),
+ * and, on the coordinator, the lease table and the ShardController that turns membership,
+ * leases and progress into shard assignments (shard-control-service.ts).
  *
  * Order of effects for each replica Ready (the core's contract, protocols/replication/replica.ts):
  * answer clients → persist (one LevelDB batch) → send messages and snapshots, queue coordinator
@@ -20,9 +22,7 @@ import { MAX_KEY_BYTES, MAX_VALUE_BYTES, type ReplicationConfig } from '../proto
 import { HANDED_OVER_OUTCOME_MS, ReplicaCore } from '../protocols/replication/replica.js';
 import { keyProblem } from '../protocols/replication/versions.js';
 import type {
-  InSyncChangeRequest,
   LoggedOp,
-  ReplicaProgress,
   ReplicationMessage,
   ReplicationReady,
   SnapshotMeta,
@@ -42,7 +42,9 @@ import { WriteWaiters } from './write-waiters.js';
 import { SNAPSHOT_CHUNK_BYTES, SnapshotSender } from './snapshot-sender.js';
 import { decodeKvRequest, decodeOpReply, encodeKvRequest, encodeOpReply, type KvRequest, type OpReply } from './kv-frames.js';
 import { ReadTargets } from './read-targets.js';
-import { MAX_REPORTED_TRANSFERS, ShardControlService } from './shard-control-service.js';
+import { ShardControlService } from './shard-control-service.js';
+import { LeaseClient, LEASE_RENEW_MS } from './lease-client.js';
+import { SnapshotReceiver } from './snapshot-receiver.js';
 import {
   RETRYABLE_STORE_ERRORS,
   StoreError,
@@ -149,8 +151,6 @@ const BULK_FRAME_BYTES = 8 * 1024 * 1024;
  */
 const REMOVED_COPY_GRACE_MS = 30_000;
 
-/** How often each peer renews its lease, ms (DESIGN §3: ~100 ms). */
-const LEASE_RENEW_MS = 100;
 /** Tick of the replica cores, ms (well under their heartbeat). */
 const TICK_MS = 20;
 /**
@@ -209,12 +209,6 @@ interface ForwardWatch {
   timer: NodeJS.Timeout | null;
 }
 
-interface IncomingSnapshot {
-  from: string;
-  id: string;
-  meta: SnapshotMeta;
-  writer: ShardSnapshotWriter;
-}
 
 /** A snapshot this peer sends (see sendSnapshot). */
 
@@ -231,7 +225,8 @@ export class StoreService implements KvApi {
   private readonly waiters: WriteWaiters;
   private readonly forwards = new Set<ForwardWatch>();
   private nextRequestId = 1;
-  private readonly incoming = new Map<number, IncomingSnapshot>();
+  /** Snapshots other peers send here (node/snapshot-receiver.ts). */
+  private readonly receiver: SnapshotReceiver;
   /** Snapshots being sent, by `shard:to`, and broken ones held for a resume. */
   private readonly snapshots: SnapshotSender;
   /** Copies of removed replicas waiting out REMOVED_COPY_GRACE_MS before they are deleted. */
@@ -250,30 +245,17 @@ export class StoreService implements KvApi {
   private view: ClusterMapView;
   private timers: NodeJS.Timeout[] = [];
   private stopped = false;
-  /** The lease this peer holds: valid until (local monotonic ms). */
-  private leaseUntil = Number.NEGATIVE_INFINITY;
-  /** A granted lease waiting for the local map to reach the version it was granted at. */
-  private pendingLease: { until: number; mapVersion: number } | null = null;
-  private renewing = false;
-  private releasing = false;
-  private lastRenewAt = 0;
-  private pendingRequests: InSyncChangeRequest[] = [];
+  /** This peer's side of the primary lease (node/lease-client.ts). */
+  private readonly lease: LeaseClient;
   /** The coordinator's side of leases and shard control (idle unless this peer leads). */
   private readonly control: ShardControlService;
-  /** This peer's capacity as reported in renewals (--capacity, or `shoal capacity N` at run time). */
-  private capacityNow: number;
-  /** Whether this peer asks to be drained (true), to stop draining (false), or says nothing (null). */
-  private drainWanted: boolean | null = null;
   private readonly readTargets: ReadTargets;
   readonly counters = {
     forwarded: 0,
     served: 0,
-    leaseRenewals: 0,
-    leaseFailures: 0,
     /** Copies of removed replicas deleted after the grace period. */
     copiesDeleted: 0,
     catchUpBytesReceived: 0,
-    snapshotsInstalled: 0,
     /** Replication messages dropped for exceeding the frame limit (should stay 0). */
     replicationRefused: 0,
     /** Replication messages the committed map does not back (sender not a replica or not the primary, epoch never reached). */
@@ -289,7 +271,6 @@ export class StoreService implements KvApi {
     this.self = opts.host.peerId.toString();
     this.readTargets = new ReadTargets(opts.readPolicy);
     this.view = opts.coordinator.mapView();
-    this.capacityNow = opts.capacity;
     const writeDuration = opts.metrics?.replicationWriteDuration;
     this.waiters = new WriteWaiters(
       WRITE_ANSWER_TIMEOUT_MS,
@@ -311,6 +292,36 @@ export class StoreService implements KvApi {
       log: opts.log.child({ component: 'shard-control' }),
       now: () => this.now(),
       view: () => this.view,
+    });
+    this.receiver = new SnapshotReceiver({
+      self: this.self,
+      shardStore,
+      view: () => this.view,
+      hold: async (shard) => (this.slots.get(shard) ?? (await this.openShard(shard))) != null,
+      install: (shard, meta, writer) => this.installSnapshot(shard, meta, writer),
+      onRejected: () => this.counters.requestsRejected++,
+      log: opts.log,
+    });
+    this.lease = new LeaseClient({
+      self: this.self,
+      leaseMs: opts.leaseMs,
+      capacity: opts.capacity,
+      now: () => this.now(),
+      view: () => this.view,
+      coordinator: () => opts.coordinator.status().coordinator,
+      grantLocal: (header) => this.control.grantLease(this.self, header),
+      request: (to, frame, timeoutMs) => this.leaseRpc.request(to, frame, { timeoutMs }),
+      progress: () => [...this.slots.values()].filter((s) => !s.removed).map((s) => s.core.progress()),
+      transfers: () => (this.snapshots.size === 0 ? [] : this.snapshots.transfers()),
+      apply: (until) => {
+        const now = this.now();
+        for (const slot of this.slots.values()) {
+          slot.core.setLease(now, until);
+          this.afterInput(slot);
+        }
+      },
+      stopped: () => this.stopped,
+      log: opts.log,
     });
     this.rpc = new RpcEndpoint({
       host: opts.host,
@@ -375,7 +386,7 @@ export class StoreService implements KvApi {
     this.opts.coordinator.onMapChange(() => this.onMapChange());
     this.onMapChange();
     this.timers.push(setInterval(() => this.tick(), TICK_MS));
-    this.timers.push(setInterval(() => void this.renewLease(), LEASE_RENEW_MS));
+    this.timers.push(setInterval(() => void this.lease.renew(), LEASE_RENEW_MS));
     this.timers.push(setInterval(() => this.control.control(), CONTROL_MS));
     // Copies left on disk by replicas removed before the last stop: deleted after the grace
     // period unless the map lists this peer for them again by then.
@@ -397,7 +408,7 @@ export class StoreService implements KvApi {
     await this.channel.stop();
     // Let Readys in progress finish before the database closes (bounded).
     for (let i = 0; i < 200 && [...this.slots.values()].some((s) => s.draining); i++) await sleep(10);
-    for (const inc of this.incoming.values()) await inc.writer.abort().catch(() => {});
+    await this.receiver.dropAll();
   }
 
   // -------------------------------------------------------------------------------------------
@@ -426,11 +437,7 @@ export class StoreService implements KvApi {
         w.timer = setTimeout(() => w.ac.abort(), SUPERSEDED_GRACE_MS);
       }
     }
-    const p = this.pendingLease;
-    if (p !== null && this.view.version >= p.mapVersion) {
-      this.pendingLease = null;
-      this.applyLease(p.until);
-    }
+    this.lease.onMapChange(this.view);
   }
 
   private openShard(shard: number): Promise<ShardSlot | null> {
@@ -464,7 +471,7 @@ export class StoreService implements KvApi {
         const a = this.view.shards[shard];
         if (a !== undefined) core.setAssignment(now, a);
         core.setMinInSync(now, Math.min(effectiveMinInSync(this.view), core.config.minInSync));
-        core.setLease(now, this.leaseUntil);
+        core.setLease(now, this.lease.leaseUntil);
         this.afterInput(slot);
         this.opts.log.debug('shard opened', { shard, appliedSeq: recovered.appliedSeq, log: recovered.log.length, epoch: recovered.epoch });
         this.failedShards.delete(shard);
@@ -561,11 +568,7 @@ export class StoreService implements KvApi {
     }
     for (const m of rd.messages) this.outbox.push(m);
     for (const s of rd.snapshots) void this.snapshots.send(s.shard, s.to, s.epoch);
-    if (rd.coordinatorRequests.length > 0) {
-      this.pendingRequests.push(...rd.coordinatorRequests);
-      if (this.pendingRequests.length > 1024) this.pendingRequests.splice(0, this.pendingRequests.length - 1024);
-      void this.renewLease(true);
-    }
+    this.lease.request(rd.coordinatorRequests);
     core.advance(this.now(), rd);
     this.takeUnblocked(slot);
   }
@@ -573,11 +576,7 @@ export class StoreService implements KvApi {
   private async removeShard(slot: ShardSlot): Promise<void> {
     slot.removed = true;
     this.slots.delete(slot.shard);
-    const inc = this.incoming.get(slot.shard);
-    if (inc !== undefined) {
-      this.incoming.delete(slot.shard);
-      await inc.writer.abort().catch(() => {});
-    }
+    await this.receiver.drop(slot.shard);
     // The old copy stays on disk for REMOVED_COPY_GRACE_MS: a move undone or a replica added
     // back meanwhile starts from it (a catch-up, not a full copy).
     await slot.mutex.catch(() => {});
@@ -722,178 +721,27 @@ export class StoreService implements KvApi {
     return this.snapshots.transfers();
   }
 
-  private async onSnapBegin(from: string, h: Record<string, unknown>): Promise<Uint8Array> {
-    const shard = int(h, 'shard', 0, 1023);
-    const meta: SnapshotMeta = { shard, epoch: int(h, 'epoch', 1), from: str(h, 'from', 128), seq: int(h, 'seq'), seqEpoch: int(h, 'seqEpoch') };
-    const id = str(h, 'id', 64);
-    if (meta.from !== from) throw new InvalidMessageError('from: not the sender');
-    // Only the shard's primary at the map's epoch sends a snapshot, and only to a replica.
-    const a = this.view.shards[shard];
-    if (a === undefined || a.primary !== from || meta.epoch !== a.epoch || !a.replicas.includes(this.self)) {
-      this.counters.requestsRejected++;
-      throw new StoreError('unavailable', `a snapshot of shard ${shard} at epoch ${meta.epoch} from ${from} is not backed by the map here (primary ${a?.primary ?? 'none'} at epoch ${a?.epoch ?? 0})`);
-    }
-    const slot = this.slots.get(shard) ?? (await this.openShard(shard));
-    if (slot === null || slot === undefined) throw new StoreError('unavailable', `shard ${shard} is not held here`);
-    const old = this.incoming.get(shard);
-    if (old !== undefined && old.id === id && old.from === from && old.meta.seq === meta.seq && old.meta.seqEpoch === meta.seqEpoch) {
-      // The same snapshot again (its stream broke): go on; the epoch may have moved meanwhile.
-      old.meta = meta;
-      return encodeFrame(FrameKind.reply, { ok: true, have: old.writer.chunks });
-    }
-    if (old !== undefined) {
-      this.incoming.delete(shard);
-      await old.writer.abort().catch(() => {});
-    }
-    // A snapshot staged before a restart resumes if it is this one; any other is dropped.
-    const writer = await this.shardStore.beginSnapshot(shard, { id, from, seq: meta.seq, seqEpoch: meta.seqEpoch });
-    if (writer.chunks > 0) this.opts.log.info('snapshot resumes after a restart', { shard, from, chunks: writer.chunks });
-    this.incoming.set(shard, { from, id, meta, writer });
-    return encodeFrame(FrameKind.reply, { ok: true, have: writer.chunks });
-  }
-
-  private async onSnapChunk(from: string, h: Record<string, unknown>, payload: Uint8Array): Promise<Uint8Array> {
-    const shard = int(h, 'shard', 0, 1023);
-    const inc = this.incoming.get(shard);
-    if (inc === undefined || inc.from !== from || inc.id !== str(h, 'id', 64)) throw new InvalidMessageError('no such snapshot of this shard is being received from you');
-    const chunk = int(h, 'chunk');
-    const crc = int(h, 'crc', 0, 0xffff_ffff);
-    if (crc32(payload) !== crc) throw new InvalidMessageError(`chunk ${chunk}: checksum mismatch`);
-    const index = arr(h, 'entries', 1_000_000);
-    const entries: ShardEntry[] = [];
-    let offset = 0;
-    for (const [k, row] of index.entries()) {
-      if (!Array.isArray(row) || row.length !== 3) throw new InvalidMessageError(`entries[${k}]: must be [key, version, length]`);
-      const [key, version, length] = row as [unknown, unknown, unknown];
-      if (typeof key !== 'string' || typeof version !== 'number' || typeof length !== 'number' || !Number.isSafeInteger(length) || length < -1) {
-        throw new InvalidMessageError(`entries[${k}]: bad entry`);
-      }
-      if (length > payload.length - offset) throw new InvalidMessageError(`entries[${k}]: value runs past the payload`);
-      const value = length < 0 ? null : payload.slice(offset, offset + length);
-      offset += Math.max(0, length);
-      entries.push({ key, version, value });
-    }
-    if (offset !== payload.length) throw new InvalidMessageError(`chunk ${chunk}: ${payload.length - offset} payload bytes no entry names`);
-    try {
-      await inc.writer.writeChunk(chunk, entries); // validates keys, versions, sizes and the chunk's place
-    } catch (err) {
-      if (err instanceof InvalidShardInputError) throw new InvalidMessageError(err.message);
-      throw err;
-    }
-    return encodeFrame(FrameKind.reply, { ok: true, have: inc.writer.chunks });
-  }
-
-  private async onSnapEnd(from: string, h: Record<string, unknown>): Promise<Uint8Array> {
-    const shard = int(h, 'shard', 0, 1023);
-    const inc = this.incoming.get(shard);
+  private async installSnapshot(shard: number, meta: SnapshotMeta, writer: ShardSnapshotWriter): Promise<boolean | null> {
     const slot = this.slots.get(shard);
-    if (inc === undefined || inc.from !== from || inc.id !== str(h, 'id', 64)) throw new InvalidMessageError('no such snapshot of this shard is being received from you');
-    this.incoming.delete(shard);
-    if (slot === undefined) {
-      await inc.writer.abort();
-      return encodeFrame(FrameKind.reply, { ok: true, installed: false });
-    }
-    // The shard's epoch may have moved on while the stream ran (another replica added or
-    // removed). The snapshot is committed data at (seq, seqEpoch), valid at any later epoch; if
-    // its sender is still the primary the map names, it installs at the map's epoch instead of
-    // being refused and sent all over again.
-    const a = this.view.shards[shard];
-    if (a !== undefined && a.primary === from && a.epoch > inc.meta.epoch && a.replicas.includes(this.self)) inc.meta = { ...inc.meta, epoch: a.epoch };
+    if (slot === undefined) return null;
     const installed = await this.exclusive(slot, async () => {
-      if (!slot.core.installSnapshot(this.now(), inc.meta)) {
-        await inc.writer.abort();
+      if (!slot.core.installSnapshot(this.now(), meta)) {
+        await writer.abort();
         return false;
       }
-      await inc.writer.commit({ seq: inc.meta.seq, epoch: inc.meta.seqEpoch }, { sync: true });
+      await writer.commit({ seq: meta.seq, epoch: meta.seqEpoch }, { sync: true });
       return true;
     });
-    if (installed) {
-      this.counters.snapshotsInstalled++;
-      this.opts.log.info('snapshot installed', { shard, from, seq: inc.meta.seq });
-    }
     this.afterInput(slot);
-    return encodeFrame(FrameKind.reply, { ok: true, installed });
-  }
-
-  // -------------------------------------------------------------------------------------------
-  // Leases: this peer's side.
-
-  private applyLease(until: number): void {
-    this.leaseUntil = until;
-    const now = this.now();
-    for (const slot of this.slots.values()) {
-      slot.core.setLease(now, until);
-      this.afterInput(slot);
-    }
+    return installed;
   }
 
   /**
    * Before a graceful stop: stop serving as primary at once and tell the coordinator, which can
-   * then promote other replicas without waiting out the lease (no write outage on a rolling
-   * restart). Best effort and bounded: without it the lease simply lapses.
+   * then promote other replicas without waiting out the lease (see LeaseClient.release).
    */
-  async releaseLease(timeoutMs = 1000): Promise<void> {
-    if (this.stopped || this.releasing) return;
-    this.releasing = true;
-    for (let i = 0; i < 100 && this.renewing; i++) await sleep(5);
-    this.pendingLease = null;
-    this.applyLease(Number.NEGATIVE_INFINITY);
-    const leader = this.opts.coordinator.status().coordinator;
-    if (leader === null) return;
-    const header = { release: true, mapVersion: this.view.version, capacity: this.capacityNow, progress: [], requests: [] };
-    try {
-      if (leader === this.self) this.control.grantLease(this.self, header);
-      else await this.leaseRpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs });
-      this.opts.log.info('lease released', { coordinator: leader });
-    } catch (err) {
-      this.opts.log.info('lease release not delivered; it will lapse', { err });
-    }
-  }
-
-  /** Renew the lease with the coordinator, carrying progress and in-sync requests. */
-  private async renewLease(urgent = false): Promise<void> {
-    if (this.stopped || this.renewing || this.releasing) return;
-    const now = this.now();
-    if (urgent && now - this.lastRenewAt < 20) return;
-    const leader = this.opts.coordinator.status().coordinator;
-    if (leader === null || this.view.settings === null) return;
-    this.renewing = true;
-    this.lastRenewAt = now;
-    const requests = this.pendingRequests.splice(0);
-    const progress: ReplicaProgress[] = [...this.slots.values()].filter((s) => !s.removed).map((s) => s.core.progress());
-    // Snapshot transfers this peer sends: the coordinator shows their bytes, rate and ETA in /v1/moves.
-    const transfers = this.snapshots.size === 0 ? undefined : this.transfers().slice(0, MAX_REPORTED_TRANSFERS).map((t) => [t.shard, t.to, t.bytesDone, t.bytesTotal ?? -1, t.rateBps, t.resumes]);
-    const header = {
-      mapVersion: this.view.version,
-      capacity: this.capacityNow,
-      progress,
-      requests,
-      ...(this.drainWanted !== null ? { drain: this.drainWanted } : {}),
-      ...(transfers !== undefined ? { transfers } : {}),
-    };
-    const sentAt = this.now();
-    try {
-      let reply: Record<string, unknown>;
-      if (leader === this.self) {
-        reply = this.control.grantLease(this.self, header);
-      } else {
-        const bytes = await this.leaseRpc.request(leader, encodeFrame(FrameKind.lease, header), { timeoutMs: Math.max(50, this.opts.leaseMs) });
-        reply = decodeFrame(bytes).header;
-      }
-      const leaseMs = int(reply, 'leaseMs', 1, 600_000);
-      const mapVersion = int(reply, 'mapVersion');
-      // Count from when the renewal was sent, minus a margin for clock-rate drift and scheduling.
-      const until = sentAt + leaseMs - Math.max(20, Math.floor(leaseMs / 10));
-      this.counters.leaseRenewals++;
-      if (this.view.version >= mapVersion) this.applyLease(until);
-      else this.pendingLease = { until, mapVersion };
-    } catch (err) {
-      this.counters.leaseFailures++;
-      // The core repeats requests it still needs; keep the newest few meanwhile.
-      this.opts.log.debug('lease renewal failed', { leader, err });
-    } finally {
-      this.renewing = false;
-    }
+  releaseLease(timeoutMs = 1000): Promise<void> {
+    return this.lease.release(timeoutMs);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -901,14 +749,12 @@ export class StoreService implements KvApi {
 
   /** Ask the coordinator to drain this peer (move every replica it holds to others), or to stop. */
   setDraining(on: boolean): void {
-    this.drainWanted = on;
-    void this.renewLease(true);
+    this.lease.setDraining(on);
   }
 
   /** Change the capacity this peer reports; the coordinator applies it to the map (its share of replicas follows). */
   setCapacity(capacity: number): void {
-    this.capacityNow = capacity;
-    void this.renewLease(true);
+    this.lease.setCapacity(capacity);
   }
 
   /** Where a drain of this peer stands. */
@@ -923,7 +769,7 @@ export class StoreService implements KvApi {
     const others = Object.entries(this.view.members).filter(([id, m]) => id !== this.self && m.status === 'active').length;
     const status = member?.status ?? null;
     return {
-      wanted: this.drainWanted === true,
+      wanted: this.lease.draining,
       status,
       replicas,
       primaries,
@@ -1005,11 +851,11 @@ export class StoreService implements KvApi {
         return encodeOpReply(await this.serveLocal(req));
       }
       case FrameKind.snapBegin:
-        return this.onSnapBegin(from, f.header);
+        return this.receiver.begin(from, f.header);
       case FrameKind.snapChunk:
-        return this.onSnapChunk(from, f.header, f.payload);
+        return this.receiver.chunk(from, f.header, f.payload);
       case FrameKind.snapEnd:
-        return this.onSnapEnd(from, f.header);
+        return this.receiver.end(from, f.header);
       default:
         throw new InvalidMessageError(`frame.kind: ${f.kind} is not a request`);
     }
@@ -1305,10 +1151,10 @@ export class StoreService implements KvApi {
     }
     const catchUps = this.catchUps();
     return {
-      counters: { ...this.counters, ...this.snapshots.counters, ...this.control.counters },
+      counters: { ...this.counters, ...this.lease.counters, ...this.receiver.counters, ...this.snapshots.counters, ...this.control.counters },
       catchUps: catchUps === null ? null : { active: catchUps.active.length, abandoned: catchUps.abandoned.length, abandonedTotal: catchUps.abandonedTotal },
       movesInFlight: this.movesInFlight(),
-      leaseValid: now < this.leaseUntil,
+      leaseValid: now < this.lease.leaseUntil,
       primaries,
       replicas: this.slots.size,
       serving,

@@ -260,7 +260,7 @@ describe('store: a new replica of a shard whose log was trimmed gets a snapshot'
       },
       { timeoutMs: 60_000 },
     );
-    assert.ok(kvOf(p3).counters.snapshotsInstalled > 0, 'at least one replica was filled by a snapshot');
+    assert.ok(kvOf(p3).metrics().counters.snapshotsInstalled > 0, 'at least one replica was filled by a snapshot');
     let checked = 0;
     for (const a of kvOf(p3).shards()) {
       if (!a.inSync.includes(p3.peerId)) continue;
