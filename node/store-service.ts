@@ -1,8 +1,8 @@
 /**
  * The store's shell (DESIGN §3): one ReplicaCore per shard this peer holds, driven by timers,
- * libp2p streams and the shard storage; client operations routed to the shard's primary. Its
- * other concerns live in modules of their own and are wired up here: lease renewals
- * (lease-client.ts), snapshots received (snapshot-receiver.ts) and sent (snapshot-sender.ts),
+ * libp2p streams and the shard storage, serving operations on this peer's replicas. Its other
+ * concerns live in modules of their own and are wired up here: client operations validated and
+ * routed to the shard's primary (store-router.ts), lease renewals (lease-client.ts), snapshots received (snapshot-receiver.ts) and sent (snapshot-sender.ts),
  * and, on the coordinator, the lease table and the ShardController that turns membership,
  * leases and progress into shard assignments (shard-control-service.ts).
  *
@@ -13,13 +13,13 @@
  * primary's own write runs, answered at commit).
  */
 import { performance } from 'node:perf_hooks';
-import type { ClusterMapView, ShardAssignment } from '../protocols/cluster-map/types.js';
+import type { ClusterMapView } from '../protocols/cluster-map/types.js';
 import { effectiveMinInSync } from '../protocols/cluster-map/cluster-map.js';
 import { InvalidMessageError } from '../protocols/errors.js';
 import { shardOf } from '../protocols/placement/index.js';
 import { decodeReplicationMessage, encodeReplicationMessage, REPLICATION_PROTOCOL_ID } from '../protocols/replication/codec.js';
 import { MAX_KEY_BYTES, MAX_VALUE_BYTES, type ReplicationConfig } from '../protocols/replication/config.js';
-import { HANDED_OVER_OUTCOME_MS, ReplicaCore } from '../protocols/replication/replica.js';
+import { ReplicaCore } from '../protocols/replication/replica.js';
 import { keyProblem } from '../protocols/replication/versions.js';
 import type {
   LoggedOp,
@@ -37,16 +37,15 @@ import type { TransferProgress } from '../protocols/rebalance/index.js';
 import type { Coordinator } from './coordinator.js';
 import type { Host } from './host.js';
 import type { Logger } from './log.js';
-import { RpcEndpoint, RpcUnavailableError } from './rpc.js';
+import { RpcEndpoint } from './rpc.js';
 import { WriteWaiters } from './write-waiters.js';
 import { SNAPSHOT_CHUNK_BYTES, SnapshotSender } from './snapshot-sender.js';
-import { decodeKvRequest, decodeOpReply, encodeKvRequest, encodeOpReply, type KvRequest, type OpReply } from './kv-frames.js';
-import { ReadTargets } from './read-targets.js';
+import { decodeKvRequest, encodeOpReply, type KvRequest, type OpReply } from './kv-frames.js';
 import { ShardControlService } from './shard-control-service.js';
 import { LeaseClient, LEASE_RENEW_MS } from './lease-client.js';
 import { SnapshotReceiver } from './snapshot-receiver.js';
+import { StoreRouter } from './store-router.js';
 import {
-  RETRYABLE_STORE_ERRORS,
   StoreError,
   type GetOptions,
   type GetOutcome,
@@ -56,13 +55,11 @@ import {
   type ReadPolicy,
   type ShardInfo,
   type ShardSummary,
-  type StoreErrorCode,
   type StoreLimits,
   type WriteOutcome,
 } from './store-api.js';
 import {
   arr,
-  BULK_VALUE_BYTES,
   decodeFrame,
   encodeFrame,
   FrameKind,
@@ -175,19 +172,10 @@ const REPLICATION_BATCH_BYTES = 1024 * 1024;
 const REPLICATION_BYTES_PER_TURN = 1024 * 1024;
 /** Most replication messages waiting per peer: every shard's window and heartbeats, with room. */
 const REPLICATION_QUEUED_PER_PEER = 16_384;
-/**
- * After the map names a new primary for a shard, a request still waiting on the old one gets
- * this long to answer: a demoted primary answers its in-flight writes once the new primary's log
- * tells their outcome (within HANDED_OVER_OUTCOME_MS); a frozen or cut-off one never does, and
- * the write is then `indeterminate`.
- */
-const SUPERSEDED_GRACE_MS = HANDED_OVER_OUTCOME_MS + 250;
 /** Longest a replication message of a newer epoch waits for the local map to catch up, ms. */
 const PARK_MS = 300;
 /** Most such messages held per shard. */
 const MAX_PARKED = 256;
-/** Timeout of one forwarded request, ms. */
-const FORWARD_TIMEOUT_MS = 5_000;
 
 interface ShardSlot {
   shard: number;
@@ -201,18 +189,10 @@ interface ShardSlot {
   parked: Array<{ m: ReplicationMessage; atMs: number }>;
 }
 
-/** A request forwarded to a shard's primary, aborted if the map names another primary. */
-interface ForwardWatch {
-  shard: number;
-  target: string;
-  ac: AbortController;
-  timer: NodeJS.Timeout | null;
-}
 
 
 /** A snapshot this peer sends (see sendSnapshot). */
 
-const textEncoder = new TextEncoder();
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -223,7 +203,8 @@ export class StoreService implements KvApi {
   private readonly slots = new Map<number, ShardSlot>();
   private readonly opening = new Map<number, Promise<ShardSlot | null>>();
   private readonly waiters: WriteWaiters;
-  private readonly forwards = new Set<ForwardWatch>();
+  /** Client operations: validated, routed to the primary (node/store-router.ts). */
+  private readonly router: StoreRouter;
   private nextRequestId = 1;
   /** Snapshots other peers send here (node/snapshot-receiver.ts). */
   private readonly receiver: SnapshotReceiver;
@@ -249,9 +230,7 @@ export class StoreService implements KvApi {
   private readonly lease: LeaseClient;
   /** The coordinator's side of leases and shard control (idle unless this peer leads). */
   private readonly control: ShardControlService;
-  private readonly readTargets: ReadTargets;
   readonly counters = {
-    forwarded: 0,
     served: 0,
     /** Copies of removed replicas deleted after the grace period. */
     copiesDeleted: 0,
@@ -269,7 +248,17 @@ export class StoreService implements KvApi {
     private readonly shardStore: ShardStore,
   ) {
     this.self = opts.host.peerId.toString();
-    this.readTargets = new ReadTargets(opts.readPolicy);
+    this.router = new StoreRouter({
+      self: this.self,
+      limits: opts.limits,
+      requestTimeoutMs: opts.requestTimeoutMs,
+      readPolicy: opts.readPolicy,
+      now: () => this.now(),
+      view: () => this.view,
+      stopped: () => this.stopped,
+      serveLocal: (req) => this.serveLocal(req),
+      forward: (to, frame, { bulk, timeoutMs, signal }) => (bulk ? this.bulkRpc : this.rpc).request(to, frame, { timeoutMs, ...(signal === undefined ? {} : { signal }) }),
+    });
     this.view = opts.coordinator.mapView();
     const writeDuration = opts.metrics?.replicationWriteDuration;
     this.waiters = new WriteWaiters(
@@ -432,11 +421,7 @@ export class StoreService implements KvApi {
         void this.openShard(shard);
       }
     });
-    for (const w of this.forwards) {
-      if (w.timer === null && this.view.shards[w.shard] !== undefined && this.view.shards[w.shard]!.primary !== w.target) {
-        w.timer = setTimeout(() => w.ac.abort(), SUPERSEDED_GRACE_MS);
-      }
-    }
+    this.router.onMapChange(this.view);
     this.lease.onMapChange(this.view);
   }
 
@@ -951,114 +936,18 @@ export class StoreService implements KvApi {
   // Client operations (any peer): validate, route to the primary (or a replica), retry while the
   // shard has no serving primary, up to requestTimeoutMs.
 
-  private validateKey(key: unknown): string {
-    const problem = keyProblem(key, this.opts.limits.maxKeyBytes);
-    if (problem !== null) throw new StoreError('invalid_key', problem);
-    return key as string;
+  put(key: string, value: Uint8Array | string, options: PutOptions = {}): Promise<WriteOutcome> {
+    return this.router.put(key, value, options);
   }
 
-  async put(key: string, value: Uint8Array | string, options: PutOptions = {}): Promise<WriteOutcome> {
-    this.validateKey(key);
-    const bytes = typeof value === 'string' ? textEncoder.encode(value) : value;
-    if (!(bytes instanceof Uint8Array)) throw new StoreError('invalid_request', 'the value must be a Uint8Array or a string');
-    if (bytes.length > this.opts.limits.maxValueBytes) {
-      throw new StoreError('value_too_large', `the value is ${bytes.length} bytes; the limit is ${this.opts.limits.maxValueBytes}`);
-    }
-    const ifVersion = options.ifVersion;
-    if (ifVersion !== undefined && (!Number.isSafeInteger(ifVersion) || ifVersion < 0)) {
-      throw new StoreError('invalid_request', `ifVersion must be a non-negative integer, got ${String(ifVersion)}`);
-    }
-    const req: KvRequest = { op: 'put', key, value: bytes };
-    if (ifVersion !== undefined) req.ifVersion = ifVersion;
-    const r = await this.route(req);
-    return { version: r.version };
+  get(key: string, options: GetOptions = {}): Promise<GetOutcome | null> {
+    return this.router.get(key, options);
   }
 
-  async get(key: string, options: GetOptions = {}): Promise<GetOutcome | null> {
-    this.validateKey(key);
-    const consistency = options.consistency ?? 'strong';
-    if (consistency !== 'strong' && consistency !== 'any') throw new StoreError('invalid_request', `consistency must be strong or any, got ${String(consistency)}`);
-    const r = await this.route({ op: 'get', key, consistency });
-    return r.present && r.value !== null ? { value: r.value, version: r.version } : null;
+  delete(key: string): Promise<WriteOutcome> {
+    return this.router.delete(key);
   }
 
-  async delete(key: string): Promise<WriteOutcome> {
-    this.validateKey(key);
-    const r = await this.route({ op: 'delete', key });
-    return { version: r.version };
-  }
-
-  private async route(req: KvRequest): Promise<{ version: number; present: boolean; value: Uint8Array | null }> {
-    if (this.stopped) throw new StoreError('stopping', 'this peer is stopping', undefined, 1);
-    const deadline = this.now() + this.opts.requestTimeoutMs;
-    let last: OpReply = { ok: false, code: 'unavailable', message: 'no coordinator has assigned the shards yet' };
-    for (let attempt = 0; attempt < 10_000; attempt++) {
-      if (attempt > 0) {
-        const wait = Math.min(50, 5 * attempt);
-        if (this.now() + wait > deadline || this.stopped) break;
-        await sleep(wait);
-      }
-      const picked = this.pickTarget(req);
-      if (picked === null || picked.target === null) continue;
-      const { shard, target } = picked;
-      let reply: OpReply;
-      const started = this.now();
-      if (target === this.self) {
-        reply = await this.serveLocal(req);
-      } else {
-        this.counters.forwarded++;
-        // Sent to a primary: if the map names another primary meanwhile (this one froze or was
-        // cut off), stop waiting for it after a grace period instead of FORWARD_TIMEOUT_MS.
-        const watch: ForwardWatch | null =
-          req.consistency === 'any' && req.op === 'get' ? null : { shard, target, ac: new AbortController(), timer: null };
-        if (watch !== null) this.forwards.add(watch);
-        try {
-          const endpoint = req.value !== undefined && req.value.length >= BULK_VALUE_BYTES ? this.bulkRpc : this.rpc;
-          const bytes = await endpoint.request(target, encodeKvRequest(req), {
-            timeoutMs: FORWARD_TIMEOUT_MS,
-            ...(watch === null ? {} : { signal: watch.ac.signal }),
-          });
-          reply = decodeOpReply(bytes);
-        } catch (err) {
-          const notSent = err instanceof RpcUnavailableError && err.notSent;
-          const superseded = watch?.ac.signal.aborted === true;
-          if (req.op === 'get' || notSent) {
-            last = { ok: false, code: 'unavailable', message: superseded ? `${target} is no longer the primary` : `cannot reach ${target}: ${(err as Error).message}` };
-            continue;
-          }
-          if (superseded) {
-            throw new StoreError('indeterminate', `the primary ${target} was replaced while the write was in flight; it may or may not have been applied`);
-          }
-          throw new StoreError('indeterminate', `lost contact with the primary ${target} (${(err as Error).message}); the write may or may not have been applied`);
-        } finally {
-          if (watch !== null) {
-            this.forwards.delete(watch);
-            if (watch.timer !== null) clearTimeout(watch.timer);
-          }
-        }
-      }
-      this.readTargets.observe(target, this.now() - started);
-      if (reply.ok) return reply;
-      last = reply;
-      if (reply.code === 'not_primary' || reply.code === 'unavailable' || reply.code === 'stopping') continue;
-      if (reply.code === 'not_enough_replicas' && this.now() + 100 < deadline) continue;
-      break;
-    }
-    if (last.ok) throw new Error('unreachable');
-    const code: StoreErrorCode = last.code === 'not_primary' ? 'unavailable' : last.code;
-    const message = last.code === 'not_primary' ? `no serving primary for the key's shard within ${this.opts.requestTimeoutMs} ms (${last.message})` : last.message;
-    throw new StoreError(code, message, last.current, RETRYABLE_STORE_ERRORS.has(code) ? 1 : undefined);
-  }
-
-  /** The key's shard and the peer to send `req` to, or null before the shards are assigned. */
-  private pickTarget(req: KvRequest): { shard: number; target: string | null } | null {
-    const settings = this.view.settings;
-    if (settings === null || this.view.shards.length === 0) return null;
-    const shard = shardOf(req.key, settings.shardCount);
-    const a: ShardAssignment | undefined = this.view.shards[shard];
-    if (a === undefined) return null;
-    return { shard, target: this.readTargets.pick(a, this.view.members, req.op === 'get' && req.consistency === 'any') };
-  }
 
   // -------------------------------------------------------------------------------------------
   // Status.
@@ -1134,7 +1023,7 @@ export class StoreService implements KvApi {
   async localValue(key: string): Promise<GetOutcome | null> {
     const settings = this.view.settings;
     if (settings === null) return null;
-    const shard = shardOf(this.validateKey(key), settings.shardCount);
+    const shard = shardOf(this.router.validateKey(key), settings.shardCount);
     if (!this.slots.has(shard)) return null;
     const r = await this.shardStore.readValue(shard, key);
     return r.present && r.value !== null ? { value: r.value, version: r.version } : null;
@@ -1151,7 +1040,7 @@ export class StoreService implements KvApi {
     }
     const catchUps = this.catchUps();
     return {
-      counters: { ...this.counters, ...this.lease.counters, ...this.receiver.counters, ...this.snapshots.counters, ...this.control.counters },
+      counters: { ...this.counters, ...this.router.counters, ...this.lease.counters, ...this.receiver.counters, ...this.snapshots.counters, ...this.control.counters },
       catchUps: catchUps === null ? null : { active: catchUps.active.length, abandoned: catchUps.abandoned.length, abandonedTotal: catchUps.abandonedTotal },
       movesInFlight: this.movesInFlight(),
       leaseValid: now < this.lease.leaseUntil,
