@@ -8,6 +8,7 @@
  * The other side (granting) is ShardControlService.grantLease; on the coordinator itself the
  * renewal is a local call.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ClusterMapView } from '../protocols/cluster-map/types.js';
 import type { InSyncChangeRequest, ReplicaProgress } from '../protocols/replication/types.js';
 import type { TransferProgress } from '../protocols/rebalance/index.js';
@@ -114,7 +115,7 @@ export class LeaseClient {
   async release(timeoutMs = 1000): Promise<void> {
     if (this.opts.stopped() || this.releasing) return;
     this.releasing = true;
-    for (let i = 0; i < 100 && this.renewing; i++) await new Promise((r) => setTimeout(r, 5));
+    for (let i = 0; i < 100 && this.renewing; i++) await sleep(5);
     this.pending = null;
     this.setLease(Number.NEGATIVE_INFINITY);
     const leader = this.opts.coordinator();

@@ -7,6 +7,7 @@
  * A write forwarded to a primary that the map then replaces (it froze or was cut off) is given
  * SUPERSEDED_GRACE_MS to answer, then reported `indeterminate`; a read is simply retried.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ClusterMapView, ShardAssignment } from '../protocols/cluster-map/types.js';
 import { shardOf } from '../protocols/placement/index.js';
 import { HANDED_OVER_OUTCOME_MS } from '../protocols/replication/replica.js';
@@ -60,10 +61,6 @@ export interface StoreRouterOptions {
 }
 
 const textEncoder = new TextEncoder();
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 export class StoreRouter {
   readonly counters = { forwarded: 0 };

@@ -2,9 +2,10 @@
  * The store's shell (DESIGN §3): one ReplicaCore per shard this peer holds, driven by timers,
  * libp2p streams and the shard storage, serving operations on this peer's replicas. Its other
  * concerns live in modules of their own and are wired up here: client operations validated and
- * routed to the shard's primary (store-router.ts), lease renewals (lease-client.ts), snapshots received (snapshot-receiver.ts) and sent (snapshot-sender.ts),
- * and, on the coordinator, the lease table and the ShardController that turns membership,
- * leases and progress into shard assignments (shard-control-service.ts).
+ * routed to the shard's primary (store-router.ts), lease renewals (lease-client.ts), snapshots
+ * received (snapshot-receiver.ts) and sent (snapshot-sender.ts), and, on the coordinator, the
+ * lease table and the ShardController that turns membership, leases and progress into shard
+ * assignments (shard-control-service.ts).
  *
  * Order of effects for each replica Ready (the core's contract, protocols/replication/replica.ts):
  * answer clients → persist (one LevelDB batch) → send messages and snapshots, queue coordinator
@@ -13,6 +14,7 @@
  * primary's own write runs, answered at commit).
  */
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ClusterMapView } from '../protocols/cluster-map/types.js';
 import { effectiveMinInSync } from '../protocols/cluster-map/cluster-map.js';
 import { InvalidMessageError } from '../protocols/errors.js';
@@ -189,15 +191,6 @@ interface ShardSlot {
   parked: Array<{ m: ReplicationMessage; atMs: number }>;
 }
 
-
-
-/** A snapshot this peer sends (see sendSnapshot). */
-
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 export class StoreService implements KvApi {
   private readonly self: string;
   private readonly slots = new Map<number, ShardSlot>();
@@ -301,7 +294,7 @@ export class StoreService implements KvApi {
       grantLocal: (header) => this.control.grantLease(this.self, header),
       request: (to, frame, timeoutMs) => this.leaseRpc.request(to, frame, { timeoutMs }),
       progress: () => [...this.slots.values()].filter((s) => !s.removed).map((s) => s.core.progress()),
-      transfers: () => (this.snapshots.size === 0 ? [] : this.snapshots.transfers()),
+      transfers: () => this.transfers(),
       apply: (until) => {
         const now = this.now();
         for (const slot of this.slots.values()) {
@@ -933,8 +926,7 @@ export class StoreService implements KvApi {
   }
 
   // -------------------------------------------------------------------------------------------
-  // Client operations (any peer): validate, route to the primary (or a replica), retry while the
-  // shard has no serving primary, up to requestTimeoutMs.
+  // Client operations (any peer): see StoreRouter.
 
   put(key: string, value: Uint8Array | string, options: PutOptions = {}): Promise<WriteOutcome> {
     return this.router.put(key, value, options);

@@ -32,12 +32,12 @@ export function windowUpdateDue(state: StreamState, recvWindow: number, recvWind
 
 let installed = false;
 
-/** Patches YamuxStream once per process; returns whether the threshold is active. */
-export function installYamuxWindowThreshold(): boolean {
-  if (installed) return true;
+/** Patches YamuxStream once per process (a library without the method is left alone). */
+export function installYamuxWindowThreshold(): void {
+  if (installed) return;
   const proto = YamuxStream.prototype as unknown as { sendWindowUpdate?: () => void };
   const original = proto.sendWindowUpdate;
-  if (typeof original !== 'function') return false;
+  if (typeof original !== 'function') return;
   proto.sendWindowUpdate = function (this: Partial<WindowFields>): void {
     // A stream without the fields we expect (another library version) keeps the library's rule.
     const known = typeof this.state === 'number' && typeof this.recvWindow === 'number' && typeof this.recvWindowCapacity === 'number';
@@ -45,7 +45,6 @@ export function installYamuxWindowThreshold(): boolean {
     original.call(this);
   };
   installed = true;
-  return true;
 }
 
 /** For tests: whether the patch is in place. */

@@ -6,11 +6,10 @@
 import assert from 'node:assert/strict';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { PrivateKey, Stream } from '@libp2p/interface';
-import { YamuxStream } from '@chainsafe/libp2p-yamux/stream';
+import { StreamState, YamuxStream } from '@chainsafe/libp2p-yamux/stream';
 import { pushable } from 'it-pushable';
 import { createHost, type Host } from '../../node/host.js';
 import { windowUpdateDue, yamuxWindowThresholdInstalled } from '../../node/yamux-window.js';
-import { StreamState } from '@chainsafe/libp2p-yamux/stream';
 import { waitFor } from './harness.js';
 
 async function newHost(): Promise<Host> {
